@@ -1,0 +1,28 @@
+// CPU kernels of the planted convolution (see planted_conv.h for the weight blocks).
+#pragma once
+
+#include "planted_conv.h"
+
+namespace plantops::cpu {
+
+// out[N, O_f+O_p, OH, OW] = conv(x, [[frozen, in], [out]]) + [frozen_bias, out_bias].
+// Any of the bias pointers may be null (no bias); w_in is unused when I_p == 0, w_out when O_p == 0.
+template <typename T>
+void forward(const Geometry& g, const T* x, const T* w_frozen, const T* b_frozen, const T* w_in,
+             const T* w_out, const T* b_out, T* out, int nthreads);
+
+// grad_x[N, c_end-c_begin, H, W]: the input gradient for input channels [c_begin, c_end) only.
+template <typename T>
+void input_grad(const Geometry& g, const T* grad_out, const T* w_frozen, const T* w_in,
+                const T* w_out, int64_t c_begin, int64_t c_end, T* grad_x, int nthreads);
+
+// grad_w[o_end-o_begin, c_end-c_begin, KH, KW] (and grad_b[o_end-o_begin] when not null): the
+// weight gradient of the whole weight restricted to output channels [o_begin, o_end) and input
+// channels [c_begin, c_end). Planting asks for two such blocks: the planted filters
+// (o in [O_f, O), every c) and the planted input slices (o in [0, O_f), c in [I_f, C)).
+// The result does not depend on nthreads: samples are summed in fixed chunks, in a fixed order.
+template <typename T>
+void weight_grad(const Geometry& g, const T* grad_out, const T* x, int64_t o_begin, int64_t o_end,
+                 int64_t c_begin, int64_t c_end, T* grad_w, T* grad_b, int nthreads);
+
+}  // namespace plantops::cpu

@@ -1,0 +1,88 @@
+"""Backends of the planted convolution and the choice between them.
+
+Every backend module exposes the same three things:
+
+- ``NAME``: its name, as users pass it in ``backend=``;
+- ``unavailable_reason(device_type, dtype)``: ``None`` when it can run on that device type and
+  dtype on this machine, else a sentence saying why not (missing module, wrong device, ...);
+- ``forward(x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride, padding)``
+  and ``backward(grad_out, x, frozen_weight, in_weight, out_weight, stride, padding,
+  need_x, need_in_weight, need_out_weight, need_out_bias)`` over normalized arguments: every
+  weight a tensor (empty blocks have a zero dimension), stride and padding pairs.
+  ``backward`` returns ``(grad_x, grad_in_weight, grad_out_weight, grad_out_bias)`` with
+  ``None`` for what was not asked for. Nothing is ever computed for the frozen block.
+
+Nothing here touches CUDA or compiles anything at import time: backends are imported lazily.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+# Preference order for backend="auto"; the first that can run wins unless a measured
+# dispatch table (plantops.kernels.dispatch) says otherwise for a CUDA shape.
+_MODULES = {
+    "cpu": "plantops.kernels.cpu",
+    "cuda": "plantops.kernels.cuda",
+    "triton": "plantops.kernels.triton_conv",
+    "torch": "plantops.kernels.torch_composite",
+}
+NAMES = tuple(_MODULES)
+
+
+def get(name: str):
+    """The backend module called ``name``; ValueError for an unknown name."""
+    if name not in _MODULES:
+        raise ValueError(
+            f"unknown backend {name!r}: expected one of {', '.join(('auto',) + NAMES)}"
+        )
+    return importlib.import_module(_MODULES[name])
+
+
+def backends(device: str | torch.device | None = None) -> list[str]:
+    """Names of the backends that can run here, on ``device`` ('cpu', 'cuda') or on any."""
+    types = [torch.device(device).type] if device is not None else ["cpu", "cuda"]
+    dtype = torch.float32
+    return [
+        name
+        for name in NAMES
+        if any(get(name).unavailable_reason(t, dtype) is None for t in types)
+    ]
+
+
+def resolve(name: str, x: torch.Tensor, shape_key=None):
+    """The backend module that runs for ``name`` on tensors like ``x``.
+
+    An explicit name is always honoured (ValueError saying why when it cannot run here);
+    ``"auto"`` picks the fastest backend that can run.
+    """
+    if name == "auto":
+        return get(_auto(x, shape_key))
+    module = get(name)
+    reason = module.unavailable_reason(x.device.type, x.dtype)
+    if reason is not None:
+        raise ValueError(
+            f"backend {name!r} cannot run on {x.device.type} tensors of {x.dtype}: {reason}. "
+            f"Available here for this input: {', '.join(_runnable(x)) or 'none'}; "
+            f"or pass backend='auto'."
+        )
+    return module
+
+
+def _runnable(x: torch.Tensor) -> list[str]:
+    return [n for n in NAMES if get(n).unavailable_reason(x.device.type, x.dtype) is None]
+
+
+def _auto(x: torch.Tensor, shape_key) -> str:
+    if x.device.type == "cuda":
+        from plantops.kernels import dispatch
+
+        measured = dispatch.best(shape_key, x.dtype, _runnable(x))
+        if measured is not None:
+            return measured
+        # Until measured otherwise, cuDNN through the composite is the safe choice.
+        return "torch"
+    runnable = _runnable(x)
+    return runnable[0] if runnable else "torch"

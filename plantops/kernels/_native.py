@@ -1,0 +1,94 @@
+"""Shared glue for the compiled backends (``plantops._C`` and ``plantops._cuda``).
+
+Both modules take raw data pointers and a ``Geometry`` (csrc/planted_conv.h) rather than
+tensors, so they do not depend on the torch they run under. This module builds the Geometry,
+makes every tensor contiguous NCHW, and allocates the outputs; the backend modules only
+choose the module, the thread count or stream, and the dtypes they accept.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+
+import torch
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64",
+                torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+@functools.lru_cache(maxsize=None)
+def load(module_name: str):
+    """(module, None) when the compiled module imports, else (None, why not)."""
+    try:
+        return importlib.import_module(module_name), None
+    except ImportError as err:
+        return None, (f"the compiled module {module_name} is not importable ({err}); "
+                      "build it with `pip install -e .` from the plantops checkout")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return _DTYPE_NAMES[dtype]
+
+
+def geometry(module, x, frozen_weight, in_weight, out_weight, stride, padding):
+    g = module.Geometry()
+    g.N, _, g.H, g.W = x.shape
+    g.O_f, g.I_f, g.KH, g.KW = frozen_weight.shape
+    g.I_p = in_weight.shape[1]
+    g.O_p = out_weight.shape[0]
+    g.SH, g.SW = stride
+    g.PH, g.PW = padding
+    g.OH = (g.H + 2 * g.PH - g.KH) // g.SH + 1
+    g.OW = (g.W + 2 * g.PW - g.KW) // g.SW + 1
+    return g
+
+
+def ptr(t: torch.Tensor | None) -> int:
+    """The data pointer of a contiguous tensor; 0 for None or an empty tensor."""
+    return 0 if t is None or t.numel() == 0 else t.data_ptr()
+
+
+def contiguous(*tensors):
+    return [None if t is None else t.contiguous() for t in tensors]
+
+
+def forward(module, extra, x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias,
+            stride, padding):
+    """Runs ``module.forward``; ``extra`` is the trailing argument (threads or stream)."""
+    x, fw, fb, iw, ow, ob = contiguous(x, frozen_weight, frozen_bias, in_weight, out_weight,
+                                       out_bias)
+    g = geometry(module, x, fw, iw, ow, stride, padding)
+    out = x.new_empty((g.N, g.O_f + g.O_p, g.OH, g.OW))
+    if out.numel():
+        module.forward(g, dtype_name(x.dtype), ptr(x), ptr(fw), ptr(fb), ptr(iw), ptr(ow),
+                       ptr(ob), ptr(out), extra)
+    return out
+
+
+def backward(module, extra, grad_out, x, frozen_weight, in_weight, out_weight, stride, padding,
+             need_x, need_in_weight, need_out_weight, need_out_bias):
+    grad_out, x, fw, iw, ow = contiguous(grad_out, x, frozen_weight, in_weight, out_weight)
+    g = geometry(module, x, fw, iw, ow, stride, padding)
+    dtype = dtype_name(x.dtype)
+    grad_x = grad_in = grad_out_w = grad_out_b = None
+    if need_x:
+        grad_x = x.new_empty(x.shape)
+        if grad_x.numel():
+            module.input_grad(g, dtype, ptr(grad_out), ptr(fw), ptr(iw), ptr(ow), 0,
+                              g.I_f + g.I_p, ptr(grad_x), extra)
+    if need_out_weight or need_out_bias:
+        # Planted filters: output rows [O_f, O), every input channel.
+        grad_out_w = torch.zeros_like(ow)
+        grad_out_b = ow.new_zeros(g.O_p) if need_out_bias else None
+        if ow.numel() and g.N:
+            module.weight_grad(g, dtype, ptr(grad_out), ptr(x), g.O_f, g.O_f + g.O_p, 0,
+                               g.I_f + g.I_p, ptr(grad_out_w), ptr(grad_out_b), extra)
+        grad_out_w = grad_out_w if need_out_weight else None
+    if need_in_weight:
+        # Planted input slices: frozen filters [0, O_f), planted input channels [I_f, C).
+        grad_in = torch.zeros_like(iw)
+        if iw.numel() and g.N:
+            module.weight_grad(g, dtype, ptr(grad_out), ptr(x), 0, g.O_f, g.I_f, g.I_f + g.I_p,
+                               ptr(grad_in), 0, extra)
+    return grad_x, grad_in, grad_out_w, grad_out_b

@@ -1,0 +1,33 @@
+"""The ``cpu`` backend: C++ kernels (csrc/planted_conv_cpu.cpp), float32 and float64.
+
+Direct convolution with OpenMP over the batch, tuned for planting's small channel counts; it
+runs on as many threads as ``torch.get_num_threads()``. The module ``plantops._C`` is built by
+``pip install -e .``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from plantops.kernels import _native
+
+NAME = "cpu"
+_DTYPES = (torch.float32, torch.float64)
+
+
+def unavailable_reason(device_type: str, dtype: torch.dtype) -> str | None:
+    if device_type != "cpu":
+        return "it runs on CPU tensors only"
+    if dtype not in _DTYPES:
+        return "it supports float32 and float64 only"
+    return _native.load("plantops._C")[1]
+
+
+def forward(*args):
+    module = _native.load("plantops._C")[0]
+    return _native.forward(module, torch.get_num_threads(), *args)
+
+
+def backward(*args):
+    module = _native.load("plantops._C")[0]
+    return _native.backward(module, torch.get_num_threads(), *args)
