@@ -10,6 +10,12 @@
 
 #include <cstdint>
 
+#ifdef __CUDACC__
+#define PLANTOPS_HD __host__ __device__
+#else
+#define PLANTOPS_HD
+#endif
+
 namespace plantops {
 
 struct Geometry {
@@ -22,8 +28,8 @@ struct Geometry {
   int64_t PH = 0, PW = 0;         // zero padding
   int64_t OH = 0, OW = 0;         // output height, width
 
-  int64_t C() const { return I_f + I_p; }
-  int64_t O() const { return O_f + O_p; }
+  PLANTOPS_HD int64_t C() const { return I_f + I_p; }
+  PLANTOPS_HD int64_t O() const { return O_f + O_p; }
 };
 
 // Returns an empty string when g is consistent, else a message naming what is wrong.

@@ -84,5 +84,21 @@ def _auto(x: torch.Tensor, shape_key) -> str:
             return measured
         # Until measured otherwise, cuDNN through the composite is the safe choice.
         return "torch"
-    runnable = _runnable(x)
-    return runnable[0] if runnable else "torch"
+    if "cpu" in _runnable(x) and cpu_kernels_win(shape_key):
+        return "cpu"
+    return "torch"
+
+
+def cpu_kernels_win(shape_key) -> bool:
+    """Whether the C++ kernels beat oneDNN (the torch backend) for this shape on the CPU.
+
+    Measured with benchmarks/test_bench_planted_conv.py on a 2-core AVX-512 machine
+    (benchmarks/RESULTS.md): the direct kernels win at planting's narrow layers (up to 16
+    channels, or up to 40 on maps of 32x32 and more) and lose to oneDNN's blocked GEMM on
+    wider ones.
+    """
+    if shape_key is None:
+        return True
+    _, channels, outputs, height, width = shape_key[:5]
+    widest = max(channels, outputs)
+    return widest <= 20 or (widest <= 40 and height * width >= 1024)

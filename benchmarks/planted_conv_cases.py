@@ -1,0 +1,107 @@
+"""Setup factory for the planted-convolution benchmarks: one planting step's two layers.
+
+A planting step touches two layers, and these are the two cases benchmarked:
+- ``outputs``: the layer being planted. Its input comes from frozen layers (no gradient);
+  ``O_p`` new filters (and biases) train. A user would write two ``nn.Conv2d`` joined by
+  ``torch.cat`` (the frozen one with requires_grad False), or one ``nn.Conv2d`` whose weight
+  gradient a hook masks to the new rows.
+- ``inputs``: the layer that reads it. Its input has ``I_p`` new channels and needs a
+  gradient; the new input slices of its frozen filters train. A user would write a frozen
+  conv over the old channels plus a trainable conv over the new ones, added; or one conv
+  whose gradient a hook masks to the new columns.
+Every implementation computes the same function on the same tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plantops import backends, planted_conv2d
+
+BASELINES = ("split_convs", "masked_conv")
+
+
+def implementations(device: str) -> list[str]:
+    return [f"plantops-{b}" for b in backends(device)] + list(BASELINES)
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def make_case(case: str, impl: str, batch: int, channels: int, size: int, planted: int,
+              mode: str, device: str = "cpu", dtype=torch.float32):
+    """A zero-argument callable that runs one forward (mode 'fwd') or forward+backward
+    ('fwdbwd') of ``impl`` and synchronizes; and the FLOPs it does."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+
+    k = 3
+    if case == "outputs":
+        i_f, i_p, o_f, o_p = channels, 0, channels, planted
+    else:
+        i_f, i_p, o_f, o_p = channels, planted, channels, 0
+    x = rand(batch, i_f + i_p, size, size).requires_grad_(case == "inputs")
+    frozen_w, frozen_b = rand(o_f, i_f, k, k) * 0.1, rand(o_f) * 0.1
+    in_w = rand(o_f, i_p, k, k).mul_(0.1).requires_grad_() if i_p else None
+    out_w = rand(o_p, i_f + i_p, k, k).mul_(0.1).requires_grad_() if o_p else None
+    out_b = rand(o_p).mul_(0.1).requires_grad_() if o_p else None
+    grad_out = rand(batch, o_f + o_p, size, size)
+    trainable = [t for t in (in_w, out_w, out_b) if t is not None]
+    wrt = trainable + ([x] if x.requires_grad else [])
+
+    if impl.startswith("plantops-"):
+        backend = impl.split("-", 1)[1]
+
+        def forward():
+            return planted_conv2d(x, frozen_w, frozen_b, out_w, out_b, in_w, 1, 1, backend)
+    elif impl == "split_convs":
+        def forward():
+            if case == "outputs":
+                return torch.cat([F.conv2d(x, frozen_w, frozen_b, 1, 1),
+                                  F.conv2d(x, out_w, out_b, 1, 1)], 1)
+            return (F.conv2d(x[:, :i_f], frozen_w, frozen_b, 1, 1)
+                    + F.conv2d(x[:, i_f:], in_w, None, 1, 1))
+    elif impl == "masked_conv":
+        conv = nn.Conv2d(i_f + i_p, o_f + o_p, k, padding=1, device=device, dtype=dtype)
+        with torch.no_grad():
+            conv.weight.copy_(torch.cat([torch.cat([frozen_w, in_w], 1) if i_p else frozen_w,
+                                         out_w.detach()] if o_p else
+                                        [torch.cat([frozen_w, in_w.detach()], 1)], 0))
+            conv.bias.copy_(torch.cat([frozen_b, out_b.detach()]) if o_p else frozen_b)
+        mask = torch.zeros_like(conv.weight)
+        if o_p:
+            mask[o_f:] = 1
+        else:
+            mask[:, i_f:] = 1
+        bias_mask = torch.zeros_like(conv.bias)
+        bias_mask[o_f:] = 1
+        conv.weight.register_hook(lambda g: g * mask)
+        conv.bias.register_hook(lambda g: g * bias_mask)
+        wrt = [conv.weight, conv.bias] + ([x] if x.requires_grad else [])
+
+        def forward():
+            return conv(x)
+    else:
+        raise ValueError(f"unknown implementation {impl!r}")
+
+    def run_fwd():
+        with torch.no_grad():
+            forward()
+        _sync(device)
+
+    def run_fwdbwd():
+        torch.autograd.grad(forward(), wrt, grad_out)
+        _sync(device)
+
+    # FLOPs of the useful work: the forward conv, plus the planted-only backward.
+    macs_fwd = batch * size * size * (o_f + o_p) * (i_f + i_p) * k * k
+    macs_bwd = batch * size * size * k * k * (o_p * (i_f + i_p) + o_f * i_p
+                                              + ((o_f + o_p) * (i_f + i_p) if case == "inputs" else 0))
+    flops = 2 * (macs_fwd + (macs_bwd if mode == "fwdbwd" else 0))
+    return (run_fwd if mode == "fwd" else run_fwdbwd), flops

@@ -1,0 +1,168 @@
+"""planted_conv2d against the float64 reference, output and every gradient, on every backend
+this machine can run (Triton under TRITON_INTERPRET=1 on the CPU, see test_triton_conv.py)."""
+
+import pytest
+import torch
+
+import plantops
+from plantops import planted_conv2d, reference_planted_conv2d
+
+from helpers import assert_close_to_reference
+
+# (N, I_f, I_p, O_f, O_p, H, W, kernel, stride, padding)
+SHAPES = [
+    (2, 4, 3, 5, 2, 9, 11, 3, 1, 1),
+    (1, 7, 1, 3, 3, 7, 7, 3, 1, 0),      # batch 1, odd everything
+    (3, 33, 4, 8, 4, 8, 8, 3, 1, 1),     # 33 input channels
+    (2, 8, 4, 33, 7, 5, 6, 5, 2, 2),     # kernel 5, stride 2
+    (2, 3, 0, 6, 2, 10, 7, 1, 2, 0),     # kernel 1, no planted inputs
+    (2, 5, 3, 4, 0, 6, 6, 3, 1, 1),      # no planted outputs
+    (1, 1, 1, 1, 1, 1, 1, 1, 1, 0),      # sizes 1
+    (2, 6, 2, 3, 1, 33, 33, 3, 1, 1),    # 33x33 map
+    (2, 8, 4, 8, 4, 12, 12, 3, 2, 1),    # stride 2, padding 1
+]
+CPU_BACKENDS = [b for b in ("torch", "cpu") if b in plantops.backends("cpu")]
+
+
+def make_inputs(shape, dtype=torch.float64, bias=True):
+    n, i_f, i_p, o_f, o_p, h, w, k, s, p = shape
+    t = dict(
+        x=torch.randn(n, i_f + i_p, h, w, dtype=dtype),
+        frozen_weight=torch.randn(o_f, i_f, k, k, dtype=dtype),
+        frozen_bias=torch.randn(o_f, dtype=dtype) if bias else None,
+        out_weight=torch.randn(o_p, i_f + i_p, k, k, dtype=dtype) if o_p else None,
+        out_bias=torch.randn(o_p, dtype=dtype) if (o_p and bias) else None,
+        in_weight=torch.randn(o_f, i_p, k, k, dtype=dtype) if i_p else None,
+    )
+    return t, dict(stride=s, padding=p)
+
+
+TRAINABLE = ("x", "in_weight", "out_weight", "out_bias")
+
+
+def run(fn, tensors, conv_args, grad_out=None, **kwargs):
+    """Output and the gradients of TRAINABLE (None where a tensor is absent)."""
+    leaves = {k: (v.detach().clone().requires_grad_(k in TRAINABLE) if v is not None else None)
+              for k, v in tensors.items()}
+    out = fn(**leaves, **conv_args, **kwargs)
+    if grad_out is None:
+        return out, None
+    wrt = [leaves[k] for k in TRAINABLE if leaves[k] is not None]
+    grads = iter(torch.autograd.grad(out, wrt, grad_out))
+    return out, {k: (next(grads) if leaves[k] is not None else None) for k in TRAINABLE}
+
+
+def check_backend(backend, shape, dtype, transform=lambda t: t):
+    tensors64, conv_args = make_inputs(shape)
+    ref_out, _ = run(reference_planted_conv2d, tensors64, conv_args)
+    grad_out = torch.randn_like(ref_out)
+    ref_out, ref_grads = run(reference_planted_conv2d, tensors64, conv_args, grad_out)
+    low = {k: (None if v is None else v.to(dtype)) for k, v in tensors64.items()}
+    base_out, base_grads = run(reference_planted_conv2d, low, conv_args, grad_out.to(dtype))
+    low["x"] = transform(low["x"])
+    out, grads = run(planted_conv2d, low, conv_args, grad_out.to(dtype), backend=backend)
+    assert out.dtype == dtype and out.shape == ref_out.shape
+    assert_close_to_reference(out, ref_out, base_out, name=f"{backend} output")
+    for k in TRAINABLE:
+        if ref_grads[k] is None:
+            assert grads[k] is None
+            continue
+        assert_close_to_reference(grads[k], ref_grads[k], base_grads[k], name=f"{backend} grad {k}")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
+def test_matches_reference(backend, dtype, shape):
+    check_backend(backend, shape, dtype)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("layout", ["channels_last", "non_contiguous"])
+def test_memory_layouts(backend, layout):
+    def transform(x):
+        if layout == "channels_last":
+            return x.contiguous(memory_format=torch.channels_last)
+        # same values, every stride different from a contiguous tensor's
+        return x.transpose(2, 3).contiguous().transpose(2, 3)
+    check_backend(backend, (3, 5, 3, 4, 2, 7, 9, 3, 1, 1), torch.float32, transform)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_without_bias(backend):
+    tensors, conv_args = make_inputs((2, 4, 2, 3, 2, 6, 6, 3, 1, 1), bias=False)
+    ref = reference_planted_conv2d(**tensors, **conv_args)
+    out = planted_conv2d(**tensors, **conv_args, backend=backend)
+    assert_close_to_reference(out, ref, ref)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gradcheck(backend):
+    tensors, conv_args = make_inputs((2, 2, 2, 2, 2, 4, 5, 3, 1, 1))
+    names = list(tensors)
+    leaves = [tensors[k].requires_grad_(k in TRAINABLE) for k in names]
+
+    def fn(*args):
+        return planted_conv2d(**dict(zip(names, args)), **conv_args, backend=backend)
+
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_frozen_block_gets_no_gradient(backend):
+    tensors, conv_args = make_inputs((2, 3, 2, 4, 2, 5, 5, 3, 1, 1))
+    tensors["frozen_weight"].requires_grad_(True)
+    tensors["frozen_bias"].requires_grad_(True)
+    tensors["out_weight"].requires_grad_(True)
+    planted_conv2d(**tensors, **conv_args, backend=backend).sum().backward()
+    assert tensors["frozen_weight"].grad is None and tensors["frozen_bias"].grad is None
+    assert tensors["out_weight"].grad is not None
+
+
+def test_backward_skips_what_is_not_needed(monkeypatch):
+    """Only the planted blocks that require grad reach the backend's backward."""
+    from plantops.kernels import torch_composite
+
+    seen = []
+    original = torch_composite.backward
+
+    def spy(*args):
+        seen.append(args[-4:])
+        return original(*args)
+
+    monkeypatch.setattr(torch_composite, "backward", spy)
+    tensors, conv_args = make_inputs((2, 3, 2, 4, 2, 5, 5, 3, 1, 1))
+    tensors["out_weight"].requires_grad_(True)
+    planted_conv2d(**tensors, **conv_args, backend="torch").sum().backward()
+    assert seen == [(False, False, True, False)]
+
+
+def test_cpu_backend_is_deterministic_across_thread_counts():
+    if "cpu" not in plantops.backends("cpu"):
+        pytest.skip("plantops._C is not built")
+    tensors, conv_args = make_inputs((37, 6, 3, 5, 3, 9, 9, 3, 1, 1), dtype=torch.float32)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            _, grads = run(planted_conv2d, tensors, conv_args,
+                           torch.ones(37, 8, 9, 9), backend="cpu")
+            results.append(grads)
+    finally:
+        torch.set_num_threads(threads)
+    for k in ("in_weight", "out_weight", "out_bias"):
+        assert torch.equal(results[0][k], results[1][k]), k
+
+
+def test_auto_picks_a_runnable_backend():
+    tensors, conv_args = make_inputs((2, 3, 2, 4, 2, 5, 5, 3, 1, 1), dtype=torch.float16)
+    # float16 is not a cpu-backend dtype: auto must fall back to the torch composite.
+    out = planted_conv2d(**tensors, **conv_args, backend="auto")
+    assert out.dtype == torch.float16
+
+
+def test_backends_lists_cpu_names():
+    names = plantops.backends("cpu")
+    assert "torch" in names
+    assert all(n in ("torch", "cpu", "triton") for n in names)

@@ -1,0 +1,65 @@
+"""The Triton backend against the float64 reference, gradients included.
+
+On a machine without a GPU the kernels run on the CPU under TRITON_INTERPRET=1, which this
+module sets before triton is imported (small shapes: the interpreter is slow). On a GPU the
+same checks run on CUDA tensors in float32, bfloat16 and float16.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+triton = pytest.importorskip("triton")
+
+from plantops.kernels import triton_conv  # noqa: E402
+
+from test_planted_conv import SHAPES, make_inputs, run, TRAINABLE  # noqa: E402
+from plantops import planted_conv2d, reference_planted_conv2d  # noqa: E402
+from helpers import assert_close  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu" and not triton_conv._INTERPRET:
+    pytest.skip("triton was imported before TRITON_INTERPRET=1 could be set",
+                allow_module_level=True)
+
+# Interpreter-sized subset of the shared shapes (odd sizes, stride 2, kernel 1/5, empty blocks).
+INTERP_SHAPES = [SHAPES[i] for i in (0, 1, 3, 4, 5, 6)]
+DTYPES = [torch.float32] + ([torch.bfloat16, torch.float16] if DEVICE == "cuda" else [])
+TOL = {torch.float32: 2e-3, torch.bfloat16: 3e-2, torch.float16: 5e-3}  # relative to max |ref|
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", INTERP_SHAPES, ids=[str(s) for s in INTERP_SHAPES])
+def test_triton_matches_reference(shape, dtype):
+    tensors64, conv_args = make_inputs(shape)
+    ref_out, _ = run(reference_planted_conv2d, tensors64, conv_args)
+    grad_out = torch.randn_like(ref_out)
+    ref_out, ref_grads = run(reference_planted_conv2d, tensors64, conv_args, grad_out)
+    low = {k: (None if v is None else v.to(DEVICE, dtype)) for k, v in tensors64.items()}
+    out, grads = run(planted_conv2d, low, conv_args, grad_out.to(DEVICE, dtype), backend="triton")
+    # TF32 / half inputs: error relative to the largest reference value.
+    def check(got, ref, name):
+        scale = max(ref.abs().max().item(), 1.0) if ref.numel() else 1.0
+        assert_close(got, ref, atol=TOL[dtype] * scale, rtol=0, name=name)
+    check(out, ref_out, "triton output")
+    for k in TRAINABLE:
+        if ref_grads[k] is None:
+            assert grads[k] is None
+        else:
+            check(grads[k], ref_grads[k], f"triton grad {k}")
+
+
+def test_triton_float32_is_exact_without_tf32():
+    if DEVICE == "cuda":
+        torch.backends.cudnn.allow_tf32 = False
+    try:
+        tensors64, conv_args = make_inputs(SHAPES[0])
+        ref = reference_planted_conv2d(**tensors64, **conv_args)
+        low = {k: (None if v is None else v.to(DEVICE, torch.float32)) for k, v in tensors64.items()}
+        out = planted_conv2d(**low, **conv_args, backend="triton")
+        assert_close(out, ref, atol=1e-4, rtol=1e-4, name="triton float32 (ieee)")
+    finally:
+        torch.backends.cudnn.allow_tf32 = True
