@@ -21,6 +21,7 @@ SHAPES = [
     (2, 6, 2, 3, 1, 33, 33, 3, 1, 1),    # 33x33 map
     (2, 8, 4, 8, 4, 12, 12, 3, 2, 1),    # stride 2, padding 1
 ]
+# Triton runs on the CPU only under its interpreter, with its own tolerances: test_triton_conv.py.
 CPU_BACKENDS = [b for b in ("torch", "cpu") if b in plantops.backends("cpu")]
 
 

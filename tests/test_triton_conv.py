@@ -21,7 +21,7 @@ from plantops import planted_conv2d, reference_planted_conv2d  # noqa: E402
 from helpers import assert_close  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu" and not triton_conv._INTERPRET:
+if DEVICE == "cpu" and not triton_conv._interpret():
     pytest.skip("triton was imported before TRITON_INTERPRET=1 could be set",
                 allow_module_level=True)
 

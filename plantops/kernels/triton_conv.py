@@ -26,7 +26,11 @@ import torch
 
 NAME = "triton"
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _interpret() -> bool:
+    """Triton's CPU interpreter is on (read at call time: tests set it after import)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @functools.lru_cache(maxsize=None)
@@ -39,7 +43,7 @@ def _triton_missing() -> str | None:
 
 
 def unavailable_reason(device_type: str, dtype: torch.dtype) -> str | None:
-    if device_type == "cpu" and not _INTERPRET:
+    if device_type == "cpu" and not _interpret():
         return "on CPU tensors it runs only under TRITON_INTERPRET=1 (for tests)"
     if device_type not in ("cpu", "cuda"):
         return "it runs on CUDA tensors"
@@ -137,10 +141,10 @@ def _weight_grad(grad_out, x, d, o_begin, o_end, c_begin, c_end):
     pixels = d["N"] * d["OH"] * d["OW"]
     if no * nc * pixels == 0:
         return grad_out.new_zeros((no, nc, d["KH"], d["KW"]))
-    block_m, block_n, block_k = (16, 16, 16) if _INTERPRET else (16, 64, 64)
+    block_m, block_n, block_k = (16, 16, 16) if _interpret() else (16, 64, 64)
     # Enough splits to fill the GPU; each split covers a whole number of BLOCK_K chunks.
     tiles = triton.cdiv(no, block_m) * triton.cdiv(nc * kk, block_n)
-    splits = max(1, min(triton.cdiv(pixels, 4 * block_k), (1 if _INTERPRET else 264) // tiles))
+    splits = max(1, min(triton.cdiv(pixels, 4 * block_k), (1 if _interpret() else 264) // tiles))
     per_split = triton.cdiv(triton.cdiv(pixels, splits), block_k) * block_k
     splits = triton.cdiv(pixels, per_split)
     partial = torch.empty((splits, no, nc * kk), device=x.device, dtype=torch.float32)
