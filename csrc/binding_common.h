@@ -33,7 +33,8 @@ inline void check_outputs(const Geometry& g, int64_t o_begin, int64_t o_end) {
 }
 
 inline void bind_geometry(pybind11::module_& m) {
-  pybind11::class_<Geometry>(m, "Geometry")
+  // module_local: _C and _cuda each bind the same C++ type; without it the second import fails.
+  pybind11::class_<Geometry>(m, "Geometry", pybind11::module_local())
       .def(pybind11::init<>())
       .def_readwrite("N", &Geometry::N)
       .def_readwrite("I_f", &Geometry::I_f)
