@@ -1,0 +1,359 @@
+"""Datasets for the search: CIFAR-10/100 (python format), STL-10 (binary) and image folders.
+
+Every loader returns a :class:`Dataset` of uint8 HWC arrays. Image folders (``train/<class>/*``
+and ``test/<class>/*``, as a folder or a .tar/.tar.gz of one) are decoded once and cached as
+``.npz`` beside the cache key. Nothing is partial: a corrupt or truncated file is a
+:class:`DataError` naming the file. Missing official datasets are downloaded (checksum
+verified) when ``download`` is true and the network answers; otherwise the error says where
+the data was looked for, which formats are accepted and which flag points at it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import torch
+
+OFFICIAL = {
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                "c58f30108f718f92721af3b95e74349a", "cifar-10-batches-py"),
+    "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                 "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python"),
+    "stl10": ("http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
+              "91f7769df0f17e558f3565bffb0c7dfb", "stl10_binary"),
+}
+FORMATS = {
+    "cifar10": "the CIFAR-10 python version: the folder cifar-10-batches-py or cifar-10-python.tar.gz",
+    "cifar100": "the CIFAR-100 python version: the folder cifar-100-python or cifar-100-python.tar.gz",
+    "stl10": "the STL-10 binary version: the folder stl10_binary or stl10_binary.tar.gz",
+    "folder": "an image folder train/<class>/*, test/<class>/* (a folder, .tar or .tar.gz)",
+}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".webp")
+
+
+class DataError(RuntimeError):
+    """The data could not be found or read; the message says what and where."""
+
+
+@dataclasses.dataclass
+class Dataset:
+    train_images: np.ndarray  # [N, H, W, 3] uint8
+    train_labels: np.ndarray  # [N] int64
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    classes: list[str]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_images.shape[1])
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("PLANTOPS_CACHE", Path.home() / ".cache" / "plantops"))
+
+
+def load(name: str, path: str | os.PathLike | None = None, cache_dir: Path | None = None,
+         download: bool = True) -> Dataset:
+    """Loads dataset ``name`` ('cifar10', 'cifar100', 'stl10', 'folder') from ``path``."""
+    if name not in FORMATS:
+        raise DataError(f"unknown dataset {name!r}: expected one of {', '.join(FORMATS)}")
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    if name == "folder":
+        if path is None:
+            raise DataError("--dataset folder needs --data PATH: " + FORMATS["folder"])
+        return _load_folder(Path(path), cache_dir)
+    source = _find_official(name, path, cache_dir, download)
+    return {"cifar10": _load_cifar10, "cifar100": _load_cifar100, "stl10": _load_stl10}[name](source)
+
+
+# ----------------------------------------------------------------------------- official formats
+
+def _find_official(name, path, cache_dir, download) -> "_Source":
+    url, md5, folder = OFFICIAL[name]
+    archive_name = url.rsplit("/", 1)[1]
+    candidates = []
+    if path is not None:
+        path = Path(path)
+        candidates += [path, path / folder, path / archive_name]
+    candidates += [cache_dir / folder, cache_dir / archive_name]
+    for c in candidates:
+        if c.is_dir() and (c.name == folder or (c / folder).is_dir() or _looks_like(name, c)):
+            return _Source(c / folder if (c / folder).is_dir() else c)
+        if c.is_file() and c.name.endswith((".tar.gz", ".tgz", ".tar")):
+            return _Source(c)
+    looked = ", ".join(str(c) for c in candidates)
+    if download:
+        target = cache_dir / archive_name
+        try:
+            _download(url, md5, target)
+            return _Source(target)
+        except OSError as err:
+            reason = f"the download from {url} failed ({err})"
+    else:
+        reason = "downloading is off (--no-download)"
+    raise DataError(f"{name} not found; looked in: {looked}. Accepted: {FORMATS[name]}. "
+                    f"Point --data at it (or at the folder holding it); {reason}.")
+
+
+def _looks_like(name, folder: Path) -> bool:
+    marker = {"cifar10": "data_batch_1", "cifar100": "train", "stl10": "train_X.bin"}[name]
+    return (folder / marker).is_file()
+
+
+def _download(url, md5, target: Path):
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(target.suffix + ".part")
+    with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as f:
+        while chunk := response.read(1 << 20):
+            f.write(chunk)
+    digest = _md5(tmp)
+    if digest != md5:
+        tmp.unlink()
+        raise OSError(f"checksum mismatch for {url}: got md5 {digest}, expected {md5}")
+    os.replace(tmp, target)
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _Source:
+    """Members of an official dataset, from its folder or straight from its archive."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def read(self, member: str) -> bytes:
+        if self.path.is_dir():
+            f = self.path / member
+            if not f.is_file():
+                raise DataError(f"{f} is missing: the dataset folder {self.path} is incomplete")
+            return f.read_bytes()
+        try:
+            with tarfile.open(self.path) as tar:
+                for info in tar:
+                    if info.isfile() and info.name.endswith("/" + member):
+                        return tar.extractfile(info).read()
+        except (tarfile.TarError, EOFError, OSError, zlib_error()) as err:
+            raise DataError(f"{self.path} is corrupt or truncated ({err}); "
+                            "delete it and fetch it again") from err
+        raise DataError(f"{self.path} has no member {member}: not the expected archive")
+
+
+def zlib_error():
+    import zlib
+    return zlib.error
+
+
+def _unpickle(source: _Source, member: str) -> dict:
+    raw = source.read(member)
+    try:
+        return pickle.loads(raw, encoding="bytes")
+    except Exception as err:  # any unpickling failure means a damaged file
+        raise DataError(f"{source.path}/{member} is corrupt or truncated ({err})") from err
+
+
+def _cifar_images(batch: dict, where: str) -> np.ndarray:
+    data = np.asarray(batch[b"data"], dtype=np.uint8)
+    if data.ndim != 2 or data.shape[1] != 3072:
+        raise DataError(f"{where}: expected rows of 3072 bytes, got shape {data.shape}")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+
+
+def _load_cifar10(source: _Source) -> Dataset:
+    batches = [_unpickle(source, f"data_batch_{i}") for i in range(1, 6)]
+    test = _unpickle(source, "test_batch")
+    meta = _unpickle(source, "batches.meta")
+    return Dataset(
+        np.concatenate([_cifar_images(b, f"{source.path} data_batch") for b in batches]),
+        np.concatenate([np.asarray(b[b"labels"], dtype=np.int64) for b in batches]),
+        _cifar_images(test, f"{source.path} test_batch"),
+        np.asarray(test[b"labels"], dtype=np.int64),
+        [c.decode() for c in meta[b"label_names"]])
+
+
+def _load_cifar100(source: _Source) -> Dataset:
+    train, test = _unpickle(source, "train"), _unpickle(source, "test")
+    meta = _unpickle(source, "meta")
+    return Dataset(_cifar_images(train, f"{source.path} train"),
+                   np.asarray(train[b"fine_labels"], dtype=np.int64),
+                   _cifar_images(test, f"{source.path} test"),
+                   np.asarray(test[b"fine_labels"], dtype=np.int64),
+                   [c.decode() for c in meta[b"fine_label_names"]])
+
+
+def _load_stl10(source: _Source) -> Dataset:
+    def images(member):
+        raw = np.frombuffer(source.read(member), dtype=np.uint8)
+        if raw.size % (3 * 96 * 96):
+            raise DataError(f"{source.path}/{member} is truncated: {raw.size} bytes is not a "
+                            "whole number of 96x96x3 images")
+        # stored column-major per channel: [N, 3, W, H]
+        return raw.reshape(-1, 3, 96, 96).transpose(0, 3, 2, 1).copy()
+
+    def labels(member, count):
+        y = np.frombuffer(source.read(member), dtype=np.uint8).astype(np.int64) - 1
+        if y.size != count:
+            raise DataError(f"{source.path}/{member} has {y.size} labels for {count} images")
+        return y
+
+    train_x, test_x = images("train_X.bin"), images("test_X.bin")
+    names = source.read("class_names.txt").decode().split()
+    return Dataset(train_x, labels("train_y.bin", len(train_x)), test_x,
+                   labels("test_y.bin", len(test_x)), names)
+
+
+# ----------------------------------------------------------------------------- image folders
+
+def _load_folder(path: Path, cache_dir: Path) -> Dataset:
+    if not path.exists():
+        raise DataError(f"{path} does not exist; --data must point at {FORMATS['folder']}")
+    stat = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    cached = cache_dir / f"folder-{key}.npz"
+    if cached.is_file():
+        with np.load(cached) as z:
+            return Dataset(z["train_images"], z["train_labels"], z["test_images"],
+                           z["test_labels"], list(z["classes"]))
+    files = _list_folder(path)
+    classes = sorted({cls for split, cls, _ in files if split == "train"})
+    if not classes:
+        raise DataError(f"{path} has no images under train/<class>/: expected {FORMATS['folder']}")
+    index = {c: i for i, c in enumerate(classes)}
+    arrays = {}
+    for split in ("train", "test"):
+        items = [(cls, read) for s, cls, read in files if s == split]
+        unknown = sorted({cls for cls, _ in items} - set(index))
+        if unknown:
+            raise DataError(f"{path}: test classes {unknown} do not appear under train/")
+        if not items:
+            raise DataError(f"{path} has no images under {split}/<class>/")
+        images = [_decode(read, name) for cls, (name, read) in items]
+        shapes = {im.shape for im in images}
+        if len(shapes) != 1:
+            raise DataError(f"{path}: images of different sizes {sorted(shapes)[:3]}...; "
+                            "resize them to one size first")
+        arrays[split] = (np.stack(images), np.asarray([index[c] for c, _ in items], np.int64))
+    dataset = Dataset(*arrays["train"], *arrays["test"], classes)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp.npz")
+    np.savez(tmp, train_images=dataset.train_images, train_labels=dataset.train_labels,
+             test_images=dataset.test_images, test_labels=dataset.test_labels,
+             classes=np.asarray(classes))
+    os.replace(tmp, cached)
+    return dataset
+
+
+def _list_folder(path: Path):
+    """(split, class, (name, reader)) for every image, sorted by name for a fixed order."""
+    out = []
+    if path.is_dir():
+        root = path
+        if not (root / "train").is_dir():
+            subs = [d for d in root.iterdir() if (d / "train").is_dir()]
+            if len(subs) == 1:
+                root = subs[0]
+        for f in sorted(root.glob("*/*/*")):
+            parts = f.relative_to(root).parts
+            if parts[0] in ("train", "test") and f.suffix.lower() in IMAGE_SUFFIXES:
+                out.append((parts[0], parts[1], (str(f), f.read_bytes)))
+        return out
+    # Read members in archive order: a .tar.gz cannot seek backwards without decompressing
+    # again from the start, so reading in sorted order would be quadratic.
+    try:
+        with tarfile.open(path) as tar:
+            for m in tar:
+                parts = m.name.split("/")
+                if (m.isfile() and len(parts) >= 3 and parts[-3] in ("train", "test")
+                        and os.path.splitext(m.name)[1].lower() in IMAGE_SUFFIXES):
+                    raw = tar.extractfile(m).read()
+                    out.append((parts[-3], parts[-2], (f"{path}:{m.name}", lambda raw=raw: raw)))
+    except (tarfile.TarError, EOFError, OSError, zlib_error()) as err:
+        raise DataError(f"{path} is corrupt or truncated ({err}), or not a .tar/.tar.gz") from err
+    out.sort(key=lambda item: item[2][0])
+    return out
+
+
+def _decode(read, name) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(io.BytesIO(read())) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DataError(f"cannot decode image {name} ({err}): the file is corrupt") from err
+
+
+# ----------------------------------------------------------------------------- splits and batches
+
+def stratified_split(labels: np.ndarray, val_size: int, seed: int):
+    """(train_idx, val_idx): ``val_size`` examples held out, classes in proportion, seeded."""
+    if not 0 < val_size < len(labels):
+        raise ValueError(f"val size must be between 1 and {len(labels) - 1}, got {val_size}")
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = np.floor(counts / len(labels) * val_size).astype(int)
+    for i in np.argsort(-(counts / len(labels) * val_size - quota))[: val_size - quota.sum()]:
+        quota[i] += 1
+    val = []
+    for cls, q in zip(classes, quota):
+        members = np.flatnonzero(labels == cls)
+        val.append(rng.permutation(members)[:q])
+    val_idx = np.sort(np.concatenate(val))
+    train_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
+    return train_idx, val_idx
+
+
+class DeviceData:
+    """Images held on the device as uint8 NCHW; batches are normalized (and, for training,
+    augmented: random crop with zero padding and horizontal flip) on the device."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, device, mean, std):
+        self.images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
+        self.labels = torch.from_numpy(labels).to(device)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() / 255.0 - self.mean) / self.std
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None,
+                augment: bool = False, crop_pad: int = 4):
+        """Yields (images, labels): shuffled and augmented when a generator is given."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size].to(self.images.device)
+            x = self.images[idx]
+            if augment:
+                x = random_crop_flip(x, crop_pad, generator)
+            yield self.normalize(x), self.labels[idx]
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Random crop of the zero-padded images back to their size, then a random horizontal flip."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])            # [n, h]
+    cols = dx[:, None] + torch.arange(w, device=x.device)[None, :]              # [n, w]
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]

@@ -1,0 +1,164 @@
+"""The paper's networks (METHOD.md) and planting on them.
+
+``PlantNet(widths, arch)`` is the plain CNN of the poster: five 3x3 convs (stride 1, pad 1,
+bias, ReLU), max pooling after conv1, conv2, conv5 (CIFAR, 32x32) or conv1, conv2, conv3,
+conv5 (STL-10, 96x96), then fc1 (128 wide) and fc2. ``Student[k]`` has every conv k wide;
+the parameter counts of METHOD.md's table are checked in tests/test_models.py.
+
+Planting ``p`` channels into layer ``l`` (0-4: conv1-conv5, 5: fc1) returns a copy whose
+layer ``l`` has ``p`` planted outputs and whose next layer has ``p`` planted inputs (conv5's
+planted channels reach fc1 as ``p * s * s`` flattened features); every other parameter is
+frozen. ``merge`` folds the planted blocks back into plain layers.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plantops.planted_conv import PlantedConv2d
+from plantops.planted_linear import PlantedLinear
+
+ARCHS = {
+    # input size, convs followed by a 2x2 max pool, spatial size at fc1
+    "cifar": dict(size=32, pools=(0, 1, 4), final=4),
+    "stl": dict(size=96, pools=(0, 1, 2, 4), final=6),
+}
+FC_WIDTH = 128
+LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc1")
+
+
+class PlantNet(nn.Module):
+    def __init__(self, widths: Sequence[int], arch: str = "cifar", num_classes: int = 10,
+                 fc_width: int = FC_WIDTH, in_channels: int = 3):
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"unknown architecture {arch!r}: expected one of {sorted(ARCHS)}")
+        if len(widths) != 5 or any(int(w) < 1 for w in widths):
+            raise ValueError(f"widths must be five positive conv widths, got {list(widths)}")
+        self.arch, self.num_classes = arch, num_classes
+        spec = ARCHS[arch]
+        chans = [in_channels, *map(int, widths)]
+        self.convs = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], 3, padding=1)
+                                   for i in range(5))
+        self.fc1 = nn.Linear(chans[5] * spec["final"] ** 2, fc_width)
+        self.fc2 = nn.Linear(fc_width, num_classes)
+
+    @property
+    def pools(self):
+        return ARCHS[self.arch]["pools"]
+
+    @property
+    def final_size(self) -> int:
+        return ARCHS[self.arch]["final"]
+
+    @property
+    def widths(self) -> list[int]:
+        return [_out_features(c) for c in self.convs]
+
+    @property
+    def fc_width(self) -> int:
+        return _out_features(self.fc1)
+
+    def forward(self, x):
+        for i, conv in enumerate(self.convs):
+            x = F.relu(conv(x))
+            if i in self.pools:
+                x = F.max_pool2d(x, 2)
+        x = F.relu(self.fc1(x.flatten(1)))
+        return self.fc2(x)
+
+    def describe(self) -> str:
+        return f"[{','.join(map(str, self.widths))}|{self.fc_width}]"
+
+    def to_sequential(self) -> nn.Sequential:
+        """The network as an nn.Sequential of standard torch layers (loadable without plantops)."""
+        net = merge(self)
+        layers: list[nn.Module] = []
+        for i, conv in enumerate(net.convs):
+            layers += [copy.deepcopy(conv), nn.ReLU()]
+            if i in net.pools:
+                layers.append(nn.MaxPool2d(2))
+        layers += [nn.Flatten(), copy.deepcopy(net.fc1), nn.ReLU(), copy.deepcopy(net.fc2)]
+        return nn.Sequential(*layers)
+
+
+def _out_features(layer) -> int:
+    if isinstance(layer, (PlantedConv2d, PlantedLinear)):
+        return layer.total_out
+    return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+
+
+def count_params(model: nn.Module) -> int:
+    """Parameters of the network as the paper counts them: every weight and bias, planted or not."""
+    return sum(t.numel() for t in merge(model).parameters()) if isinstance(model, PlantNet) \
+        else sum(t.numel() for t in model.parameters())
+
+
+def student(width: int, arch: str = "cifar", num_classes: int = 10) -> PlantNet:
+    """Student[k] / Teacher[k]: every conv k wide, fc1 128 wide."""
+    return PlantNet([width] * 5, arch, num_classes)
+
+
+def plantable_layers(include_fc1: bool) -> list[int]:
+    return list(range(6 if include_fc1 else 5))
+
+
+def plant(net: PlantNet, layer: int, count: int, init: str = "preserve",
+          generator: torch.Generator | None = None) -> PlantNet:
+    """A copy of ``net`` with ``count`` channels planted into ``layer`` (0-4 convs, 5 fc1).
+
+    Only the planted blocks are trainable. ``init="preserve"`` starts the new outgoing
+    weights (the next layer's planted input slices) at zero, so the candidate computes
+    exactly its parent's function before training; ``"random"`` gives them the layer's
+    default initialization too.
+    """
+    if init not in ("preserve", "random"):
+        raise ValueError(f"plant init must be 'preserve' or 'random', got {init!r}")
+    if layer not in range(6):
+        raise ValueError(f"layer must be 0-4 (conv1-conv5) or 5 (fc1), got {layer}")
+    net = merge(net)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    if layer < 5:
+        grown = PlantedConv2d.from_conv(net.convs[layer]).plant_outputs(count, generator)
+        net.convs[layer] = grown
+        if layer < 4:
+            reader = PlantedConv2d.from_conv(net.convs[layer + 1]).plant_inputs(count)
+            net.convs[layer + 1] = reader
+        else:
+            reader = PlantedLinear.from_linear(net.fc1).plant_inputs(count * net.final_size ** 2)
+            net.fc1 = reader
+    else:
+        grown = PlantedLinear.from_linear(net.fc1).plant_outputs(count, generator)
+        net.fc1 = grown
+        reader = PlantedLinear.from_linear(net.fc2).plant_inputs(count)
+        net.fc2 = reader
+    if init == "random":
+        bound = 1.0 / reader._fan_in() ** 0.5
+        with torch.no_grad():
+            reader.in_weight.uniform_(-bound, bound, generator=generator)
+    return net
+
+
+def planted_parameters(net: PlantNet) -> list[nn.Parameter]:
+    return [p for p in net.parameters() if p.requires_grad]
+
+
+def merge(net: PlantNet) -> PlantNet:
+    """A plain copy: planted layers become nn.Conv2d / nn.Linear with their whole weight."""
+    out = copy.deepcopy(net)
+    for i, conv in enumerate(out.convs):
+        if isinstance(conv, PlantedConv2d):
+            out.convs[i] = conv.to_conv()
+    for name in ("fc1", "fc2"):
+        layer = getattr(out, name)
+        if isinstance(layer, PlantedLinear):
+            setattr(out, name, layer.to_linear())
+    for p in out.parameters():
+        p.requires_grad_(True)
+    return out

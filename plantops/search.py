@@ -1,0 +1,448 @@
+"""Channel planting search (Mitsuno, Nomura, Kurita, ICPR 2020), end to end.
+
+    python -m plantops.search --dataset folder --data ../shared/data/cifar10-jpeg.tar.gz --out runs/quick
+    python -m plantops.search --preset paper --dataset cifar10 --data DIR --out runs/paper --device cuda
+    python -m plantops.search --resume runs/quick          # continue an interrupted search
+
+Steps (METHOD.md): train a teacher with cross-entropy; train a narrow initial network; then in
+each round plant ``--plant-channels`` channels into each plantable layer in turn (one
+candidate per layer), train only the planted parameters by distillation from the teacher,
+keep the candidate with the lowest validation loss if it beats the current network, and stop
+when none does (or at ``--max-rounds`` / ``--max-params``). The test set is evaluated only
+for the final report, never for a choice.
+
+Writes to ``--out``: config.json, log.jsonl, result.json, results.md, accuracy_vs_params.png,
+checkpoints (teacher.pt, initial.pt, round_K.pt), and final.pt, the chosen network as a plain
+``nn.Sequential`` (``torch.load(path, weights_only=False)``; no plantops needed).
+
+The ``quick`` preset (default) runs a reduced protocol meant for a 2-core CPU in about ten
+minutes; ``paper`` is the full protocol of the first author's code (100 epochs, SGD 0.01).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+import plantops
+from plantops import data as datasets
+from plantops import models
+from plantops.train import Schedule, evaluate, train
+
+NORMALIZATION = {  # per-channel mean and std of the training images
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "stl10": ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)),
+}
+
+
+@dataclasses.dataclass
+class Config:
+    """Every option of the search; the command-line flags are these names with dashes."""
+
+    dataset: str = dataclasses.field(default="cifar10", metadata=dict(
+        help="cifar10, cifar100, stl10 or folder (train/<class>/*, test/<class>/*)"))
+    data: Optional[str] = dataclasses.field(default=None, metadata=dict(
+        help="where the dataset is: its folder, archive, or the folder holding it"))
+    out: str = dataclasses.field(default="runs/search", metadata=dict(help="output folder"))
+    device: str = dataclasses.field(default="auto", metadata=dict(help="cpu, cuda, or auto"))
+    seed: int = dataclasses.field(default=0, metadata=dict(help="seed of every random choice"))
+    download: bool = dataclasses.field(default=True, metadata=dict(
+        help="download an official dataset that is missing (checksum verified)"))
+    train_subset: int = dataclasses.field(default=0, metadata=dict(
+        help="use this many training images (stratified, seeded); 0 = all"))
+    val_size: int = dataclasses.field(default=5000, metadata=dict(
+        help="validation images held out of the training set (images)"))
+    teacher_width: int = dataclasses.field(default=128, metadata=dict(help="Teacher[k] conv width"))
+    teacher_epochs: int = dataclasses.field(default=100, metadata=dict(help="teacher epochs"))
+    teacher: Optional[str] = dataclasses.field(default=None, metadata=dict(
+        help="reuse a trained teacher: a teacher.pt from an earlier --out"))
+    init_width: int = dataclasses.field(default=8, metadata=dict(help="initial Student[k] width"))
+    init_epochs: int = dataclasses.field(default=100, metadata=dict(help="initial network epochs"))
+    init_loss: str = dataclasses.field(default="kd", metadata=dict(
+        help="initial network loss: kd (distillation) or ce (labels)"))
+    plant_channels: int = dataclasses.field(default=4, metadata=dict(
+        help="channels planted per candidate (p)"))
+    plant_epochs: int = dataclasses.field(default=30, metadata=dict(
+        help="epochs of training the planted channels of each candidate"))
+    plant_fc1: bool = dataclasses.field(default=False, metadata=dict(
+        help="let fc1 be planted too (adds fc1 outputs and fc2 inputs)"))
+    plant_init: str = dataclasses.field(default="preserve", metadata=dict(
+        help="preserve: new outgoing weights start at zero (a candidate starts exactly at its "
+             "parent); random: default init for them too"))
+    max_rounds: int = dataclasses.field(default=20, metadata=dict(help="planting rounds at most"))
+    max_params: int = dataclasses.field(default=0, metadata=dict(
+        help="skip candidates above this many parameters; 0 = no budget"))
+    select_on: str = dataclasses.field(default="loss", metadata=dict(
+        help="validation criterion: loss (cross-entropy) or kd_loss (distillation loss)"))
+    batch_size: int = dataclasses.field(default=128, metadata=dict(help="images per step"))
+    lr: float = dataclasses.field(default=0.01, metadata=dict(help="SGD learning rate"))
+    momentum: float = dataclasses.field(default=0.9, metadata=dict(help="SGD momentum"))
+    weight_decay: float = dataclasses.field(default=5e-4, metadata=dict(help="SGD weight decay"))
+    lr_decay: float = dataclasses.field(default=0.2, metadata=dict(
+        help="lr multiplier after each third of every training run"))
+    temperature: float = dataclasses.field(default=4.0, metadata=dict(help="distillation temperature"))
+    label_weight: float = dataclasses.field(default=0.0, metadata=dict(
+        help="weight of the label cross-entropy mixed into distillation (0 = pure KD)"))
+    cache_dir: Optional[str] = dataclasses.field(default=None, metadata=dict(
+        help="where decoded datasets are cached (default ~/.cache/plantops or $PLANTOPS_CACHE)"))
+
+    def validate(self):
+        choices = dict(dataset=tuple(datasets.FORMATS), init_loss=("kd", "ce"),
+                       plant_init=("preserve", "random"), select_on=("loss", "kd_loss"))
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                                 f"got {getattr(self, name)!r}")
+        positive = ("teacher_width", "init_width", "plant_channels", "batch_size", "val_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("teacher_epochs", "init_epochs", "plant_epochs", "max_rounds",
+                     "train_subset", "max_params"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.label_weight <= 1:
+            raise ValueError(f"--label-weight must be in [0, 1], got {self.label_weight}")
+        if self.temperature <= 0 or self.lr <= 0:
+            raise ValueError("--temperature and --lr must be > 0")
+        return self
+
+
+PRESETS = {
+    # Reduced protocol for a 2-core CPU (about ten minutes with the data present).
+    "quick": dict(train_subset=8000, val_size=2000, teacher_width=64, teacher_epochs=8,
+                  init_epochs=10, plant_epochs=2, max_rounds=3, lr=0.05),
+    # The first author's training recipe of the period (METHOD.md): 100 epochs, SGD 0.01.
+    "paper": dict(train_subset=0, val_size=5000, teacher_width=128, teacher_epochs=100,
+                  init_epochs=100, plant_epochs=30, max_rounds=20, lr=0.01),
+}
+
+
+def config_from_dict(values: dict, base: Config | None = None) -> Config:
+    """A Config from a mapping of option names; unknown names are rejected."""
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)}; known options: "
+                         f"{', '.join(sorted(known))}")
+    return dataclasses.replace(base or Config(), **values)
+
+
+def parse_args(argv=None) -> Config:
+    parser = argparse.ArgumentParser(
+        prog="python -m plantops.search", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick",
+                        help="starting values of every option (default quick): " +
+                        "; ".join(f"{k}: {v}" for k, v in PRESETS.items()))
+    parser.add_argument("--config", help="JSON file of options (same names, dashes or "
+                        "underscores); command-line flags override it")
+    parser.add_argument("--resume", metavar="DIR", help="continue the search saved in DIR")
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        kind = {"Optional[str]": str, "str": str, "int": int, "float": float}.get(str(f.type))
+        if f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=f.metadata["help"] + f" (default {f.default})")
+        else:
+            parser.add_argument(flag, type=kind, default=None,
+                                help=f.metadata["help"] + f" (default {f.default})")
+    args = parser.parse_args(argv)
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
+             if getattr(args, f.name) is not None}
+    if args.resume:
+        saved = json.loads((Path(args.resume) / "config.json").read_text())["config"]
+        return config_from_dict({**saved, **flags, "out": args.resume}).validate()
+    cfg = config_from_dict(PRESETS[args.preset])
+    if args.config:
+        loaded = json.loads(Path(args.config).read_text())
+        cfg = config_from_dict({k.replace("-", "_"): v for k, v in loaded.items()}, cfg)
+    return config_from_dict(flags, cfg).validate()
+
+
+# ----------------------------------------------------------------------------- files
+
+def atomic_write(path: Path, write):
+    """Writes through a temporary file and a rename: a killed run leaves old or new, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj):
+    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def save_network(path: Path, net: models.PlantNet, meta: dict):
+    plain = models.merge(net)
+    payload = dict(widths=plain.widths, fc_width=plain.fc_width, arch=plain.arch,
+                   num_classes=plain.num_classes, state_dict=plain.state_dict(), meta=meta)
+    atomic_write(path, lambda p: torch.save(payload, p))
+
+
+def load_network(path: Path, device) -> tuple[models.PlantNet, dict]:
+    payload = torch.load(path, map_location=device, weights_only=False)
+    net = models.PlantNet(payload["widths"], payload["arch"], payload["num_classes"],
+                          payload["fc_width"]).to(device)
+    net.load_state_dict(payload["state_dict"])
+    return net, payload["meta"]
+
+
+class Log:
+    """log.jsonl: one record per trained network or candidate. A line cut by a kill is dropped."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        lines = path.read_text().splitlines() if path.exists() else []
+        self.records = []
+        for line in lines:
+            try:
+                self.records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # the run was killed while writing this line
+        write_json_lines = "".join(json.dumps(r) + "\n" for r in self.records)
+        atomic_write(path, lambda p: p.write_text(write_json_lines))
+
+    def add(self, record: dict):
+        self.records.append(record)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def code_version() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short",
+                               "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+# ----------------------------------------------------------------------------- the search
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is available; "
+                         "use --device cpu")
+    return device
+
+
+def prepare_data(cfg: Config, device):
+    ds = datasets.load(cfg.dataset, cfg.data, Path(cfg.cache_dir) if cfg.cache_dir else None,
+                       cfg.download)
+    labels = ds.train_labels
+    pool = np.arange(len(labels))
+    if cfg.train_subset:
+        if cfg.train_subset + cfg.val_size > len(labels):
+            raise ValueError(f"--train-subset {cfg.train_subset} + --val-size {cfg.val_size} "
+                             f"exceeds the {len(labels)} training images")
+        _, pool = datasets.stratified_split(labels, cfg.train_subset + cfg.val_size, cfg.seed)
+    train_rel, val_rel = datasets.stratified_split(labels[pool], cfg.val_size, cfg.seed + 1)
+    train_idx, val_idx = pool[train_rel], pool[val_rel]
+    mean, std = NORMALIZATION.get(cfg.dataset) or _stats(ds.train_images[train_idx])
+    make = lambda x, y: datasets.DeviceData(x, y, device, mean, std)
+    arch = "stl" if ds.image_size == 96 else "cifar"
+    if ds.image_size not in (32, 96):
+        raise ValueError(f"images are {ds.image_size}x{ds.image_size}: the paper's networks "
+                         "take 32x32 (CIFAR) or 96x96 (STL-10) images")
+    return (make(ds.train_images[train_idx], labels[train_idx]),
+            make(ds.train_images[val_idx], labels[val_idx]),
+            make(ds.test_images, ds.test_labels), arch, len(ds.classes))
+
+
+def _stats(images):
+    x = images.reshape(-1, 3).astype(np.float64) / 255.0
+    return tuple(x.mean(0)), tuple(x.std(0))
+
+
+def line(kind, name, params, metrics, seconds, extra=""):
+    return (f"{kind:<9} {name:<24} params {params:>9,}  val loss {metrics['loss']:.4f}  "
+            f"val acc {metrics['acc'] * 100:6.2f}%  {seconds:7.1f}s {extra}")
+
+
+def run_search(cfg: Config) -> dict:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "candidates").mkdir(exist_ok=True)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    write_json(out / "config.json", dict(config=dataclasses.asdict(cfg),
+                                         plantops=plantops.__version__, code=code_version(),
+                                         torch=torch.__version__, device=str(device)))
+    log = Log(out / "log.jsonl")
+    train_data, val_data, test_data, arch, classes = prepare_data(cfg, device)
+    print(f"plantops {plantops.__version__}: {cfg.dataset} ({arch}), {len(train_data)} train / "
+          f"{len(val_data)} val / {len(test_data)} test images, device {device}, out {out}")
+
+    def schedule(epochs):
+        return Schedule(epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size, cfg.lr_decay)
+
+    def trained(path: Path, kind: str, build, loss: str, epochs: int, teacher=None):
+        if path.exists():
+            net, meta = load_network(path, device)
+            print(line(kind, net.describe(), models.count_params(net), meta["val"], meta["seconds"],
+                       "(from checkpoint)"))
+            return net, meta
+        net = build().to(device)
+        seconds = train(net, net.parameters(), train_data, schedule(epochs), loss,
+                        cfg.seed, teacher, cfg.temperature, cfg.label_weight, progress=kind)
+        val = evaluate(net, val_data, teacher=teacher, temperature=cfg.temperature)
+        meta = dict(kind=kind, loss_fn=loss, val=val, seconds=seconds)
+        save_network(path, net, meta)
+        log.add(dict(kind=kind, round=0, layer=None, widths=net.widths, fc_width=net.fc_width,
+                     params=models.count_params(net), val_loss=meta["val"]["loss"],
+                     val_acc=meta["val"]["acc"], seconds=seconds))
+        print(line(kind, net.describe(), models.count_params(net), meta["val"], seconds))
+        return net, meta
+
+    teacher_path = Path(cfg.teacher) if cfg.teacher else out / "teacher.pt"
+    if cfg.teacher and not teacher_path.exists():
+        raise FileNotFoundError(f"--teacher {teacher_path} does not exist: pass a teacher.pt "
+                                "written by an earlier search")
+    teacher_net, _ = trained(teacher_path, "teacher",
+                             lambda: models.student(cfg.teacher_width, arch, classes), "ce",
+                             cfg.teacher_epochs)
+    teacher_net.eval()
+    for p in teacher_net.parameters():
+        p.requires_grad_(False)
+    current, meta = trained(out / "initial.pt", "initial",
+                            lambda: models.student(cfg.init_width, arch, classes), cfg.init_loss,
+                            cfg.init_epochs, teacher_net)
+    current_val = meta["val"]
+    accepted = []
+    layers = models.plantable_layers(cfg.plant_fc1)
+    stop_reason = f"reached --max-rounds {cfg.max_rounds}"
+    for rnd in range(1, cfg.max_rounds + 1):
+        round_path = out / f"round_{rnd}.pt"
+        if round_path.exists():
+            current, meta = load_network(round_path, device)
+            current_val = meta["val"]
+            accepted.append(dict(round=rnd, **meta["round"]))
+            print(line(f"round {rnd}", current.describe(), models.count_params(current),
+                       current_val, 0.0, "(from checkpoint)"))
+            continue
+        results = []
+        for layer in layers:
+            results.append(run_candidate(cfg, out, log, rnd, layer, current, teacher_net,
+                                         train_data, val_data, device, schedule))
+        eligible = [r for r in results if r is not None]
+        if not eligible:
+            stop_reason = f"every candidate is above --max-params {cfg.max_params}"
+            break
+        best = min(eligible, key=lambda r: (r["val"][cfg.select_on], r["layer"]))
+        improved = best["val"][cfg.select_on] < current_val[cfg.select_on]
+        name = models.LAYER_NAMES[best["layer"]]
+        verdict = "accepted" if improved else "rejected: no lower validation loss, stop"
+        print(f"round {rnd:<3} best {name:<6} val {cfg.select_on} {best['val'][cfg.select_on]:.4f} "
+              f"vs {current_val[cfg.select_on]:.4f}  {verdict}")
+        if not improved:
+            stop_reason = (f"round {rnd}: no candidate lowered the validation {cfg.select_on} "
+                           f"below {current_val[cfg.select_on]:.4f}")
+            break
+        current, _ = load_network(out / "candidates" / f"r{rnd}_l{best['layer']}.pt", device)
+        current_val = best["val"]
+        info = dict(layer=name, widths=current.widths, fc_width=current.fc_width,
+                    params=models.count_params(current), val=current_val)
+        save_network(round_path, current, dict(val=current_val, round=info, seconds=0.0))
+        log.add(dict(kind="round", round=rnd, layer=name, widths=current.widths,
+                     fc_width=current.fc_width, params=info["params"], val_loss=current_val["loss"],
+                     val_acc=current_val["acc"], seconds=sum(r["seconds"] for r in eligible)))
+        accepted.append(dict(round=rnd, **info))
+    return finish(cfg, out, log, device, teacher_net, test_data, accepted, stop_reason)
+
+
+def run_candidate(cfg, out, log, rnd, layer, current, teacher_net, train_data, val_data,
+                  device, schedule):
+    """Trains (or reloads) the candidate planting into ``layer`` in round ``rnd``."""
+    stem = out / "candidates" / f"r{rnd}_l{layer}"
+    name = models.LAYER_NAMES[layer]
+    if stem.with_suffix(".json").exists() and stem.with_suffix(".pt").exists():
+        result = json.loads(stem.with_suffix(".json").read_text())
+        print(line("candidate", f"r{rnd} +{cfg.plant_channels} {name}", result["params"],
+                   result["val"], result["seconds"], "(from checkpoint)"))
+        return result
+    # The seed depends on round and layer only: resuming or reordering changes nothing.
+    seed = cfg.seed * 1000003 + rnd * 101 + layer
+    generator = torch.Generator().manual_seed(seed)
+    candidate = models.plant(current.cpu(), layer, cfg.plant_channels, cfg.plant_init,
+                             generator).to(device)
+    current.to(device)
+    params = models.count_params(candidate)
+    if cfg.max_params and params > cfg.max_params:
+        print(f"candidate r{rnd} +{cfg.plant_channels} {name}: {params:,} params is above "
+              f"--max-params {cfg.max_params:,}, skipped")
+        return None
+    seconds = train(candidate, models.planted_parameters(candidate), train_data,
+                    schedule(cfg.plant_epochs), "kd", seed, teacher_net, cfg.temperature,
+                    cfg.label_weight, progress=f"r{rnd} {name}")
+    val = evaluate(candidate, val_data, teacher=teacher_net, temperature=cfg.temperature)
+    result = dict(round=rnd, layer=layer, layer_name=name, widths=candidate.widths,
+                  fc_width=candidate.fc_width, params=params, val=val, seconds=seconds)
+    save_network(stem.with_suffix(".pt"), candidate, dict(val=val, seconds=seconds))
+    write_json(stem.with_suffix(".json"), result)
+    log.add(dict(kind="candidate", round=rnd, layer=name, widths=candidate.widths,
+                 fc_width=candidate.fc_width, params=params, val_loss=val["loss"],
+                 val_acc=val["acc"], val_kd_loss=val["kd_loss"], seconds=seconds))
+    print(line("candidate", f"r{rnd} +{cfg.plant_channels} {name}", params, val, seconds))
+    return result
+
+
+def finish(cfg, out, log, device, teacher_net, test_data, accepted, stop_reason) -> dict:
+    """Test-set report of every kept network, result files, plot and exported network."""
+    from plantops import report
+
+    def test_entry(path, label, loss_fn):
+        net, meta = load_network(path, device)
+        test = evaluate(net, test_data)
+        return dict(network=label, widths=net.widths, fc_width=net.fc_width,
+                    params=models.count_params(net), test_loss=test["loss"], test_acc=test["acc"],
+                    val_loss=meta["val"]["loss"], val_acc=meta["val"]["acc"], loss_fn=loss_fn), net
+
+    teacher, _ = test_entry(Path(cfg.teacher) if cfg.teacher else out / "teacher.pt",
+                            f"Teacher[{cfg.teacher_width}]", "CE")
+    initial, final_net = test_entry(out / "initial.pt", f"Initial = Student[{cfg.init_width}]",
+                                    cfg.init_loss.upper())
+    rounds = []
+    for a in accepted:
+        entry, final_net = test_entry(out / f"round_{a['round']}.pt",
+                                      f"Planted round {a['round']} (+{a['layer']})", "KD")
+        rounds.append(dict(entry, round=a["round"], layer=a["layer"]))
+    final = dict(rounds[-1] if rounds else initial, network="Planted (final)")
+    result = dict(final=final, initial=initial, teacher=teacher, rounds=rounds,
+                  stop_reason=stop_reason, config=dataclasses.asdict(cfg))
+    write_json(out / "result.json", result)
+    atomic_write(out / "final.pt", lambda p: torch.save(final_net.cpu().to_sequential(), p))
+    report.write_results(out, result)
+    print(f"done: {final['network']} {models.PlantNet.describe(final_net)} "
+          f"{final['params']:,} params, test loss {final['test_loss']:.4f}, test acc "
+          f"{final['test_acc'] * 100:.2f}% ({stop_reason}). Results in {out}/results.md")
+    return result
+
+
+def main(argv=None) -> int:
+    try:
+        cfg = parse_args(argv)
+        run_search(cfg)
+    except (ValueError, FileNotFoundError, datasets.DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

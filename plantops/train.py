@@ -1,0 +1,130 @@
+"""Training and evaluation for the search: cross-entropy, distillation, SGD with step decay.
+
+The distillation loss is the poster's L_KL with the sign that makes it a loss:
+``T^2 * KL(softmax(z_teacher / T) || softmax(z_student / T))`` (the T^2 keeps gradient
+magnitudes comparable across temperatures, Hinton et al. 2015), optionally mixed with the
+label cross-entropy: ``(1 - alpha) * KD + alpha * CE``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plantops.data import DeviceData
+
+
+@dataclasses.dataclass
+class Schedule:
+    epochs: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    decay: float = 0.2        # lr multiplier at each step
+    decay_steps: int = 2      # steps, evenly spaced: after each third of the run by default
+
+
+def kd_loss(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
+                    reduction="batchmean", log_target=True) * t * t
+
+
+def loss_fn(kind: str, temperature: float = 1.0, alpha: float = 0.0):
+    """(student_logits, labels, teacher_logits) -> loss, for kind 'ce' or 'kd'."""
+    if kind == "ce":
+        return lambda logits, labels, teacher: F.cross_entropy(logits, labels)
+    if kind == "kd":
+        def kd(logits, labels, teacher):
+            loss = kd_loss(logits, teacher, temperature)
+            return loss if alpha == 0 else (1 - alpha) * loss + alpha * F.cross_entropy(logits, labels)
+        return kd
+    raise ValueError(f"loss must be 'ce' or 'kd', got {kind!r}")
+
+
+def train(model: nn.Module, params, data: DeviceData, schedule: Schedule, loss: str,
+          seed: int, teacher: nn.Module | None = None, temperature: float = 4.0,
+          alpha: float = 0.0, progress: str = "") -> float:
+    """Trains ``params`` of ``model``; returns seconds taken. Deterministic for a seed."""
+    params = list(params)
+    if not params:
+        raise ValueError("nothing to train: no parameter requires grad")
+    if loss == "kd" and teacher is None:
+        raise ValueError("distillation needs a teacher")
+    objective = loss_fn(loss, temperature, alpha)
+    opt = torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum,
+                          weight_decay=schedule.weight_decay)
+    steps_per_epoch = math.ceil(len(data) / schedule.batch_size)
+    milestones = [round(schedule.epochs * (i + 1) / (schedule.decay_steps + 1)) * steps_per_epoch
+                  for i in range(schedule.decay_steps)]
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, schedule.decay)
+    generator = torch.Generator().manual_seed(seed)
+    bar = _Progress(progress, schedule.epochs * steps_per_epoch)
+    start = time.perf_counter()
+    model.train()
+    if teacher is not None:
+        teacher.eval()
+    for _ in range(schedule.epochs):
+        for x, y in data.batches(schedule.batch_size, generator, augment=True):
+            teacher_logits = None
+            if teacher is not None and loss == "kd":
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+            value = objective(model(x), y, teacher_logits)
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            opt.step()
+            sched.step()
+            bar.step()
+    bar.close()
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DeviceData, batch_size: int = 500,
+             teacher: nn.Module | None = None, temperature: float = 4.0) -> dict:
+    """Mean cross-entropy, accuracy, and the distillation loss when a teacher is given."""
+    model.eval()
+    total_ce = total_kd = correct = 0.0
+    for x, y in data.batches(batch_size):
+        logits = model(x)
+        total_ce += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        if teacher is not None:
+            teacher.eval()
+            total_kd += kd_loss(logits, teacher(x), temperature).item() * len(y)
+    n = len(data)
+    out = {"loss": total_ce / n, "acc": correct / n}
+    if teacher is not None:
+        out["kd_loss"] = total_kd / n
+    return out
+
+
+class _Progress:
+    """A one-line progress bar on a terminal; silent otherwise (logs stay clean)."""
+
+    def __init__(self, label: str, total: int):
+        self.label, self.total, self.done = label, total, 0
+        self.on = bool(label) and sys.stderr.isatty()
+        self.start = time.perf_counter()
+
+    def step(self):
+        self.done += 1
+        if self.on and (self.done % 10 == 0 or self.done == self.total):
+            frac = self.done / max(self.total, 1)
+            bar = "#" * int(30 * frac)
+            sys.stderr.write(f"\r  {self.label:<24} [{bar:<30}] {frac:4.0%} "
+                             f"{time.perf_counter() - self.start:6.1f}s")
+            sys.stderr.flush()
+
+    def close(self):
+        if self.on:
+            sys.stderr.write("\r" + " " * 80 + "\r")
+            sys.stderr.flush()

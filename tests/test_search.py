@@ -1,0 +1,132 @@
+"""The search driver end to end on a tiny image folder: outputs, determinism, resume, options."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from plantops import search
+
+from test_data import write_image_folder
+
+
+def tiny_config(data_dir, out, **overrides):
+    values = dict(dataset="folder", data=str(data_dir), out=str(out), device="cpu", seed=0,
+                  train_subset=0, val_size=6, teacher_width=4, teacher_epochs=1, init_width=2,
+                  init_epochs=1, plant_channels=1, plant_epochs=1, max_rounds=2, batch_size=8,
+                  lr=0.05, cache_dir=str(out.parent / "cache"), download=False)
+    values.update(overrides)
+    return search.config_from_dict(values).validate()
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    return write_image_folder(tmp_path_factory.mktemp("data") / "imgs", per_class=(10, 3))
+
+
+@pytest.fixture(scope="module")
+def reference_run(image_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    return out, search.run_search(tiny_config(image_folder, out))
+
+
+def test_outputs(reference_run):
+    out, result = reference_run
+    for name in ("config.json", "log.jsonl", "result.json", "results.md",
+                 "accuracy_vs_params.png", "teacher.pt", "initial.pt", "final.pt"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "result.json").read_text())
+    assert set(saved) >= {"final", "initial", "teacher", "rounds"}
+    assert set(saved["final"]) >= {"widths", "params", "test_loss", "test_acc"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["plant_channels"] == 1 and config["plantops"]
+    records = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    kinds = [r["kind"] for r in records]
+    assert kinds[:2] == ["teacher", "initial"] and kinds.count("candidate") >= 5
+    for r in records:
+        assert {"round", "layer", "widths", "params", "val_loss", "val_acc", "seconds"} <= set(r)
+    table = (out / "results.md").read_text()
+    assert "| network |" in table and "Teacher[4]" in table and "Planted (final)" in table
+
+
+def test_final_network_is_plain_torch_and_matches(reference_run, image_folder):
+    out, result = reference_run
+    seq = torch.load(out / "final.pt", weights_only=False)
+    assert isinstance(seq, torch.nn.Sequential)
+    assert all(type(m).__module__.startswith("torch.nn") for m in seq.modules())
+    assert sum(p.numel() for p in seq.parameters()) == result["final"]["params"]
+    assert seq(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_same_seed_same_choices(reference_run, image_folder, tmp_path):
+    _, first = reference_run
+    second = search.run_search(tiny_config(image_folder, tmp_path / "again"))
+    assert [r["layer"] for r in second["rounds"]] == [r["layer"] for r in first["rounds"]]
+    assert second["final"]["widths"] == first["final"]["widths"]
+    assert second["final"]["test_loss"] == pytest.approx(first["final"]["test_loss"], rel=1e-5)
+
+
+def test_resume_after_a_kill_mid_round(reference_run, image_folder, tmp_path, monkeypatch):
+    _, reference = reference_run
+    out = tmp_path / "killed"
+    real = search.run_candidate
+    calls = []
+
+    def dies_on_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed while the third candidate trains
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search, "run_candidate", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        search.run_search(tiny_config(image_folder, out))
+    with open(out / "log.jsonl", "a") as f:
+        f.write('{"kind": "candid')  # and killed mid-write of a log line
+    monkeypatch.setattr(search, "run_candidate", real)
+    resumed = search.run_search(search.parse_args(["--resume", str(out)]))
+    assert [r["layer"] for r in resumed["rounds"]] == [r["layer"] for r in reference["rounds"]]
+    assert resumed["final"]["widths"] == reference["final"]["widths"]
+    records = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    keys = [(r["kind"], r["round"], r["layer"]) for r in records]
+    assert len(keys) == len(set(keys)), "a candidate was logged twice"
+
+
+def test_max_params_budget_skips_candidates(image_folder, tmp_path):
+    result = search.run_search(tiny_config(image_folder, tmp_path / "budget", max_params=1))
+    assert result["rounds"] == [] and "--max-params" in result["stop_reason"]
+
+
+def test_config_file_rejects_unknown_keys(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"plant-channels": 2, "epochs": 3}))
+    with pytest.raises(ValueError, match="unknown option.*epochs"):
+        search.parse_args(["--config", str(path)])
+    path.write_text(json.dumps({"plant-channels": 2, "init_width": 16}))
+    cfg = search.parse_args(["--config", str(path), "--init-width", "8"])
+    assert cfg.plant_channels == 2 and cfg.init_width == 8  # flags override the file
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--dataset", "mnist"], "--dataset must be one of"),
+    (["--plant-channels", "0"], "--plant-channels must be >= 1"),
+    (["--label-weight", "2"], "--label-weight must be in [0, 1]"),
+])
+def test_bad_options_are_explained(argv, words):
+    with pytest.raises(ValueError) as info:
+        search.parse_args(argv)
+    assert words in str(info.value)
+
+
+def test_command_line_help_and_error_exit():
+    help_text = subprocess.run([sys.executable, "-m", "plantops.search", "--help"],
+                               capture_output=True, text=True, check=True).stdout
+    for flag in ("--plant-channels", "--teacher-epochs", "--resume", "--config", "--preset",
+                 "--train-subset", "--temperature", "--max-rounds"):
+        assert flag in help_text
+    bad = subprocess.run([sys.executable, "-m", "plantops.search", "--dataset", "folder",
+                          "--data", "/nonexistent/place", "--out", "/tmp/plantops-x"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "/nonexistent/place does not exist" in bad.stderr
