@@ -49,10 +49,42 @@ def loss_fn(kind: str, temperature: float = 1.0, alpha: float = 0.0):
     raise ValueError(f"loss must be 'ce' or 'kd', got {kind!r}")
 
 
+class TeacherCache:
+    """The teacher's logits for each batch of a fixed view schedule, computed once.
+
+    Every training run with the same data, batch size, epochs and data seed sees the same
+    augmented views in the same order (the views depend on the data seed only), so all the
+    candidates of a search can share one teacher pass per view instead of running the
+    teacher on every batch of every candidate.
+    """
+
+    def __init__(self, teacher: nn.Module):
+        self.teacher = teacher
+        self.logits: dict = {}
+        self.hits = self.misses = 0
+
+    @torch.no_grad()
+    def get(self, key, x):
+        cached = self.logits.get(key)
+        if cached is None:
+            self.teacher.eval()
+            cached = self.logits[key] = self.teacher(x)
+            self.misses += 1
+        else:
+            self.hits += 1
+        return cached
+
+
 def train(model: nn.Module, params, data: DeviceData, schedule: Schedule, loss: str,
           seed: int, teacher: nn.Module | None = None, temperature: float = 4.0,
-          alpha: float = 0.0, progress: str = "") -> float:
-    """Trains ``params`` of ``model``; returns seconds taken. Deterministic for a seed."""
+          alpha: float = 0.0, progress: str = "", data_seed: int | None = None,
+          teacher_cache: TeacherCache | None = None) -> float:
+    """Trains ``params`` of ``model``; returns seconds taken.
+
+    ``data_seed`` (default ``seed``) alone fixes the order and augmentation of the batches;
+    with a ``teacher_cache`` the teacher's logits of each view are computed once across runs.
+    Deterministic for given seeds.
+    """
     params = list(params)
     if not params:
         raise ValueError("nothing to train: no parameter requires grad")
@@ -65,18 +97,25 @@ def train(model: nn.Module, params, data: DeviceData, schedule: Schedule, loss: 
     milestones = [round(schedule.epochs * (i + 1) / (schedule.decay_steps + 1)) * steps_per_epoch
                   for i in range(schedule.decay_steps)]
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, schedule.decay)
-    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed if data_seed is None else data_seed)
+    view_key = (len(data), schedule.batch_size, schedule.epochs,
+                seed if data_seed is None else data_seed)
     bar = _Progress(progress, schedule.epochs * steps_per_epoch)
     start = time.perf_counter()
     model.train()
     if teacher is not None:
         teacher.eval()
-    for _ in range(schedule.epochs):
-        for x, y in data.batches(schedule.batch_size, generator, augment=True):
+    for epoch in range(schedule.epochs):
+        batches = data.batches(schedule.batch_size, generator, augment=True)
+        for index, (x, y) in enumerate(batches):
             teacher_logits = None
             if teacher is not None and loss == "kd":
-                with torch.no_grad():
-                    teacher_logits = teacher(x)
+                if teacher_cache is not None:
+                    teacher_logits = teacher_cache.get((view_key, epoch, index), x)
+                else:
+                    with torch.no_grad():
+                        teacher_logits = teacher(x)
             value = objective(model(x), y, teacher_logits)
             opt.zero_grad(set_to_none=True)
             value.backward()

@@ -130,3 +130,29 @@ def test_command_line_help_and_error_exit():
                           "--data", "/nonexistent/place", "--out", "/tmp/plantops-x"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "/nonexistent/place does not exist" in bad.stderr
+
+
+def test_teacher_cache_changes_nothing(reference_run, image_folder, tmp_path):
+    _, cached = reference_run
+    uncached = search.run_search(tiny_config(image_folder, tmp_path / "nocache",
+                                             cache_teacher=False))
+    assert [r["layer"] for r in uncached["rounds"]] == [r["layer"] for r in cached["rounds"]]
+    assert uncached["final"]["test_loss"] == pytest.approx(cached["final"]["test_loss"], rel=1e-6)
+
+
+def test_candidates_of_a_round_see_the_same_views(image_folder, tmp_path, monkeypatch):
+    """One teacher pass per view: the cache is filled by the first candidate only."""
+    from plantops import train as train_module
+    caches = []
+    real_init = train_module.TeacherCache.__init__
+
+    def spy(self, teacher):
+        real_init(self, teacher)
+        caches.append(self)
+
+    monkeypatch.setattr(train_module.TeacherCache, "__init__", spy)
+    search.run_search(tiny_config(image_folder, tmp_path / "views", max_rounds=1))
+    (cache,) = caches
+    batches_per_run = -(-24 // 8)  # 24 training images, batch 8, 1 epoch
+    assert cache.misses == batches_per_run
+    assert cache.hits == 4 * batches_per_run  # the 4 other candidates of the round
