@@ -124,8 +124,8 @@ class Config:
 
 PRESETS = {
     # Reduced protocol for a 2-core CPU (about ten minutes with the data present).
-    "quick": dict(train_subset=8000, val_size=2000, teacher_width=64, teacher_epochs=8,
-                  init_epochs=10, plant_epochs=2, max_rounds=3, lr=0.05),
+    "quick": dict(train_subset=8000, val_size=2000, teacher_width=64, teacher_epochs=15,
+                  init_epochs=15, plant_epochs=4, max_rounds=3, lr=0.05),
     # The first author's training recipe of the period (METHOD.md): 100 epochs, SGD 0.01.
     "paper": dict(train_subset=0, val_size=5000, teacher_width=128, teacher_epochs=100,
                   init_epochs=100, plant_epochs=30, max_rounds=20, lr=0.01),
@@ -328,7 +328,18 @@ def run_search(cfg: Config) -> dict:
     current, meta = trained(out / "initial.pt", "initial",
                             lambda: models.student(cfg.init_width, arch, classes), cfg.init_loss,
                             cfg.init_epochs, teacher_net)
-    current_val = meta["val"]
+    accepted, stop_reason = plant_rounds(cfg, out, log, current, meta["val"], teacher_net,
+                                         train_data, val_data, device, schedule, teacher_cache)
+    return finish(cfg, out, log, device, teacher_net, test_data, accepted, stop_reason)
+
+
+def plant_rounds(cfg, out, log, current, initial_val, teacher_net, train_data, val_data, device,
+                 schedule, teacher_cache=None):
+    """The planting rounds from ``current``; returns (accepted rounds, why the search stopped).
+
+    Each round's candidates and every accepted network are checkpointed in ``out``.
+    """
+    current_val = initial_val
     accepted = []
     layers = models.plantable_layers(cfg.plant_fc1)
     stop_reason = f"reached --max-rounds {cfg.max_rounds}"
@@ -368,7 +379,15 @@ def run_search(cfg: Config) -> dict:
                      fc_width=current.fc_width, params=info["params"], val_loss=current_val["loss"],
                      val_acc=current_val["acc"], seconds=sum(r["seconds"] for r in eligible)))
         accepted.append(dict(round=rnd, **info))
-    return finish(cfg, out, log, device, teacher_net, test_data, accepted, stop_reason)
+    return accepted, stop_reason
+
+
+def candidate_seed(cfg, rnd: int, layer: int) -> int:
+    """The seed of a candidate's new weights: round and layer only, so resuming or reordering
+    changes nothing. (The data order and augmentation depend on cfg.seed only: every
+    candidate sees the same views, which compares candidates fairly and lets the teacher's
+    logits be cached.)"""
+    return cfg.seed * 1000003 + rnd * 101 + layer
 
 
 def run_candidate(cfg, out, log, rnd, layer, current, teacher_net, train_data, val_data,
@@ -381,10 +400,7 @@ def run_candidate(cfg, out, log, rnd, layer, current, teacher_net, train_data, v
         print(line("candidate", f"r{rnd} +{cfg.plant_channels} {name}", result["params"],
                    result["val"], result["seconds"], "(from checkpoint)"))
         return result
-    # The init seed depends on round and layer only: resuming or reordering changes nothing.
-    # The data order and augmentation depend on cfg.seed only: every candidate sees the same
-    # views, which compares candidates fairly and lets the teacher's logits be cached.
-    seed = cfg.seed * 1000003 + rnd * 101 + layer
+    seed = candidate_seed(cfg, rnd, layer)
     generator = torch.Generator().manual_seed(seed)
     candidate = models.plant(current.cpu(), layer, cfg.plant_channels, cfg.plant_init,
                              generator).to(device)
@@ -398,7 +414,8 @@ def run_candidate(cfg, out, log, rnd, layer, current, teacher_net, train_data, v
                     schedule(cfg.plant_epochs), "kd", seed, teacher_net, cfg.temperature,
                     cfg.label_weight, progress=f"r{rnd} {name}", data_seed=cfg.seed,
                     teacher_cache=teacher_cache)
-    val = evaluate(candidate, val_data, teacher=teacher_net, temperature=cfg.temperature)
+    val = evaluate(candidate, val_data, teacher=teacher_net, temperature=cfg.temperature,
+                   teacher_cache=teacher_cache)
     result = dict(round=rnd, layer=layer, layer_name=name, widths=candidate.widths,
                   fc_width=candidate.fc_width, params=params, val=val, seconds=seconds)
     save_network(stem.with_suffix(".pt"), candidate, dict(val=val, seconds=seconds))

@@ -128,17 +128,21 @@ def train(model: nn.Module, params, data: DeviceData, schedule: Schedule, loss: 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DeviceData, batch_size: int = 500,
-             teacher: nn.Module | None = None, temperature: float = 4.0) -> dict:
-    """Mean cross-entropy, accuracy, and the distillation loss when a teacher is given."""
+             teacher: nn.Module | None = None, temperature: float = 4.0,
+             teacher_cache: TeacherCache | None = None) -> dict:
+    """Mean cross-entropy, accuracy, and the distillation loss when a teacher is given
+    (its logits of the fixed, unaugmented batches taken from ``teacher_cache`` if given)."""
     model.eval()
     total_ce = total_kd = correct = 0.0
-    for x, y in data.batches(batch_size):
+    for index, (x, y) in enumerate(data.batches(batch_size)):
         logits = model(x)
         total_ce += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
         if teacher is not None:
             teacher.eval()
-            total_kd += kd_loss(logits, teacher(x), temperature).item() * len(y)
+            teacher_logits = (teacher_cache.get(("eval", id(data), batch_size, index), x)
+                              if teacher_cache is not None else teacher(x))
+            total_kd += kd_loss(logits, teacher_logits, temperature).item() * len(y)
     n = len(data)
     out = {"loss": total_ce / n, "acc": correct / n}
     if teacher is not None:

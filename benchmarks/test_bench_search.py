@@ -1,0 +1,96 @@
+"""The search phase (after teacher and initial network, which both sides share) of plantops
+against the straightforward PyTorch search (baselines/naive_search.py), side by side.
+
+    pytest benchmarks/test_bench_search.py --benchmark-only
+
+Synthetic data by default (class templates plus noise, so there is something to learn); a real
+CIFAR-10 copy when PLANTOPS_DATA points at one (an image folder or its .tar.gz, such as
+cifar10-jpeg.tar.gz). Teacher[128] and Student[8], a 2,000-image subset, one epoch per
+candidate, two rounds. Both sides must choose the same layers.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from plantops import data as datasets
+from plantops import models, search
+from plantops.train import Schedule, TeacherCache, evaluate, train
+
+from baselines.naive_search import naive_search
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+TRAIN, VAL = 2000, 500
+
+
+def synthetic(n, seed):
+    """Each class a fixed random template, each image its template plus noise."""
+    templates = np.random.default_rng(1234).uniform(0, 255, (10, 32, 32, 3))
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    images = 0.5 * templates[labels] + 0.5 * rng.uniform(0, 255, (n, 32, 32, 3))
+    return images.astype(np.uint8), labels.astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def setting():
+    cfg = search.config_from_dict(dict(
+        dataset="folder", data=os.environ.get("PLANTOPS_DATA"), device=str(DEVICE),
+        train_subset=TRAIN, val_size=VAL, teacher_width=128, init_width=8, plant_channels=4,
+        plant_epochs=1, max_rounds=2, lr=0.05))
+    if cfg.data:
+        train_data, val_data, _, _, _ = search.prepare_data(cfg, DEVICE)
+    else:
+        mean, std = (0.5,) * 3, (0.25,) * 3
+        train_data = datasets.DeviceData(*synthetic(TRAIN, 0), DEVICE, mean, std)
+        val_data = datasets.DeviceData(*synthetic(VAL, 1), DEVICE, mean, std)
+    teacher = models.student(128).to(DEVICE)
+    train(teacher, teacher.parameters(), train_data, Schedule(1, 0.05), "ce", 0)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    initial = models.student(8).to(DEVICE)
+    train(initial, initial.parameters(), train_data, Schedule(1, 0.05), "kd", 0, teacher)
+    initial_val = evaluate(initial, val_data, teacher=teacher, temperature=cfg.temperature)
+    return cfg, teacher, initial, initial_val, train_data, val_data
+
+
+CHOSEN = {}
+
+
+def run_plantops(cfg, teacher, initial, initial_val, train_data, val_data):
+    with tempfile.TemporaryDirectory() as out:
+        out = Path(out)
+        (out / "candidates").mkdir()
+        schedule = lambda e: Schedule(e, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size,
+                                      cfg.lr_decay)
+        accepted, _ = search.plant_rounds(cfg, out, search.Log(out / "log.jsonl"), initial,
+                                          initial_val, teacher, train_data, val_data, DEVICE,
+                                          schedule, TeacherCache(teacher))
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+    return [a["layer"] for a in accepted]
+
+
+def run_naive(cfg, teacher, initial, initial_val, train_data, val_data):
+    chosen = naive_search(cfg, initial, initial_val, teacher, train_data, val_data, DEVICE)
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+    return chosen
+
+
+@pytest.mark.parametrize("impl", ["naive", "plantops"])
+def test_search_phase(benchmark, record, setting, impl):
+    fn = run_plantops if impl == "plantops" else run_naive
+    chosen = benchmark.pedantic(fn, args=setting, rounds=1, iterations=1)
+    CHOSEN[impl] = chosen
+    data = "CIFAR-10 subset" if setting[0].data else "synthetic"
+    record("search phase", f"{data} T[128] S[8] {TRAIN} img 2 rounds",
+           "plantops" if impl == "plantops" else "naive baseline", 0)
+    print(f"\n{impl} chose {chosen}")
+    if len(CHOSEN) == 2:
+        assert CHOSEN["plantops"] == CHOSEN["naive"], CHOSEN
