@@ -154,5 +154,6 @@ def test_candidates_of_a_round_see_the_same_views(image_folder, tmp_path, monkey
     search.run_search(tiny_config(image_folder, tmp_path / "views", max_rounds=1))
     (cache,) = caches
     batches_per_run = -(-24 // 8)  # 24 training images, batch 8, 1 epoch
-    assert cache.misses == batches_per_run
-    assert cache.hits == 4 * batches_per_run  # the 4 other candidates of the round
+    val_batches = 1                # 6 validation images in one evaluation batch
+    assert cache.misses == batches_per_run + val_batches
+    assert cache.hits == 4 * (batches_per_run + val_batches)  # the 4 other candidates
