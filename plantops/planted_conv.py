@@ -332,6 +332,15 @@ class _PlantedLayer(nn.Module):
             return None
         return torch.cat([self.frozen_bias, self.out_bias.detach()])
 
+    def _export_into(self, module: nn.Module) -> nn.Module:
+        """Copies the whole (assembled) weight and bias into a plain layer of the right shape."""
+        weight, bias = self.assembled_weight(), self.assembled_bias()
+        with torch.no_grad():
+            module.weight.copy_(weight)
+            if bias is not None:
+                module.bias.copy_(bias)
+        return module
+
     def freeze(self):
         """The planted blocks join the frozen block; no trainable parameters remain."""
         weight, bias = self.assembled_weight().clone(), self.assembled_bias()
@@ -388,15 +397,10 @@ class PlantedConv2d(_PlantedLayer):
 
     def to_conv(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` holding the whole (assembled) weight, for export."""
-        weight, bias = self.assembled_weight(), self.assembled_bias()
-        conv = nn.Conv2d(self.total_in, self.total_out, self._kernel(), self.stride,
-                         self.padding, bias=bias is not None,
-                         device=weight.device, dtype=weight.dtype)
-        with torch.no_grad():
-            conv.weight.copy_(weight)
-            if bias is not None:
-                conv.bias.copy_(bias)
-        return conv
+        w = self.frozen_weight
+        return self._export_into(nn.Conv2d(
+            self.total_in, self.total_out, self._kernel(), self.stride, self.padding,
+            bias=self.frozen_bias is not None, device=w.device, dtype=w.dtype))
 
     def extra_repr(self) -> str:
         return (f"frozen {self.frozen_in}->{self.frozen_out}, planted in={self.planted_in} "

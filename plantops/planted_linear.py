@@ -47,14 +47,10 @@ class PlantedLinear(_PlantedLayer):
 
     def to_linear(self) -> nn.Linear:
         """A plain ``nn.Linear`` holding the whole (assembled) weight, for export."""
-        weight, bias = self.assembled_weight(), self.assembled_bias()
-        linear = nn.Linear(self.total_in, self.total_out, bias=bias is not None,
-                           device=weight.device, dtype=weight.dtype)
-        with torch.no_grad():
-            linear.weight.copy_(weight)
-            if bias is not None:
-                linear.bias.copy_(bias)
-        return linear
+        w = self.frozen_weight
+        return self._export_into(nn.Linear(self.total_in, self.total_out,
+                                           bias=self.frozen_bias is not None,
+                                           device=w.device, dtype=w.dtype))
 
     def extra_repr(self) -> str:
         return (f"frozen {self.frozen_in}->{self.frozen_out}, "

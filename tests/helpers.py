@@ -1,6 +1,9 @@
-"""Assertions shared by the kernel tests."""
+"""Cases and assertions shared by the kernel tests."""
 
 import torch
+
+from plantops import planted_conv2d, reference_planted_conv2d
+
 
 
 def assert_close(got, ref, *, atol, rtol, name="tensor"):
@@ -27,3 +30,67 @@ def assert_close_to_reference(got, ref64, baseline, name="tensor"):
     err_baseline = (baseline.double().cpu() - ref64.double().cpu()).abs().max().item() if ref64.numel() else 0.0
     eps = torch.finfo(got.dtype).eps
     assert_close(got, ref64, atol=2 * err_baseline + 4 * eps * max(scale, 1.0), rtol=0, name=name)
+
+
+# (N, I_f, I_p, O_f, O_p, H, W, kernel, stride, padding)
+SHAPES = [
+    (2, 4, 3, 5, 2, 9, 11, 3, 1, 1),
+    (1, 7, 1, 3, 3, 7, 7, 3, 1, 0),      # batch 1, odd everything
+    (3, 33, 4, 8, 4, 8, 8, 3, 1, 1),     # 33 input channels
+    (2, 8, 4, 33, 7, 5, 6, 5, 2, 2),     # kernel 5, stride 2
+    (2, 3, 0, 6, 2, 10, 7, 1, 2, 0),     # kernel 1, no planted inputs
+    (2, 5, 3, 4, 0, 6, 6, 3, 1, 1),      # no planted outputs
+    (1, 1, 1, 1, 1, 1, 1, 1, 1, 0),      # sizes 1
+    (2, 6, 2, 3, 1, 33, 33, 3, 1, 1),    # 33x33 map
+    (2, 8, 4, 8, 4, 12, 12, 3, 2, 1),    # stride 2, padding 1
+]
+
+
+def make_inputs(shape, dtype=torch.float64, bias=True):
+    n, i_f, i_p, o_f, o_p, h, w, k, s, p = shape
+    t = dict(
+        x=torch.randn(n, i_f + i_p, h, w, dtype=dtype),
+        frozen_weight=torch.randn(o_f, i_f, k, k, dtype=dtype),
+        frozen_bias=torch.randn(o_f, dtype=dtype) if bias else None,
+        out_weight=torch.randn(o_p, i_f + i_p, k, k, dtype=dtype) if o_p else None,
+        out_bias=torch.randn(o_p, dtype=dtype) if (o_p and bias) else None,
+        in_weight=torch.randn(o_f, i_p, k, k, dtype=dtype) if i_p else None,
+    )
+    return t, dict(stride=s, padding=p)
+
+
+TRAINABLE = ("x", "in_weight", "out_weight", "out_bias")
+
+
+def run(fn, tensors, conv_args, grad_out=None, **kwargs):
+    """Output and the gradients of TRAINABLE (None where a tensor is absent)."""
+    leaves = {k: (v.detach().clone().requires_grad_(k in TRAINABLE) if v is not None else None)
+              for k, v in tensors.items()}
+    out = fn(**leaves, **conv_args, **kwargs)
+    if grad_out is None:
+        return out, None
+    wrt = [leaves[k] for k in TRAINABLE if leaves[k] is not None]
+    grads = iter(torch.autograd.grad(out, wrt, grad_out))
+    return out, {k: (next(grads) if leaves[k] is not None else None) for k in TRAINABLE}
+
+
+def check_against_reference(backend, shape, dtype, device, rel_tol):
+    """Output and every gradient of ``backend`` on ``device`` in ``dtype`` against the
+    float64 reference, within ``rel_tol`` of each tensor's largest reference value."""
+    tensors64, conv_args = make_inputs(shape)
+    ref_out, _ = run(reference_planted_conv2d, tensors64, conv_args)
+    grad_out = torch.randn_like(ref_out)
+    ref_out, ref_grads = run(reference_planted_conv2d, tensors64, conv_args, grad_out)
+    low = {k: (None if v is None else v.to(device, dtype)) for k, v in tensors64.items()}
+    out, grads = run(planted_conv2d, low, conv_args, grad_out.to(device, dtype), backend=backend)
+
+    def check(got, ref, name):
+        scale = max(ref.abs().max().item(), 1.0) if ref.numel() else 1.0
+        assert_close(got, ref, atol=rel_tol * scale, rtol=0, name=name)
+
+    check(out, ref_out, f"{backend} output")
+    for k in TRAINABLE:
+        if ref_grads[k] is None:
+            assert grads[k] is None
+        else:
+            check(grads[k], ref_grads[k], f"{backend} grad {k}")

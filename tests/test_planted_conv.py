@@ -7,50 +7,10 @@ import torch
 import plantops
 from plantops import planted_conv2d, reference_planted_conv2d
 
-from helpers import assert_close_to_reference
+from helpers import SHAPES, TRAINABLE, assert_close_to_reference, make_inputs, run
 
-# (N, I_f, I_p, O_f, O_p, H, W, kernel, stride, padding)
-SHAPES = [
-    (2, 4, 3, 5, 2, 9, 11, 3, 1, 1),
-    (1, 7, 1, 3, 3, 7, 7, 3, 1, 0),      # batch 1, odd everything
-    (3, 33, 4, 8, 4, 8, 8, 3, 1, 1),     # 33 input channels
-    (2, 8, 4, 33, 7, 5, 6, 5, 2, 2),     # kernel 5, stride 2
-    (2, 3, 0, 6, 2, 10, 7, 1, 2, 0),     # kernel 1, no planted inputs
-    (2, 5, 3, 4, 0, 6, 6, 3, 1, 1),      # no planted outputs
-    (1, 1, 1, 1, 1, 1, 1, 1, 1, 0),      # sizes 1
-    (2, 6, 2, 3, 1, 33, 33, 3, 1, 1),    # 33x33 map
-    (2, 8, 4, 8, 4, 12, 12, 3, 2, 1),    # stride 2, padding 1
-]
 # Triton runs on the CPU only under its interpreter, with its own tolerances: test_triton_conv.py.
 CPU_BACKENDS = [b for b in ("torch", "cpu") if b in plantops.backends("cpu")]
-
-
-def make_inputs(shape, dtype=torch.float64, bias=True):
-    n, i_f, i_p, o_f, o_p, h, w, k, s, p = shape
-    t = dict(
-        x=torch.randn(n, i_f + i_p, h, w, dtype=dtype),
-        frozen_weight=torch.randn(o_f, i_f, k, k, dtype=dtype),
-        frozen_bias=torch.randn(o_f, dtype=dtype) if bias else None,
-        out_weight=torch.randn(o_p, i_f + i_p, k, k, dtype=dtype) if o_p else None,
-        out_bias=torch.randn(o_p, dtype=dtype) if (o_p and bias) else None,
-        in_weight=torch.randn(o_f, i_p, k, k, dtype=dtype) if i_p else None,
-    )
-    return t, dict(stride=s, padding=p)
-
-
-TRAINABLE = ("x", "in_weight", "out_weight", "out_bias")
-
-
-def run(fn, tensors, conv_args, grad_out=None, **kwargs):
-    """Output and the gradients of TRAINABLE (None where a tensor is absent)."""
-    leaves = {k: (v.detach().clone().requires_grad_(k in TRAINABLE) if v is not None else None)
-              for k, v in tensors.items()}
-    out = fn(**leaves, **conv_args, **kwargs)
-    if grad_out is None:
-        return out, None
-    wrt = [leaves[k] for k in TRAINABLE if leaves[k] is not None]
-    grads = iter(torch.autograd.grad(out, wrt, grad_out))
-    return out, {k: (next(grads) if leaves[k] is not None else None) for k in TRAINABLE}
 
 
 def check_backend(backend, shape, dtype, transform=lambda t: t):

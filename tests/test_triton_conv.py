@@ -16,9 +16,8 @@ triton = pytest.importorskip("triton")
 
 from plantops.kernels import triton_conv  # noqa: E402
 
-from test_planted_conv import SHAPES, make_inputs, run, TRAINABLE  # noqa: E402
+from helpers import SHAPES, assert_close, check_against_reference, make_inputs  # noqa: E402
 from plantops import planted_conv2d, reference_planted_conv2d  # noqa: E402
-from helpers import assert_close  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and not triton_conv._interpret():
@@ -34,22 +33,7 @@ TOL = {torch.float32: 2e-3, torch.bfloat16: 3e-2, torch.float16: 5e-3}  # relati
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", INTERP_SHAPES, ids=[str(s) for s in INTERP_SHAPES])
 def test_triton_matches_reference(shape, dtype):
-    tensors64, conv_args = make_inputs(shape)
-    ref_out, _ = run(reference_planted_conv2d, tensors64, conv_args)
-    grad_out = torch.randn_like(ref_out)
-    ref_out, ref_grads = run(reference_planted_conv2d, tensors64, conv_args, grad_out)
-    low = {k: (None if v is None else v.to(DEVICE, dtype)) for k, v in tensors64.items()}
-    out, grads = run(planted_conv2d, low, conv_args, grad_out.to(DEVICE, dtype), backend="triton")
-    # TF32 / half inputs: error relative to the largest reference value.
-    def check(got, ref, name):
-        scale = max(ref.abs().max().item(), 1.0) if ref.numel() else 1.0
-        assert_close(got, ref, atol=TOL[dtype] * scale, rtol=0, name=name)
-    check(out, ref_out, "triton output")
-    for k in TRAINABLE:
-        if ref_grads[k] is None:
-            assert grads[k] is None
-        else:
-            check(grads[k], ref_grads[k], f"triton grad {k}")
+    check_against_reference("triton", shape, dtype, DEVICE, TOL[dtype])
 
 
 def test_triton_float32_is_exact_without_tf32():
