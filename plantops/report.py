@@ -5,11 +5,53 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# The poster's tables (METHOD.md): network, params, test loss ("Test Err."), test acc, loss.
+PAPER = {
+    "cifar10": [("Teacher[128]", "857.5K", 0.5007, 88.10, "CE"),
+                ("Student[128]", "857.5K", 0.3823, 88.51, "KD"),
+                ("Student[8]", "20.4K", 0.8300, 71.55, "CE"), ("Student[8]", "20.4K", 0.8245, 71.69, "KD"),
+                ("Student[16]", "43.9K", 0.6071, 79.42, "CE"), ("Student[16]", "43.9K", 0.6108, 79.23, "KD"),
+                ("Student[32]", "104.8K", 0.4898, 84.03, "CE"), ("Student[32]", "104.8K", 0.4791, 84.02, "KD"),
+                ("Student[64]", "282.0K", 0.4431, 86.83, "CE"), ("Student[64]", "282.0K", 0.4103, 86.80, "KD"),
+                ("Planted", "40.6K", 0.4825, 84.35, "KD")],
+    "cifar100": [("Teacher[128]", "869.1K", 2.5010, 57.76, "CE"),
+                 ("Student[128]", "869.1K", 1.6232, 60.05, "KD"),
+                 ("Student[8]", "32.0K", 2.5280, 36.53, "CE"), ("Student[8]", "32.0K", 2.5053, 36.90, "KD"),
+                 ("Student[16]", "55.5K", 2.1190, 45.45, "CE"), ("Student[16]", "55.5K", 2.0679, 46.66, "KD"),
+                 ("Student[32]", "116.5K", 1.9022, 52.15, "CE"), ("Student[32]", "116.5K", 1.7805, 53.72, "KD"),
+                 ("Student[64]", "293.6K", 1.9510, 55.74, "CE"), ("Student[64]", "293.6K", 1.6707, 57.71, "KD"),
+                 ("Planted", "78.5K", 1.7584, 54.31, "KD")],
+    "stl10": [("Teacher[64]", "445.8K", 1.5360, 66.33, "CE"),
+              ("Student[64]", "445.8K", 1.1807, 66.47, "KD"),
+              ("Student[8]", "40.8K", 1.2776, 55.55, "CE"), ("Student[8]", "40.8K", 1.2682, 54.99, "KD"),
+              ("Student[16]", "84.9K", 1.2924, 59.34, "CE"), ("Student[16]", "84.9K", 1.1998, 61.10, "KD"),
+              ("Student[32]", "186.8K", 1.2213, 64.57, "CE"), ("Student[32]", "186.8K", 1.1712, 64.07, "KD"),
+              ("Student[128]", "1.2M", 1.7612, 67.04, "CE"), ("Student[128]", "1.2M", 1.1643, 67.71, "KD"),
+              ("Planted", "82.6K", 1.0772, 67.12, "KD")],
+}
+
+
+def comparison_table(result: dict) -> str:
+    """Ours beside the paper's, row by row, where the paper has the same network and loss."""
+    paper = {(name, loss): (params, tl, ta) for name, params, tl, ta, loss in
+             PAPER.get(result.get("compare_with", "none"), [])}
+    ours = [result["teacher"], result["initial"], *result.get("students", []), result["final"]]
+    lines = ["| network | loss | params (ours / paper) | test loss (ours / paper) | "
+             "test acc (ours / paper) |", "|---|---|---|---|---|"]
+    for r in ours:
+        name = r["network"].replace("Initial = ", "")
+        key = ("Planted", "KD") if name == "Planted (final)" else (name, r["loss_fn"])
+        p_params, p_loss, p_acc = paper.get(key, ("-", None, None))
+        lines.append(f"| {r['network']} | {r['loss_fn']} | {r['params'] / 1000:.1f}K / {p_params} | "
+                     f"{r['test_loss']:.4f} / {'-' if p_loss is None else f'{p_loss:.4f}'} | "
+                     f"{r['test_acc'] * 100:.2f}% / {'-' if p_acc is None else f'{p_acc:.2f}%'} |")
+    return "\n".join(lines)
+
 
 def results_table(result: dict, paper: list[dict] | None = None) -> str:
     """Markdown table: network, params, test loss, test acc, loss function (the paper's
     columns; its "Test Err." is the test cross-entropy), plus the validation numbers."""
-    rows = [result["teacher"], result["initial"], *result["rounds"]]
+    rows = [result["teacher"], result["initial"], *result.get("students", []), *result["rounds"]]
     lines = ["| network | widths | params | test loss | test acc | loss | val loss | val acc |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -56,14 +98,23 @@ def plot(points: list[tuple[str, float, float]], path: Path, title: str,
 def write_results(out: Path, result: dict):
     cfg = result["config"]
     planted = [(f"round {r['round']}", r["params"], r["test_acc"]) for r in result["rounds"]]
+    curves = {"planting": [(result["initial"]["params"], result["initial"]["test_acc"])]
+              + [(p, a) for _, p, a in planted]}
+    for loss in ("CE", "KD"):
+        pts = [(r["params"], r["test_acc"]) for r in result.get("students", []) if r["loss_fn"] == loss]
+        if result["initial"]["loss_fn"] == loss:
+            pts.append((result["initial"]["params"], result["initial"]["test_acc"]))
+        if len(pts) > 1:
+            curves[f"Student[k], {loss}"] = pts
     plot([("teacher", result["teacher"]["params"], result["teacher"]["test_acc"]),
           ("initial", result["initial"]["params"], result["initial"]["test_acc"]), *planted],
          out / "accuracy_vs_params.png", f"{cfg['dataset']}: planting from Student[{cfg['init_width']}]",
-         curves={"planting": [(result["initial"]["params"], result["initial"]["test_acc"])]
-                 + [(p, a) for _, p, a in planted]})
+         curves=curves)
     text = [f"# Channel planting on {cfg['dataset']}", "",
             "Test loss is the test cross-entropy (the paper's \"Test Err.\").", "",
             results_table(result), "",
+            *([f"Beside the paper's {result['compare_with']} table (METHOD.md):", "",
+               comparison_table(result), ""] if result.get("compare_with", "none") != "none" else []),
             f"Stopped: {result['stop_reason']}.", "",
             "![test accuracy against parameters](accuracy_vs_params.png)", "",
             "Configuration: see config.json; every trained network and candidate: log.jsonl."]

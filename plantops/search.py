@@ -97,12 +97,22 @@ class Config:
     cache_teacher: bool = dataclasses.field(default=True, metadata=dict(
         help="compute the teacher's logits once per augmented view and reuse them across "
              "candidates (same results, far fewer teacher passes)"))
+    table: bool = dataclasses.field(default=False, metadata=dict(
+        help="also train Student[k] for each --table-widths with cross-entropy and with "
+             "distillation (same epochs as the initial network) and put them, with the "
+             "paper's numbers, in the results table and plot"))
+    table_widths: str = dataclasses.field(default="16,32,64", metadata=dict(
+        help="comma-separated Student[k] widths for --table"))
+    compare_with: str = dataclasses.field(default="auto", metadata=dict(
+        help="whose paper table to print beside ours: cifar10, cifar100, stl10, none, or auto "
+             "(the dataset's own; none for an image folder)"))
     cache_dir: Optional[str] = dataclasses.field(default=None, metadata=dict(
         help="where decoded datasets are cached (default ~/.cache/plantops or $PLANTOPS_CACHE)"))
 
     def validate(self):
         choices = dict(dataset=tuple(datasets.FORMATS), init_loss=("kd", "ce"),
-                       plant_init=("preserve", "random"), select_on=("loss", "kd_loss"))
+                       plant_init=("preserve", "random"), select_on=("loss", "kd_loss"),
+                       compare_with=("auto", "cifar10", "cifar100", "stl10", "none"))
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
@@ -117,6 +127,13 @@ class Config:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.label_weight <= 1:
             raise ValueError(f"--label-weight must be in [0, 1], got {self.label_weight}")
+        try:
+            widths = [int(w) for w in str(self.table_widths).split(",") if w.strip()]
+        except ValueError:
+            widths = [0]
+        if not widths or min(widths) < 1:
+            raise ValueError(f"--table-widths must be comma-separated positive widths, "
+                             f"got {self.table_widths!r}")
         if self.temperature <= 0 or self.lr <= 0:
             raise ValueError("--temperature and --lr must be > 0")
         return self
@@ -165,7 +182,11 @@ def parse_args(argv=None) -> Config:
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
              if getattr(args, f.name) is not None}
     if args.resume:
-        saved = json.loads((Path(args.resume) / "config.json").read_text())["config"]
+        saved_path = Path(args.resume) / "config.json"
+        if not saved_path.is_file():
+            raise FileNotFoundError(f"--resume {args.resume}: no config.json there; pass the "
+                                    "--out folder of the search to continue")
+        saved = json.loads(saved_path.read_text())["config"]
         return config_from_dict({**saved, **flags, "out": args.resume}).validate()
     cfg = config_from_dict(PRESETS[args.preset])
     if args.config:
@@ -320,6 +341,10 @@ def run_search(cfg: Config) -> dict:
     teacher_net, _ = trained(teacher_path, "teacher",
                              lambda: models.student(cfg.teacher_width, arch, classes), "ce",
                              cfg.teacher_epochs)
+    if teacher_net.num_classes != classes or teacher_net.arch != arch:
+        raise ValueError(f"the teacher {teacher_path} is a {teacher_net.arch} network with "
+                         f"{teacher_net.num_classes} classes, but the data is {arch} with "
+                         f"{classes} classes: pass a teacher trained on this dataset")
     teacher_net.eval()
     for p in teacher_net.parameters():
         p.requires_grad_(False)
@@ -330,7 +355,20 @@ def run_search(cfg: Config) -> dict:
                             cfg.init_epochs, teacher_net)
     accepted, stop_reason = plant_rounds(cfg, out, log, current, meta["val"], teacher_net,
                                          train_data, val_data, device, schedule, teacher_cache)
-    return finish(cfg, out, log, device, teacher_net, test_data, accepted, stop_reason)
+    students = []
+    if cfg.table:
+        # The paper's comparison rows: Student[k] trained the standard way, CE and KD.
+        for width in [int(w) for w in cfg.table_widths.split(",") if w.strip()] + [cfg.init_width]:
+            for loss in ("ce", "kd"):
+                path = out / f"student_{width}_{loss}.pt"
+                if (width == cfg.init_width and loss == cfg.init_loss) or \
+                        any(p == path for p, _, _ in students):
+                    continue  # the initial network is that row already
+                trained(path, f"Student[{width}] {loss.upper()}",
+                        lambda width=width: models.student(width, arch, classes), loss,
+                        cfg.init_epochs, teacher_net if loss == "kd" else None)
+                students.append((path, f"Student[{width}]", loss.upper()))
+    return finish(cfg, out, log, device, teacher_net, test_data, accepted, stop_reason, students)
 
 
 def plant_rounds(cfg, out, log, current, initial_val, teacher_net, train_data, val_data, device,
@@ -427,7 +465,8 @@ def run_candidate(cfg, out, log, rnd, layer, current, teacher_net, train_data, v
     return result
 
 
-def finish(cfg, out, log, device, teacher_net, test_data, accepted, stop_reason) -> dict:
+def finish(cfg, out, log, device, teacher_net, test_data, accepted, stop_reason,
+           students=()) -> dict:
     """Test-set report of every kept network, result files, plot and exported network."""
     from plantops import report
 
@@ -448,8 +487,13 @@ def finish(cfg, out, log, device, teacher_net, test_data, accepted, stop_reason)
                                       f"Planted round {a['round']} (+{a['layer']})", "KD")
         rounds.append(dict(entry, round=a["round"], layer=a["layer"]))
     final = dict(rounds[-1] if rounds else initial, network="Planted (final)")
+    student_rows = [test_entry(path, label, loss)[0] for path, label, loss in students]
+    compare = cfg.compare_with
+    if compare == "auto":
+        compare = cfg.dataset if cfg.dataset in report.PAPER else "none"
     result = dict(final=final, initial=initial, teacher=teacher, rounds=rounds,
-                  stop_reason=stop_reason, config=dataclasses.asdict(cfg))
+                  students=student_rows, compare_with=compare, stop_reason=stop_reason,
+                  config=dataclasses.asdict(cfg))
     write_json(out / "result.json", result)
     atomic_write(out / "final.pt", lambda p: torch.save(final_net.cpu().to_sequential(), p))
     report.write_results(out, result)

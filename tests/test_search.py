@@ -157,3 +157,38 @@ def test_candidates_of_a_round_see_the_same_views(image_folder, tmp_path, monkey
     val_batches = 1                # 6 validation images in one evaluation batch
     assert cache.misses == batches_per_run + val_batches
     assert cache.hits == 4 * (batches_per_run + val_batches)  # the 4 other candidates
+
+
+def test_teacher_from_another_dataset_is_refused(reference_run, tmp_path):
+    out, _ = reference_run
+    other = write_image_folder(tmp_path / "five", per_class=(4, 1))
+    # a 3-class teacher against a dataset with more classes
+    import shutil
+    for extra in ("bird", "ship"):
+        shutil.copytree(other / "train" / "cat", other / "train" / extra)
+        shutil.copytree(other / "test" / "cat", other / "test" / extra)
+    cfg = tiny_config(other, tmp_path / "run", teacher=str(out / "teacher.pt"), val_size=5)
+    with pytest.raises(ValueError, match="3 classes, but the data is cifar with 5 classes"):
+        search.run_search(cfg)
+
+
+def test_resume_of_a_folder_without_a_search():
+    with pytest.raises(FileNotFoundError, match="no config.json there"):
+        search.parse_args(["--resume", "/nonexistent/run"])
+
+
+def test_table_mode_trains_the_students_and_compares_with_the_paper(image_folder, tmp_path):
+    result = search.run_search(tiny_config(image_folder, tmp_path / "table", table=True,
+                                           table_widths="3", max_rounds=1,
+                                           compare_with="cifar10"))
+    rows = {(r["network"], r["loss_fn"]) for r in result["students"]}
+    assert rows == {("Student[3]", "CE"), ("Student[3]", "KD"), ("Student[2]", "CE")}
+    text = (tmp_path / "table" / "results.md").read_text()
+    assert "Beside the paper's cifar10 table" in text
+    assert "/ 40.6K" in text and "84.35%" in text  # the paper's planted row beside ours
+    assert "| Student[3] | CE |" in text
+
+
+def test_bad_table_widths():
+    with pytest.raises(ValueError, match="--table-widths"):
+        search.parse_args(["--table-widths", "16,x"])
