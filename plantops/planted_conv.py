@@ -210,7 +210,7 @@ def planted_conv2d(x: Tensor, frozen_weight: Tensor, frozen_bias: Optional[Tenso
         out_weight = frozen_weight.new_zeros((0, x.shape[1], kh, kw))
     shape_key = (x.shape[0], x.shape[1], out_weight.shape[0] + o_frozen, x.shape[2], x.shape[3],
                  kh, kw, stride, padding)
-    name = _backends.resolve(backend, x, shape_key).NAME
+    name = _backends.resolve(backend, x.device.type, x.dtype, shape_key)
     return _planted_conv2d_op(x, frozen_weight.detach(),
                               None if frozen_bias is None else frozen_bias.detach(),
                               in_weight, out_weight, out_bias, list(stride), list(padding), name)

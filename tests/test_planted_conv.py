@@ -127,3 +127,21 @@ def test_backends_lists_cpu_names():
     names = plantops.backends("cpu")
     assert "torch" in names
     assert all(n in ("torch", "cpu", "triton") for n in names)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_torch_compile_traces_the_op_in_one_graph(backend):
+    """The op is a torch.library custom op with fake and autograd registrations: dynamo
+    captures it whole (fullgraph) and the compiled gradients equal the eager ones."""
+    tensors, conv_args = make_inputs((2, 3, 2, 4, 2, 6, 6, 3, 1, 1), dtype=torch.float32)
+    leaves = {k: v.requires_grad_(k in TRAINABLE) for k, v in tensors.items()}
+
+    def loss(x, in_weight, out_weight, out_bias):
+        return planted_conv2d(x, leaves["frozen_weight"], leaves["frozen_bias"], out_weight,
+                              out_bias, in_weight, **conv_args, backend=backend).relu().sum()
+
+    args = [leaves[k] for k in TRAINABLE]
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    for got, want in zip(torch.autograd.grad(compiled(*args), args),
+                         torch.autograd.grad(loss(*args), args)):
+        torch.testing.assert_close(got, want)

@@ -52,39 +52,41 @@ def backends(device: str | torch.device | None = None) -> list[str]:
     ]
 
 
-def resolve(name: str, x: torch.Tensor, shape_key=None):
-    """The backend module that runs for ``name`` on tensors like ``x``.
+# Under torch.compile the choice is made once, at trace time, and baked into the graph: it
+# depends only on constants (names, device type, dtype, static shapes), never on tensor data.
+@torch.compiler.assume_constant_result
+def resolve(name: str, device_type: str, dtype: torch.dtype, shape_key=None) -> str:
+    """The name of the backend that runs for ``name`` on ``device_type`` tensors of ``dtype``.
 
     An explicit name is always honoured (ValueError saying why when it cannot run here);
     ``"auto"`` picks the fastest backend that can run.
     """
     if name == "auto":
-        return get(_auto(x, shape_key))
-    module = get(name)
-    reason = module.unavailable_reason(x.device.type, x.dtype)
+        return _auto(device_type, dtype, shape_key)
+    reason = get(name).unavailable_reason(device_type, dtype)
     if reason is not None:
         raise ValueError(
-            f"backend {name!r} cannot run on {x.device.type} tensors of {x.dtype}: {reason}. "
-            f"Available here for this input: {', '.join(_runnable(x)) or 'none'}; "
+            f"backend {name!r} cannot run on {device_type} tensors of {dtype}: {reason}. "
+            f"Available here for this input: {', '.join(_runnable(device_type, dtype)) or 'none'}; "
             f"or pass backend='auto'."
         )
-    return module
+    return name
 
 
-def _runnable(x: torch.Tensor) -> list[str]:
-    return [n for n in NAMES if get(n).unavailable_reason(x.device.type, x.dtype) is None]
+def _runnable(device_type: str, dtype: torch.dtype) -> list[str]:
+    return [n for n in NAMES if get(n).unavailable_reason(device_type, dtype) is None]
 
 
-def _auto(x: torch.Tensor, shape_key) -> str:
-    if x.device.type == "cuda":
+def _auto(device_type: str, dtype: torch.dtype, shape_key) -> str:
+    if device_type == "cuda":
         from plantops.kernels import dispatch
 
-        measured = dispatch.best(shape_key, x.dtype, _runnable(x))
+        measured = dispatch.best(shape_key, dtype, _runnable(device_type, dtype))
         if measured is not None:
             return measured
         # Until measured otherwise, cuDNN through the composite is the safe choice.
         return "torch"
-    if "cpu" in _runnable(x) and cpu_kernels_win(shape_key):
+    if "cpu" in _runnable(device_type, dtype) and cpu_kernels_win(shape_key):
         return "cpu"
     return "torch"
 
