@@ -52,9 +52,6 @@ def backends(device: str | torch.device | None = None) -> list[str]:
     ]
 
 
-# Under torch.compile the choice is made once, at trace time, and baked into the graph: it
-# depends only on constants (names, device type, dtype, static shapes), never on tensor data.
-@torch.compiler.assume_constant_result
 def resolve(name: str, device_type: str, dtype: torch.dtype, shape_key=None) -> str:
     """The name of the backend that runs for ``name`` on ``device_type`` tensors of ``dtype``.
 
@@ -71,6 +68,14 @@ def resolve(name: str, device_type: str, dtype: torch.dtype, shape_key=None) -> 
             f"or pass backend='auto'."
         )
     return name
+
+
+# Under torch.compile the choice is made once, at trace time, and baked into the graph: it
+# depends only on constants (names, device type, dtype, static shapes), never on tensor data.
+# This is what torch.compiler.assume_constant_result does (torch 2.4-2.13 set this one
+# attribute); calling it here would import dynamo, and with it triton, on `import plantops`
+# (1.3 s, and it breaks a later TRITON_INTERPRET=1).
+resolve._dynamo_marked_constant = True
 
 
 def _runnable(device_type: str, dtype: torch.dtype) -> list[str]:
