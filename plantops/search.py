@@ -91,7 +91,9 @@ class Config:
     weight_decay: float = dataclasses.field(default=5e-4, metadata=dict(help="SGD weight decay"))
     lr_decay: float = dataclasses.field(default=0.2, metadata=dict(
         help="lr multiplier after each third of every training run"))
-    temperature: float = dataclasses.field(default=4.0, metadata=dict(help="distillation temperature"))
+    temperature: float = dataclasses.field(default=1.0, metadata=dict(
+        help="distillation temperature (the poster's L_KL has none, i.e. 1; the loss is "
+             "scaled by T^2, so larger T needs a smaller --lr)"))
     label_weight: float = dataclasses.field(default=0.0, metadata=dict(
         help="weight of the label cross-entropy mixed into distillation (0 = pure KD)"))
     cache_teacher: bool = dataclasses.field(default=True, metadata=dict(
@@ -332,6 +334,10 @@ def run_search(cfg: Config) -> dict:
                      params=models.count_params(net), val_loss=meta["val"]["loss"],
                      val_acc=meta["val"]["acc"], seconds=seconds))
         print(line(kind, net.describe(), models.count_params(net), meta["val"], seconds))
+        if val["acc"] <= 1.5 / classes:
+            print(f"warning: {kind} is at chance level ({val['acc'] * 100:.1f}% validation "
+                  f"accuracy): training diverged or its ReLUs died; try a lower --lr "
+                  f"(now {cfg.lr}) or --temperature (now {cfg.temperature})", file=sys.stderr)
         return net, meta
 
     teacher_path = Path(cfg.teacher) if cfg.teacher else out / "teacher.pt"

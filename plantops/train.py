@@ -76,7 +76,7 @@ class TeacherCache:
 
 
 def train(model: nn.Module, params, data: DeviceData, schedule: Schedule, loss: str,
-          seed: int, teacher: nn.Module | None = None, temperature: float = 4.0,
+          seed: int, teacher: nn.Module | None = None, temperature: float = 1.0,
           alpha: float = 0.0, progress: str = "", data_seed: int | None = None,
           teacher_cache: TeacherCache | None = None) -> float:
     """Trains ``params`` of ``model``; returns seconds taken.
@@ -128,7 +128,7 @@ def train(model: nn.Module, params, data: DeviceData, schedule: Schedule, loss: 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DeviceData, batch_size: int = 500,
-             teacher: nn.Module | None = None, temperature: float = 4.0,
+             teacher: nn.Module | None = None, temperature: float = 1.0,
              teacher_cache: TeacherCache | None = None) -> dict:
     """Mean cross-entropy, accuracy, and the distillation loss when a teacher is given
     (its logits of the fixed, unaugmented batches taken from ``teacher_cache`` if given)."""
