@@ -17,6 +17,7 @@ import os
 import pickle
 import tarfile
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -146,15 +147,10 @@ class _Source:
                 for info in tar:
                     if info.isfile() and info.name.endswith("/" + member):
                         return tar.extractfile(info).read()
-        except (tarfile.TarError, EOFError, OSError, zlib_error()) as err:
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
             raise DataError(f"{self.path} is corrupt or truncated ({err}); "
                             "delete it and fetch it again") from err
         raise DataError(f"{self.path} has no member {member}: not the expected archive")
-
-
-def zlib_error():
-    import zlib
-    return zlib.error
 
 
 def _unpickle(source: _Source, member: str) -> dict:
@@ -280,7 +276,7 @@ def _list_folder(path: Path):
                         and os.path.splitext(m.name)[1].lower() in IMAGE_SUFFIXES):
                     raw = tar.extractfile(m).read()
                     out.append((parts[-3], parts[-2], (f"{path}:{m.name}", lambda raw=raw: raw)))
-    except (tarfile.TarError, EOFError, OSError, zlib_error()) as err:
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
         raise DataError(f"{path} is corrupt or truncated ({err}), or not a .tar/.tar.gz") from err
     out.sort(key=lambda item: item[2][0])
     return out

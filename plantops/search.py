@@ -280,12 +280,12 @@ def prepare_data(cfg: Config, device):
         _, pool = datasets.stratified_split(labels, cfg.train_subset + cfg.val_size, cfg.seed)
     train_rel, val_rel = datasets.stratified_split(labels[pool], cfg.val_size, cfg.seed + 1)
     train_idx, val_idx = pool[train_rel], pool[val_rel]
-    mean, std = NORMALIZATION.get(cfg.dataset) or _stats(ds.train_images[train_idx])
-    make = lambda x, y: datasets.DeviceData(x, y, device, mean, std)
-    arch = "stl" if ds.image_size == 96 else "cifar"
     if ds.image_size not in (32, 96):
         raise ValueError(f"images are {ds.image_size}x{ds.image_size}: the paper's networks "
                          "take 32x32 (CIFAR) or 96x96 (STL-10) images")
+    arch = "stl" if ds.image_size == 96 else "cifar"
+    mean, std = NORMALIZATION.get(cfg.dataset) or _stats(ds.train_images[train_idx])
+    make = lambda x, y: datasets.DeviceData(x, y, device, mean, std)
     return (make(ds.train_images[train_idx], labels[train_idx]),
             make(ds.train_images[val_idx], labels[val_idx]),
             make(ds.test_images, ds.test_labels), arch, len(ds.classes))

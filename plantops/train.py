@@ -31,6 +31,12 @@ class Schedule:
     decay_steps: int = 2      # steps, evenly spaced: after each third of the run by default
 
 
+def lr_milestones(schedule: Schedule, steps_per_epoch: int) -> list[int]:
+    """Optimizer steps after which the lr is multiplied by ``schedule.decay``: evenly spaced."""
+    return [round(schedule.epochs * (i + 1) / (schedule.decay_steps + 1)) * steps_per_epoch
+            for i in range(schedule.decay_steps)]
+
+
 def kd_loss(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
     t = temperature
     return F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
@@ -94,13 +100,12 @@ def train(model: nn.Module, params, data: DeviceData, schedule: Schedule, loss: 
     opt = torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum,
                           weight_decay=schedule.weight_decay)
     steps_per_epoch = math.ceil(len(data) / schedule.batch_size)
-    milestones = [round(schedule.epochs * (i + 1) / (schedule.decay_steps + 1)) * steps_per_epoch
-                  for i in range(schedule.decay_steps)]
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, schedule.decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, lr_milestones(schedule, steps_per_epoch),
+                                                 schedule.decay)
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed if data_seed is None else data_seed)
-    view_key = (len(data), schedule.batch_size, schedule.epochs,
-                seed if data_seed is None else data_seed)
+    data_seed = seed if data_seed is None else data_seed
+    generator = torch.Generator().manual_seed(data_seed)
+    view_key = (len(data), schedule.batch_size, schedule.epochs, data_seed)
     bar = _Progress(progress, schedule.epochs * steps_per_epoch)
     start = time.perf_counter()
     model.train()

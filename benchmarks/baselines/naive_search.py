@@ -13,11 +13,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from plantops import models
 from plantops.search import candidate_seed
-from plantops.train import evaluate, kd_loss
+from plantops.train import Schedule, evaluate, loss_fn, lr_milestones
 
 
 def frozen_masks(parent: models.PlantNet, candidate: models.PlantNet) -> dict:
@@ -43,9 +42,10 @@ def train_masked(candidate, masks, teacher, data, cfg, seed):
         else:
             p.requires_grad_(False)
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0)
-    steps = math.ceil(len(data) / cfg.batch_size)
-    milestones = [round(cfg.plant_epochs * (i + 1) / 3) * steps for i in range(2)]
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, cfg.lr_decay)
+    schedule = Schedule(cfg.plant_epochs, cfg.lr, decay=cfg.lr_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(
+        opt, lr_milestones(schedule, math.ceil(len(data) / cfg.batch_size)), cfg.lr_decay)
+    objective = loss_fn("kd", cfg.temperature, cfg.label_weight)
     generator = torch.Generator().manual_seed(cfg.seed)
     candidate.train()
     teacher.eval()
@@ -53,10 +53,7 @@ def train_masked(candidate, masks, teacher, data, cfg, seed):
         for x, y in data.batches(cfg.batch_size, generator, augment=True):
             with torch.no_grad():
                 teacher_logits = teacher(x)
-            logits = candidate(x)
-            loss = kd_loss(logits, teacher_logits, cfg.temperature)
-            if cfg.label_weight:
-                loss = (1 - cfg.label_weight) * loss + cfg.label_weight * F.cross_entropy(logits, y)
+            loss = objective(candidate(x), y, teacher_logits)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -100,7 +100,7 @@ def cpu_kernels_win(shape_key) -> bool:
     """Whether the C++ kernels beat oneDNN (the torch backend) for this shape on the CPU.
 
     Measured with benchmarks/test_bench_planted_conv.py on a 2-core AVX-512 machine
-    (benchmarks/RESULTS.md): the direct kernels win at planting's narrow layers (up to 16
+    (benchmarks/RESULTS.md): the direct kernels win at planting's narrow layers (up to 20
     channels, or up to 40 on maps of 32x32 and more) and lose to oneDNN's blocked GEMM on
     wider ones.
     """

@@ -31,16 +31,23 @@ def dtype_name(dtype: torch.dtype) -> str:
     return _DTYPE_NAMES[dtype]
 
 
+def dims(x, frozen_weight, in_weight, out_weight, stride, padding) -> dict:
+    """Every size of one planted convolution, named as in csrc/planted_conv.h's Geometry
+    (plus C and O, the total input and output channels)."""
+    n, c, h, w = x.shape
+    o_f, i_f, kh, kw = frozen_weight.shape
+    o_p = out_weight.shape[0]
+    return dict(N=n, C=c, O=o_f + o_p, H=h, W=w, I_f=i_f, I_p=in_weight.shape[1], O_f=o_f,
+                O_p=o_p, KH=kh, KW=kw, SH=stride[0], SW=stride[1], PH=padding[0],
+                PW=padding[1], OH=(h + 2 * padding[0] - kh) // stride[0] + 1,
+                OW=(w + 2 * padding[1] - kw) // stride[1] + 1)
+
+
 def geometry(module, x, frozen_weight, in_weight, out_weight, stride, padding):
     g = module.Geometry()
-    g.N, _, g.H, g.W = x.shape
-    g.O_f, g.I_f, g.KH, g.KW = frozen_weight.shape
-    g.I_p = in_weight.shape[1]
-    g.O_p = out_weight.shape[0]
-    g.SH, g.SW = stride
-    g.PH, g.PW = padding
-    g.OH = (g.H + 2 * g.PH - g.KH) // g.SH + 1
-    g.OW = (g.W + 2 * g.PW - g.KW) // g.SW + 1
+    for name, value in dims(x, frozen_weight, in_weight, out_weight, stride, padding).items():
+        if name not in ("C", "O"):  # derived in C++
+            setattr(g, name, value)
     return g
 
 

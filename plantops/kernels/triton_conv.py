@@ -19,10 +19,13 @@ Fast for the search's shapes (8 to 128 channels); not tuned for channel counts p
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
 import torch
+
+from plantops.kernels._native import dims as _dims
 
 NAME = "triton"
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -66,31 +69,12 @@ def _kernels():
 # ----------------------------------------------------------------------------- launchers
 
 def _precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
-        return "ieee"
-    return "tf32" if dtype == torch.float32 else "ieee"
-
-
-def _dims(x, frozen_weight, in_weight, out_weight, stride, padding):
-    n, c, h, w = x.shape
-    o_f, i_f, kh, kw = frozen_weight.shape
-    oh = (h + 2 * padding[0] - kh) // stride[0] + 1
-    ow = (w + 2 * padding[1] - kw) // stride[1] + 1
-    return dict(N=n, C=c, O=o_f + out_weight.shape[0], H=h, W=w, OH=oh, OW=ow, O_f=o_f,
-                I_f=i_f, I_p=in_weight.shape[1], KH=kh, KW=kw, SH=stride[0], SW=stride[1],
-                PH=padding[0], PW=padding[1])
+    tf32 = dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    return "tf32" if tf32 else "ieee"
 
 
 def _device_ctx(t):
-    return torch.cuda.device(t.device) if t.is_cuda else _nullcontext()
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def forward(x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride, padding):
