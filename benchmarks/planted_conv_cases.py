@@ -35,7 +35,8 @@ def _sync(device):
 def make_case(case: str, impl: str, batch: int, channels: int, size: int, planted: int,
               mode: str, device: str = "cpu", dtype=torch.float32):
     """A zero-argument callable that runs one forward (mode 'fwd') or forward+backward
-    ('fwdbwd') of ``impl`` and synchronizes; and the FLOPs it does."""
+    ('fwdbwd') of ``impl`` and synchronizes; the FLOPs of the useful work; and the fewest
+    bytes any implementation must move to and from memory (each tensor read or written once)."""
     gen = torch.Generator(device="cpu").manual_seed(0)
 
     def rand(*shape):
@@ -104,4 +105,9 @@ def make_case(case: str, impl: str, batch: int, channels: int, size: int, plante
     macs_bwd = batch * size * size * k * k * (o_p * (i_f + i_p) + o_f * i_p
                                               + ((o_f + o_p) * (i_f + i_p) if case == "inputs" else 0))
     flops = 2 * (macs_fwd + (macs_bwd if mode == "fwdbwd" else 0))
-    return (run_fwd if mode == "fwd" else run_fwdbwd), flops
+    weights = frozen_w.numel() + sum(t.numel() for t in trainable)
+    elems = x.numel() + weights + grad_out.numel()  # read x and weights, write the output
+    if mode == "fwdbwd":  # read grad_out, write the planted gradients (and grad_x)
+        elems += grad_out.numel() + sum(t.numel() for t in trainable)
+        elems += x.numel() if case == "inputs" else 0
+    return (run_fwd if mode == "fwd" else run_fwdbwd), flops, elems * x.element_size()

