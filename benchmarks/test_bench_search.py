@@ -11,6 +11,7 @@ candidate, two rounds. Both sides must choose the same layers.
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,7 @@ def setting():
         mean, std = (0.5,) * 3, (0.25,) * 3
         train_data = datasets.DeviceData(*synthetic(TRAIN, 0), DEVICE, mean, std)
         val_data = datasets.DeviceData(*synthetic(VAL, 1), DEVICE, mean, std)
+    torch.manual_seed(0)
     warmup = Schedule(2, 0.01, decay=1.0)  # fixture only: both sides start from these
     teacher = he_init(models.student(128))
     train(teacher, teacher.parameters(), train_data, warmup, "ce", 0)
@@ -79,16 +81,39 @@ CHOSEN = {}
 
 
 def run_plantops(cfg, teacher, initial, initial_val, train_data, val_data):
-    with tempfile.TemporaryDirectory() as out:
-        out = Path(out)
-        (out / "candidates").mkdir()
-        schedule = lambda e: Schedule(e, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size,
-                                      cfg.lr_decay)
-        accepted, _ = search.plant_rounds(cfg, out, search.Log(out / "log.jsonl"), initial,
-                                          initial_val, teacher, train_data, val_data, DEVICE,
-                                          schedule, TeacherCache(teacher))
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
+    """The search phase, and where its time went: teacher passes, student evaluation, and
+    candidate training (the rest)."""
+    start = time.perf_counter()
+    cache = TeacherCache(teacher)
+    evaluation = dict(seconds=0.0, teacher=0.0)
+    real_evaluate = search.evaluate_round
+
+    def timed_evaluate(*args, **kwargs):
+        t0, teacher0 = time.perf_counter(), cache.seconds
+        result = real_evaluate(*args, **kwargs)
+        evaluation["seconds"] += time.perf_counter() - t0
+        evaluation["teacher"] += cache.seconds - teacher0
+        return result
+
+    search.evaluate_round = timed_evaluate
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            out = Path(out)
+            (out / "candidates").mkdir()
+            schedule = lambda e: Schedule(e, cfg.lr, cfg.momentum, cfg.weight_decay,
+                                          cfg.batch_size, cfg.lr_decay)
+            accepted, _ = search.plant_rounds(cfg, out, search.Log(out / "log.jsonl"), initial,
+                                              initial_val, teacher, train_data, val_data, DEVICE,
+                                              schedule, cache)
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize()
+    finally:
+        search.evaluate_round = real_evaluate
+    total = time.perf_counter() - start
+    students = evaluation["seconds"] - evaluation["teacher"]
+    print(f"\nplantops time split: total {total:.2f} s = teacher passes {cache.seconds:.2f} s "
+          f"({cache.misses} batches, {cache.hits} reused) + student evaluation {students:.2f} s "
+          f"+ candidate training {total - cache.seconds - students:.2f} s")
     return [a["layer"] for a in accepted]
 
 
