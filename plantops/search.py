@@ -165,6 +165,17 @@ def config_from_dict(values: dict, base: Config | None = None) -> Config:
     return dataclasses.replace(base or Config(), **values)
 
 
+def options_table() -> str:
+    """The README's table of options, from Config (tests/test_search.py keeps them equal)."""
+    rows = ["| option | default (`--preset quick`) | `--preset paper` | meaning |",
+            "|---|---|---|---|"]
+    quick, paper = config_from_dict(PRESETS["quick"]), config_from_dict(PRESETS["paper"])
+    for f in dataclasses.fields(Config):
+        rows.append(f"| `--{f.name.replace('_', '-')}` | {getattr(quick, f.name)} | "
+                    f"{getattr(paper, f.name)} | {f.metadata['help']} |")
+    return "\n".join(rows)
+
+
 def parse_args(argv=None) -> Config:
     parser = argparse.ArgumentParser(
         prog="python -m plantops.search", description=__doc__,
@@ -328,6 +339,9 @@ def run_search(cfg: Config) -> dict:
             print(line(kind, net.describe(), models.count_params(net), meta["val"], meta["seconds"],
                        "(from checkpoint)"))
             return net, meta
+        # Seeded here, so a network's initial weights do not depend on whether the ones
+        # before it were trained in this process or loaded by --resume.
+        torch.manual_seed(cfg.seed)
         net = build().to(device)
         seconds = train(net, net.parameters(), train_data, schedule(epochs), loss,
                         cfg.seed, teacher, cfg.temperature, cfg.label_weight, progress=kind)

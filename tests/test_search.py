@@ -205,3 +205,24 @@ def test_table_mode_trains_the_students_and_compares_with_the_paper(image_folder
 def test_bad_table_widths():
     with pytest.raises(ValueError, match="--table-widths"):
         search.parse_args(["--table-widths", "16,x"])
+
+
+def test_readme_lists_every_option_with_its_defaults():
+    from pathlib import Path
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert search.options_table() in readme, "README's options table is stale: paste " \
+        "the output of python -c 'from plantops import search; print(search.options_table())'"
+
+
+def test_initial_network_is_the_same_when_the_teacher_is_reloaded(reference_run, image_folder,
+                                                                   tmp_path):
+    """Resuming after the teacher (or reusing one with --teacher) must not change the initial
+    network: its weights are seeded on their own, not by what ran before them."""
+    out, _ = reference_run
+    reused = tmp_path / "reused"
+    search.run_search(tiny_config(image_folder, reused, teacher=str(out / "teacher.pt"),
+                                  max_rounds=0))
+    ref, _ = search.load_network(out / "initial.pt", "cpu")
+    got, _ = search.load_network(reused / "initial.pt", "cpu")
+    for a, b in zip(ref.state_dict().values(), got.state_dict().values()):
+        assert torch.equal(a, b)
