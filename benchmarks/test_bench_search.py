@@ -63,7 +63,7 @@ def setting():
         mean, std = (0.5,) * 3, (0.25,) * 3
         train_data = datasets.DeviceData(*synthetic(TRAIN, 0), DEVICE, mean, std)
         val_data = datasets.DeviceData(*synthetic(VAL, 1), DEVICE, mean, std)
-    torch.manual_seed(0)
+    torch.manual_seed(2)  # a seed whose 2-epoch teacher learns (40% val acc on synthetic data)
     warmup = Schedule(2, 0.01, decay=1.0)  # fixture only: both sides start from these
     teacher = he_init(models.student(128))
     train(teacher, teacher.parameters(), train_data, warmup, "ce", 0)
