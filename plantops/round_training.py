@@ -43,9 +43,9 @@ class Round:
         for p in self.parent.parameters():
             p.requires_grad_(False)
         self.candidates = dict(candidates)
+        planted = lambda module, side: getattr(module, f"planted_{side}", 0)  # 0: a plain layer
         for layer, net in self.candidates.items():
             grown, reader = net.layer(layer), net.layer(layer + 1)
-            planted = lambda m, side: getattr(m, f"planted_{side}", 0)
             if (not planted(grown, "out") or planted(grown, "in") or planted(reader, "out")
                     or not planted(reader, "in")):
                 raise ValueError(f"candidate for layer {layer} is not its parent plus channels "

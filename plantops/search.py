@@ -358,15 +358,15 @@ def run_search(cfg: Config) -> dict:
                   f"(now {cfg.lr}) or --temperature (now {cfg.temperature})", file=sys.stderr)
         return net, meta
 
-    teacher_path = Path(cfg.teacher) if cfg.teacher else out / "teacher.pt"
-    if cfg.teacher and not teacher_path.exists():
-        raise FileNotFoundError(f"--teacher {teacher_path} does not exist: pass a teacher.pt "
+    teacher_file = teacher_path(cfg, out)
+    if cfg.teacher and not teacher_file.exists():
+        raise FileNotFoundError(f"--teacher {teacher_file} does not exist: pass a teacher.pt "
                                 "written by an earlier search")
-    teacher_net, _ = trained(teacher_path, "teacher",
+    teacher_net, _ = trained(teacher_file, "teacher",
                              lambda: models.student(cfg.teacher_width, arch, classes), "ce",
                              cfg.teacher_epochs)
     if teacher_net.num_classes != classes or teacher_net.arch != arch:
-        raise ValueError(f"the teacher {teacher_path} is a {teacher_net.arch} network with "
+        raise ValueError(f"the teacher {teacher_file} is a {teacher_net.arch} network with "
                          f"{teacher_net.num_classes} classes, but the data is {arch} with "
                          f"{classes} classes: pass a teacher trained on this dataset")
     teacher_net.eval()
@@ -430,7 +430,7 @@ def plant_rounds(cfg, out, log, current, initial_val, teacher_net, train_data, v
             stop_reason = (f"round {rnd}: no candidate lowered the validation {cfg.select_on} "
                            f"below {current_val[cfg.select_on]:.4f}")
             break
-        current, _ = load_network(out / "candidates" / f"r{rnd}_l{best['layer']}.pt", device)
+        current, _ = load_network(candidate_stem(out, rnd, best["layer"]).with_suffix(".pt"), device)
         current_val = best["val"]
         info = dict(layer=name, widths=current.widths, fc_width=current.fc_width,
                     params=models.count_params(current), val=current_val)
@@ -450,13 +450,22 @@ def candidate_seed(cfg, rnd: int, layer: int) -> int:
     return cfg.seed * 1000003 + rnd * 101 + layer
 
 
+def candidate_stem(out: Path, rnd: int, layer: int) -> Path:
+    """Where round ``rnd``'s candidate for ``layer`` is saved (add .pt or .json)."""
+    return out / "candidates" / f"r{rnd}_l{layer}"
+
+
+def teacher_path(cfg, out: Path) -> Path:
+    return Path(cfg.teacher) if cfg.teacher else out / "teacher.pt"
+
+
 def run_candidates(cfg, out, log, rnd, layers, current, teacher_net, train_data, val_data,
                    device, schedule, teacher_cache=None) -> list:
     """Trains (or reloads) round ``rnd``'s candidate for each of ``layers``; returns each one's
     result, None for a candidate above --max-params."""
     results, todo = {}, {}
     for layer in layers:
-        stem = out / "candidates" / f"r{rnd}_l{layer}"
+        stem = candidate_stem(out, rnd, layer)
         name = models.LAYER_NAMES[layer]
         if stem.with_suffix(".json").exists() and stem.with_suffix(".pt").exists():
             results[layer] = json.loads(stem.with_suffix(".json").read_text())
@@ -499,7 +508,7 @@ def run_candidates(cfg, out, log, rnd, layers, current, teacher_net, train_data,
 
 
 def save_candidate(cfg, out, log, rnd, layer, candidate, val, seconds) -> dict:
-    stem = out / "candidates" / f"r{rnd}_l{layer}"
+    stem = candidate_stem(out, rnd, layer)
     name = models.LAYER_NAMES[layer]
     params = models.count_params(candidate)
     result = dict(round=rnd, layer=layer, layer_name=name, widths=candidate.widths,
@@ -525,8 +534,7 @@ def finish(cfg, out, log, device, teacher_net, test_data, accepted, stop_reason,
                     params=models.count_params(net), test_loss=test["loss"], test_acc=test["acc"],
                     val_loss=meta["val"]["loss"], val_acc=meta["val"]["acc"], loss_fn=loss_fn), net
 
-    teacher, _ = test_entry(Path(cfg.teacher) if cfg.teacher else out / "teacher.pt",
-                            f"Teacher[{cfg.teacher_width}]", "CE")
+    teacher, _ = test_entry(teacher_path(cfg, out), f"Teacher[{cfg.teacher_width}]", "CE")
     initial, final_net = test_entry(out / "initial.pt", f"Initial = Student[{cfg.init_width}]",
                                     cfg.init_loss.upper())
     rounds = []
