@@ -1,6 +1,6 @@
 """Setup factory for the planted-convolution benchmarks: one planting step's two layers.
 
-A planting step touches two layers, and these are the two cases benchmarked:
+A planting step touches two layers; three cases are benchmarked:
 - ``outputs``: the layer being planted. Its input comes from frozen layers (no gradient);
   ``O_p`` new filters (and biases) train. A user would write two ``nn.Conv2d`` joined by
   ``torch.cat`` (the frozen one with requires_grad False), or one ``nn.Conv2d`` whose weight
@@ -9,6 +9,11 @@ A planting step touches two layers, and these are the two cases benchmarked:
   gradient; the new input slices of its frozen filters train. A user would write a frozen
   conv over the old channels plus a trainable conv over the new ones, added; or one conv
   whose gradient a hook masks to the new columns.
+- ``reader``: that layer as the search runs it. Its old channels come from frozen layers
+  and need no gradient; only the ``I_p`` new ones do. plantops takes them apart
+  (``x_planted``) and computes the input gradient for them alone; a user would write the
+  split convs over the two parts (autograd then skips the frozen part too) or the masked
+  conv over their concatenation.
 Every implementation computes the same function on the same tensors.
 """
 
@@ -48,26 +53,33 @@ def make_case(case: str, impl: str, batch: int, channels: int, size: int, plante
     else:
         i_f, i_p, o_f, o_p = channels, planted, channels, 0
     x = rand(batch, i_f + i_p, size, size).requires_grad_(case == "inputs")
+    # reader: the old channels need no gradient, the planted ones (a leaf of their own) do.
+    x_old = x[:, :i_f].detach().clone()
+    x_new = x[:, i_f:].detach().clone().requires_grad_(case == "reader")
     frozen_w, frozen_b = rand(o_f, i_f, k, k) * 0.1, rand(o_f) * 0.1
     in_w = rand(o_f, i_p, k, k).mul_(0.1).requires_grad_() if i_p else None
     out_w = rand(o_p, i_f + i_p, k, k).mul_(0.1).requires_grad_() if o_p else None
     out_b = rand(o_p).mul_(0.1).requires_grad_() if o_p else None
     grad_out = rand(batch, o_f + o_p, size, size)
     trainable = [t for t in (in_w, out_w, out_b) if t is not None]
-    wrt = trainable + ([x] if x.requires_grad else [])
+    needs_grad = [x] if case == "inputs" else [x_new] if case == "reader" else []
+    wrt = trainable + needs_grad
 
     if impl.startswith("plantops-"):
         backend = impl.split("-", 1)[1]
 
         def forward():
+            if case == "reader":
+                return planted_conv2d(x_old, frozen_w, frozen_b, out_w, out_b, in_w, 1, 1,
+                                      backend, x_planted=x_new)
             return planted_conv2d(x, frozen_w, frozen_b, out_w, out_b, in_w, 1, 1, backend)
     elif impl == "split_convs":
         def forward():
             if case == "outputs":
                 return torch.cat([F.conv2d(x, frozen_w, frozen_b, 1, 1),
                                   F.conv2d(x, out_w, out_b, 1, 1)], 1)
-            return (F.conv2d(x[:, :i_f], frozen_w, frozen_b, 1, 1)
-                    + F.conv2d(x[:, i_f:], in_w, None, 1, 1))
+            old, new = (x_old, x_new) if case == "reader" else (x[:, :i_f], x[:, i_f:])
+            return F.conv2d(old, frozen_w, frozen_b, 1, 1) + F.conv2d(new, in_w, None, 1, 1)
     elif impl == "masked_conv":
         conv = nn.Conv2d(i_f + i_p, o_f + o_p, k, padding=1, device=device, dtype=dtype)
         with torch.no_grad():
@@ -84,10 +96,10 @@ def make_case(case: str, impl: str, batch: int, channels: int, size: int, plante
         bias_mask[o_f:] = 1
         conv.weight.register_hook(lambda g: g * mask)
         conv.bias.register_hook(lambda g: g * bias_mask)
-        wrt = [conv.weight, conv.bias] + ([x] if x.requires_grad else [])
+        wrt = [conv.weight, conv.bias] + needs_grad
 
         def forward():
-            return conv(x)
+            return conv(torch.cat([x_old, x_new], 1) if case == "reader" else x)
     else:
         raise ValueError(f"unknown implementation {impl!r}")
 
@@ -102,12 +114,12 @@ def make_case(case: str, impl: str, batch: int, channels: int, size: int, plante
 
     # FLOPs of the useful work: the forward conv, plus the planted-only backward.
     macs_fwd = batch * size * size * (o_f + o_p) * (i_f + i_p) * k * k
-    macs_bwd = batch * size * size * k * k * (o_p * (i_f + i_p) + o_f * i_p
-                                              + ((o_f + o_p) * (i_f + i_p) if case == "inputs" else 0))
+    grad_x_macs = {"inputs": (o_f + o_p) * (i_f + i_p), "reader": (o_f + o_p) * i_p}.get(case, 0)
+    macs_bwd = batch * size * size * k * k * (o_p * (i_f + i_p) + o_f * i_p + grad_x_macs)
     flops = 2 * (macs_fwd + (macs_bwd if mode == "fwdbwd" else 0))
     weights = frozen_w.numel() + sum(t.numel() for t in trainable)
     elems = x.numel() + weights + grad_out.numel()  # read x and weights, write the output
     if mode == "fwdbwd":  # read grad_out, write the planted gradients (and grad_x)
         elems += grad_out.numel() + sum(t.numel() for t in trainable)
-        elems += x.numel() if case == "inputs" else 0
+        elems += sum(t.numel() for t in needs_grad)
     return (run_fwd if mode == "fwd" else run_fwdbwd), flops, elems * x.element_size()

@@ -31,7 +31,7 @@ DTYPES = [getattr(torch, name) for name in DTYPES.split(",")]
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("impl", implementations(DEVICE))
 @pytest.mark.parametrize("mode", ["fwd", "fwdbwd"])
-@pytest.mark.parametrize("case", ["outputs", "inputs"])
+@pytest.mark.parametrize("case", ["outputs", "inputs", "reader"])
 @pytest.mark.parametrize("shape", SHAPES, ids=["N{}-C{}-{}x{}-p{}".format(n, c, s, s, p)
                                                 for n, c, s, p in SHAPES])
 def test_planted_conv(benchmark, record, shape, case, mode, impl, dtype):

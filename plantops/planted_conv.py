@@ -56,19 +56,21 @@ def _check_tensor(t, name: str, ndim: int, optional: bool = True):
 
 
 def check_planted_conv_args(x, frozen_weight, frozen_bias, out_weight, out_bias, in_weight,
-                            stride, padding):
+                            stride, padding, x_planted=None):
     """Validates the arguments of planted_conv2d; returns (stride, padding) as pairs.
 
     Raises TypeError/ValueError naming the argument, what it got and what was expected.
     """
     _check_tensor(x, "x", 4, optional=False)
+    _check_tensor(x_planted, "x_planted", 4)
     _check_tensor(frozen_weight, "frozen_weight", 4, optional=False)
     _check_tensor(frozen_bias, "frozen_bias", 1)
     _check_tensor(in_weight, "in_weight", 4)
     _check_tensor(out_weight, "out_weight", 4)
     _check_tensor(out_bias, "out_bias", 1)
-    tensors = {"x": x, "frozen_weight": frozen_weight, "frozen_bias": frozen_bias,
-               "in_weight": in_weight, "out_weight": out_weight, "out_bias": out_bias}
+    tensors = {"x": x, "x_planted": x_planted, "frozen_weight": frozen_weight,
+               "frozen_bias": frozen_bias, "in_weight": in_weight, "out_weight": out_weight,
+               "out_bias": out_bias}
     given = {k: t for k, t in tensors.items() if t is not None}
     for name, t in given.items():
         if t.dtype != x.dtype:
@@ -84,7 +86,16 @@ def check_planted_conv_args(x, frozen_weight, frozen_bias, out_weight, out_bias,
                          f"[{o_frozen}, I_p, {kh}, {kw}] to match frozen_weight "
                          f"{tuple(frozen_weight.shape)}, got {tuple(in_weight.shape)}")
     channels = i_frozen + i_planted
-    if x.shape[1] != channels:
+    if x_planted is not None:
+        if x.shape[1] != i_frozen or x_planted.shape[1] != i_planted:
+            raise ValueError(f"with x_planted, x holds the I_f = {i_frozen} frozen input channels "
+                             f"and x_planted the I_p = {i_planted} planted ones (in_weight's "
+                             f"dim 1), got x {tuple(x.shape)} and x_planted "
+                             f"{tuple(x_planted.shape)}")
+        if x_planted.shape[0] != x.shape[0] or x_planted.shape[2:] != x.shape[2:]:
+            raise ValueError(f"x_planted must match x in batch and map size: x is "
+                             f"{tuple(x.shape)}, x_planted {tuple(x_planted.shape)}")
+    elif x.shape[1] != channels:
         raise ValueError(f"x has {x.shape[1]} channels but the weight blocks read "
                          f"I_f + I_p = {i_frozen} + {i_planted} = {channels} "
                          f"(x shape {tuple(x.shape)})")
@@ -111,17 +122,24 @@ def check_planted_conv_args(x, frozen_weight, frozen_bias, out_weight, out_bias,
 
 # ----------------------------------------------------------------------------- custom ops
 
+def _joined(x: Tensor, x_planted: Optional[Tensor]) -> Tensor:
+    return x if x_planted is None else torch.cat([x, x_planted], 1)
+
+
 @torch.library.custom_op("plantops::planted_conv2d", mutates_args=())
-def _planted_conv2d_op(x: Tensor, frozen_weight: Tensor, frozen_bias: Optional[Tensor],
-                       in_weight: Tensor, out_weight: Tensor, out_bias: Optional[Tensor],
-                       stride: List[int], padding: List[int], backend: str) -> Tensor:
-    out = _backends.get(backend).forward(x, frozen_weight, frozen_bias, in_weight, out_weight,
-                                         out_bias, tuple(stride), tuple(padding))
+def _planted_conv2d_op(x: Tensor, x_planted: Optional[Tensor], frozen_weight: Tensor,
+                       frozen_bias: Optional[Tensor], in_weight: Tensor, out_weight: Tensor,
+                       out_bias: Optional[Tensor], stride: List[int], padding: List[int],
+                       backend: str) -> Tensor:
+    out = _backends.get(backend).forward(_joined(x, x_planted), frozen_weight, frozen_bias,
+                                         in_weight, out_weight, out_bias, tuple(stride),
+                                         tuple(padding))
     return out.contiguous()
 
 
 @_planted_conv2d_op.register_fake
-def _(x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride, padding, backend):
+def _(x, x_planted, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride, padding,
+      backend):
     kh, kw = frozen_weight.shape[2:]
     oh = (x.shape[2] + 2 * padding[0] - kh) // stride[0] + 1
     ow = (x.shape[3] + 2 * padding[1] - kw) // stride[1] + 1
@@ -132,42 +150,58 @@ def _(x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride, pa
 def _planted_conv2d_backward_op(
         grad_out: Tensor, x: Tensor, frozen_weight: Tensor, in_weight: Tensor,
         out_weight: Tensor, stride: List[int], padding: List[int], backend: str,
-        need_x: bool, need_in_weight: bool, need_out_weight: bool, need_out_bias: bool,
+        x_begin: int, x_end: int, need_in_weight: bool, need_out_weight: bool,
+        need_out_bias: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     grads = _backends.get(backend).backward(
         grad_out, x, frozen_weight, in_weight, out_weight, tuple(stride), tuple(padding),
-        need_x, need_in_weight, need_out_weight, need_out_bias)
+        (x_begin, x_end), need_in_weight, need_out_weight, need_out_bias)
     # A custom op cannot return None: an empty tensor stands for "not asked for".
     return tuple(x.new_empty(0) if g is None else g.contiguous() for g in grads)
 
 
 @_planted_conv2d_backward_op.register_fake
 def _(grad_out, x, frozen_weight, in_weight, out_weight, stride, padding, backend,
-      need_x, need_in_weight, need_out_weight, need_out_bias):
+      x_begin, x_end, need_in_weight, need_out_weight, need_out_bias):
     def like(t, needed):
         return t.new_empty(t.shape) if needed else x.new_empty(0)
-    return (like(x, need_x), like(in_weight, need_in_weight), like(out_weight, need_out_weight),
+    grad_x = (x.new_empty((x.shape[0], x_end - x_begin, *x.shape[2:])) if x_end > x_begin
+              else x.new_empty(0))
+    return (grad_x, like(in_weight, need_in_weight), like(out_weight, need_out_weight),
             like(out_weight.new_empty(out_weight.shape[0]), need_out_bias))
 
 
 def _setup_context(ctx, inputs, output):
-    x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride, padding, backend = inputs
-    ctx.save_for_backward(x, frozen_weight, in_weight, out_weight)
+    (x, x_planted, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride, padding,
+     backend) = inputs
+    ctx.save_for_backward(x, x_planted, frozen_weight, in_weight, out_weight)
     ctx.stride, ctx.padding, ctx.backend = stride, padding, backend
     ctx.has_out_bias = out_bias is not None
 
 
 def _backward(ctx, grad_out):
-    x, frozen_weight, in_weight, out_weight = ctx.saved_tensors
+    x, x_planted, frozen_weight, in_weight, out_weight = ctx.saved_tensors
     need = ctx.needs_input_grad
-    need_x, need_in, need_out_w = need[0], need[3], need[4]
-    need_out_b = ctx.has_out_bias and need[5]
-    if not (need_x or need_in or need_out_w or need_out_b):
-        return (None,) * 9
+    need_x, need_x_planted = need[0], x_planted is not None and need[1]
+    need_in, need_out_w = need[4], need[5]
+    need_out_b = ctx.has_out_bias and need[6]
+    if not (need_x or need_x_planted or need_in or need_out_w or need_out_b):
+        return (None,) * 10
+    # The input gradient covers only the channels whose tensor needs one: with the planted
+    # channels passed apart (x_planted) and x from frozen layers, just [I_f, I_f + I_p).
+    split = x.shape[1]
+    begin = 0 if need_x else split
+    end = split + x_planted.shape[1] if need_x_planted else split
+    if not (need_x or need_x_planted):
+        begin = end = 0
     grad_x, grad_in, grad_out_w, grad_out_b = _planted_conv2d_backward_op(
-        grad_out, x, frozen_weight, in_weight, out_weight, ctx.stride, ctx.padding, ctx.backend,
-        need_x, need_in, need_out_w, need_out_b)
-    return (grad_x if need_x else None, None, None, grad_in if need_in else None,
+        grad_out, _joined(x, x_planted), frozen_weight, in_weight, out_weight, ctx.stride,
+        ctx.padding, ctx.backend, begin, end, need_in, need_out_w, need_out_b)
+    if end == begin:  # no channel needs one, but a tensor with 0 channels may ask
+        grad_x = x.new_zeros((x.shape[0], 0, *x.shape[2:]))
+    grad_planted = grad_x[:, split - begin:] if need_x_planted else None
+    grad_x = grad_x[:, :split] if need_x else None
+    return (grad_x, grad_planted, None, None, grad_in if need_in else None,
             grad_out_w if need_out_w else None, grad_out_b if need_out_b else None,
             None, None, None)
 
@@ -180,7 +214,7 @@ _planted_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
 def planted_conv2d(x: Tensor, frozen_weight: Tensor, frozen_bias: Optional[Tensor] = None,
                    out_weight: Optional[Tensor] = None, out_bias: Optional[Tensor] = None,
                    in_weight: Optional[Tensor] = None, stride=1, padding=0,
-                   backend: str = "auto") -> Tensor:
+                   backend: str = "auto", *, x_planted: Optional[Tensor] = None) -> Tensor:
     """``conv2d(x, [[frozen_weight, in_weight], [out_weight]], [frozen_bias, out_bias])``.
 
     Args:
@@ -195,6 +229,12 @@ def planted_conv2d(x: Tensor, frozen_weight: Tensor, frozen_bias: Optional[Tenso
         stride, padding: as in ``torch.nn.functional.conv2d`` (int or pair).
         backend: ``"auto"`` (the fastest that can run on x's device and dtype) or one of
             ``plantops.backends()``; an explicit backend is always honoured.
+        x_planted: ``[N, I_p, H, W]`` or None. Given, ``x`` holds only the ``I_f`` frozen
+            input channels and ``x_planted`` the planted ones (the result is the same as for
+            ``cat([x, x_planted], 1)``), and the input gradient is computed only for the
+            tensor(s) that require one. When the frozen channels come from frozen layers
+            (planting's case), that is the planted channels alone: ``O * I_p`` instead of
+            ``O * (I_f + I_p)`` filter taps in the input-gradient convolution.
 
     Returns:
         ``[N, O_f + O_p, H', W']``, contiguous.
@@ -202,16 +242,17 @@ def planted_conv2d(x: Tensor, frozen_weight: Tensor, frozen_bias: Optional[Tenso
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string, got {type(backend).__name__}")
     stride, padding = check_planted_conv_args(x, frozen_weight, frozen_bias, out_weight,
-                                              out_bias, in_weight, stride, padding)
+                                              out_bias, in_weight, stride, padding, x_planted)
     o_frozen, i_frozen, kh, kw = frozen_weight.shape
+    channels = x.shape[1] + (0 if x_planted is None else x_planted.shape[1])
     if in_weight is None:
         in_weight = frozen_weight.new_zeros((o_frozen, 0, kh, kw))
     if out_weight is None:
-        out_weight = frozen_weight.new_zeros((0, x.shape[1], kh, kw))
-    shape_key = (x.shape[0], x.shape[1], out_weight.shape[0] + o_frozen, x.shape[2], x.shape[3],
+        out_weight = frozen_weight.new_zeros((0, channels, kh, kw))
+    shape_key = (x.shape[0], channels, out_weight.shape[0] + o_frozen, x.shape[2], x.shape[3],
                  kh, kw, stride, padding)
     name = _backends.resolve(backend, x.device.type, x.dtype, shape_key)
-    return _planted_conv2d_op(x, frozen_weight.detach(),
+    return _planted_conv2d_op(x, x_planted, frozen_weight.detach(),
                               None if frozen_bias is None else frozen_bias.detach(),
                               in_weight, out_weight, out_bias, list(stride), list(padding), name)
 
@@ -387,13 +428,15 @@ class PlantedConv2d(_PlantedLayer):
                              f"padding={conv.padding!r}; rebuild it with padding=k//2")
         return cls(conv.weight, conv.bias, conv.stride, conv.padding, backend)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, x_planted: Optional[Tensor] = None) -> Tensor:
+        """``x``: every input channel; or, with ``x_planted``, the frozen ones only (see
+        ``planted_conv2d``: the input gradient then goes only where it is needed)."""
         return planted_conv2d(
             x, self.frozen_weight, self.frozen_bias,
             self.out_weight if self.planted_out else None,
             self.out_bias if self.planted_out and self.out_bias is not None else None,
             self.in_weight if self.planted_in else None,
-            self.stride, self.padding, self.backend)
+            self.stride, self.padding, self.backend, x_planted=x_planted)
 
     def to_conv(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` holding the whole (assembled) weight, for export."""

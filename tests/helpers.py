@@ -74,22 +74,45 @@ def run(fn, tensors, conv_args, grad_out=None, **kwargs):
     return out, {k: (next(grads) if leaves[k] is not None else None) for k in TRAINABLE}
 
 
-def check_against_reference(backend, shape, dtype, device, rel_tol):
+def run_split(backend, tensors, conv_args, grad_out, frozen_needs_grad):
+    """planted_conv2d with the planted input channels passed apart (x_planted): output and
+    the gradients of x's two parts and of the planted blocks."""
+    i_f = tensors["frozen_weight"].shape[1]
+    leaves = {k: (None if v is None else v.detach().clone().requires_grad_(k in TRAINABLE))
+              for k, v in tensors.items() if k != "x"}
+    x_frozen = tensors["x"][:, :i_f].detach().clone().requires_grad_(frozen_needs_grad)
+    x_planted = tensors["x"][:, i_f:].detach().clone().requires_grad_()
+    out = planted_conv2d(x_frozen, **leaves, **conv_args, backend=backend, x_planted=x_planted)
+    names = ["x_planted"] + (["x_frozen"] if frozen_needs_grad else []) + \
+        [k for k in TRAINABLE[1:] if leaves[k] is not None]
+    given = dict(leaves, x_frozen=x_frozen, x_planted=x_planted)
+    grads = torch.autograd.grad(out, [given[k] for k in names], grad_out)
+    return out, dict(zip(names, grads)), (x_frozen, x_planted)
+
+
+def check_against_reference(backend, shape, dtype, device, rel_tol, split=False):
     """Output and every gradient of ``backend`` on ``device`` in ``dtype`` against the
-    float64 reference, within ``rel_tol`` of each tensor's largest reference value."""
+    float64 reference, within ``rel_tol`` of each tensor's largest reference value. With
+    ``split``, the planted input channels go in as ``x_planted`` and only they need a
+    gradient (the search's reading layer)."""
     tensors64, conv_args = make_inputs(shape)
     ref_out, _ = run(reference_planted_conv2d, tensors64, conv_args)
     grad_out = torch.randn_like(ref_out)
     ref_out, ref_grads = run(reference_planted_conv2d, tensors64, conv_args, grad_out)
     low = {k: (None if v is None else v.to(device, dtype)) for k, v in tensors64.items()}
-    out, grads = run(planted_conv2d, low, conv_args, grad_out.to(device, dtype), backend=backend)
+    if split:
+        out, grads, _ = run_split(backend, low, conv_args, grad_out.to(device, dtype), False)
+        ref_grads = dict(ref_grads, x_planted=ref_grads["x"][:, shape[1]:])
+    else:
+        out, grads = run(planted_conv2d, low, conv_args, grad_out.to(device, dtype),
+                         backend=backend)
 
     def check(got, ref, name):
         scale = max(ref.abs().max().item(), 1.0) if ref.numel() else 1.0
         assert_close(got, ref, atol=rel_tol * scale, rtol=0, name=name)
 
     check(out, ref_out, f"{backend} output")
-    for k in TRAINABLE:
+    for k in (grads if split else TRAINABLE):
         if ref_grads[k] is None:
             assert grads[k] is None
         else:

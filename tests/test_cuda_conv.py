@@ -29,3 +29,10 @@ TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.flo
 @pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
 def test_cuda_matches_reference(shape, dtype):
     check_against_reference("cuda", shape, dtype, "cuda", TOL[dtype])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[3]], ids=str)
+def test_cuda_split_input_gives_planted_input_gradient(shape, dtype):
+    check_against_reference("cuda", shape, dtype, "cuda", TOL[dtype], split=True)

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import plantops
-from plantops import planted_conv2d, reference_planted_conv2d
+from plantops import PlantedConv2d, planted_conv2d, reference_planted_conv2d
 
-from helpers import SHAPES, TRAINABLE, assert_close_to_reference, make_inputs, run
+from helpers import SHAPES, TRAINABLE, assert_close_to_reference, make_inputs, run, run_split
 
 # Triton runs on the CPU only under its interpreter, with its own tolerances: test_triton_conv.py.
 CPU_BACKENDS = [b for b in ("torch", "cpu") if b in plantops.backends("cpu")]
@@ -80,6 +80,74 @@ def test_frozen_block_gets_no_gradient(backend):
     assert tensors["out_weight"].grad is not None
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("frozen_needs_grad", [False, True], ids=["planted-grad", "both-grads"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
+def test_split_input_matches_reference(backend, dtype, shape, frozen_needs_grad):
+    """x_planted: the same output and gradients as the reference on cat([x, x_planted])."""
+    tensors64, conv_args = make_inputs(shape)
+    i_f = shape[1]
+    ref_out, _ = run(reference_planted_conv2d, tensors64, conv_args)
+    grad_out = torch.randn_like(ref_out)
+    ref_out, ref = run(reference_planted_conv2d, tensors64, conv_args, grad_out)
+    low = {k: (None if v is None else v.to(dtype)) for k, v in tensors64.items()}
+    base_out, base = run(reference_planted_conv2d, low, conv_args, grad_out.to(dtype))
+    out, grads, (x_frozen, _) = run_split(backend, low, conv_args, grad_out.to(dtype),
+                                          frozen_needs_grad)
+    assert_close_to_reference(out, ref_out, base_out, name="split output")
+    expected = {"x_planted": (ref["x"][:, i_f:], base["x"][:, i_f:]),
+                "x_frozen": (ref["x"][:, :i_f], base["x"][:, :i_f])}
+    expected.update({k: (ref[k], base[k]) for k in TRAINABLE[1:]})
+    for name, got in grads.items():
+        assert_close_to_reference(got, *expected[name], name=f"{backend} split grad {name}")
+    assert ("x_frozen" in grads) == frozen_needs_grad
+
+
+def test_split_input_computes_only_the_planted_input_gradient(monkeypatch):
+    """With x from frozen layers, the backend is asked for input channels [I_f, I_f + I_p)
+    only, and the gradient it returns has just those channels."""
+    from plantops.kernels import torch_composite
+
+    seen = []
+    original = torch_composite.backward
+
+    def spy(*args):
+        result = original(*args)
+        seen.append((args[7], tuple(result[0].shape)))
+        return result
+
+    monkeypatch.setattr(torch_composite, "backward", spy)
+    tensors, conv_args = make_inputs((2, 5, 3, 4, 2, 6, 6, 3, 1, 1))
+    out, grads, (x_frozen, _) = run_split("torch", tensors, conv_args,
+                                          torch.ones(2, 6, 6, 6, dtype=torch.float64), False)
+    assert seen == [((5, 8), (2, 3, 6, 6))]
+    assert x_frozen.grad is None and grads["x_planted"].shape == (2, 3, 6, 6)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_split_input_gradcheck(backend):
+    tensors, conv_args = make_inputs((2, 2, 2, 3, 2, 4, 5, 3, 1, 1))
+    x = tensors.pop("x")
+    x_frozen, x_planted = x[:, :2].clone(), x[:, 2:].clone().requires_grad_()
+    trainable = [tensors[k].requires_grad_() for k in TRAINABLE[1:]]
+
+    def fn(x_planted, in_weight, out_weight, out_bias):
+        return planted_conv2d(x_frozen, tensors["frozen_weight"], tensors["frozen_bias"],
+                              out_weight, out_bias, in_weight, **conv_args, backend=backend,
+                              x_planted=x_planted)
+
+    assert torch.autograd.gradcheck(fn, [x_planted, *trainable], eps=1e-6, atol=1e-6)
+
+
+def test_module_takes_split_input():
+    layer = PlantedConv2d.from_conv(torch.nn.Conv2d(5, 4, 3, padding=1)).plant_inputs(3)
+    with torch.no_grad():
+        layer.in_weight.normal_()
+    x = torch.randn(2, 8, 7, 7)
+    torch.testing.assert_close(layer(x[:, :5], x[:, 5:]), layer(x))
+
+
 def test_backward_skips_what_is_not_needed(monkeypatch):
     """Only the planted blocks that require grad reach the backend's backward."""
     from plantops.kernels import torch_composite
@@ -95,7 +163,7 @@ def test_backward_skips_what_is_not_needed(monkeypatch):
     tensors, conv_args = make_inputs((2, 3, 2, 4, 2, 5, 5, 3, 1, 1))
     tensors["out_weight"].requires_grad_(True)
     planted_conv2d(**tensors, **conv_args, backend="torch").sum().backward()
-    assert seen == [(False, False, True, False)]
+    assert seen == [((0, 0), False, True, False)]
 
 
 def test_cpu_backend_is_deterministic_across_thread_counts():
@@ -139,8 +207,11 @@ for t in trainable:
     t.requires_grad_()
 
 def loss(x, in_weight, out_weight, out_bias):
-    return planted_conv2d(x, fw, fb, out_weight, out_bias, in_weight, padding=1,
-                          backend=sys.argv[1]).relu().sum()
+    whole = planted_conv2d(x, fw, fb, out_weight, out_bias, in_weight, padding=1,
+                           backend=sys.argv[1])
+    split = planted_conv2d(x[:, :3].detach(), fw, fb, out_weight, out_bias, in_weight, padding=1,
+                           backend=sys.argv[1], x_planted=x[:, 3:])
+    return whole.relu().sum() + split.square().sum()
 
 compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
 for got, want in zip(torch.autograd.grad(compiled(*trainable), trainable),

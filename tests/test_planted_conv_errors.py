@@ -53,6 +53,26 @@ def test_bad_options(kwargs, error, words):
         assert word in str(info.value), (word, str(info.value))
 
 
+@pytest.mark.parametrize("x, x_planted, error, words", [
+    (torch.randn(2, 5, 6, 6), torch.randn(2, 2, 6, 6), ValueError,
+     ["x holds the I_f = 3 frozen", "I_p = 2", "(2, 5, 6, 6)"]),
+    (torch.randn(2, 3, 6, 6), torch.randn(2, 1, 6, 6), ValueError,
+     ["x_planted the I_p = 2", "(2, 1, 6, 6)"]),
+    (torch.randn(2, 3, 6, 6), torch.randn(3, 2, 6, 6), ValueError,
+     ["x_planted must match x in batch and map size", "(3, 2, 6, 6)"]),
+    (torch.randn(2, 3, 6, 6), torch.randn(2, 2, 6, 6, dtype=torch.float64), TypeError,
+     ["x_planted has dtype torch.float64"]),
+    (torch.randn(2, 3, 6, 6), torch.randn(2, 2, 6), ValueError,
+     ["x_planted must have 4 dimensions"]),
+])
+def test_bad_split_input(x, x_planted, error, words):
+    args = {**good(), "x": x}
+    with pytest.raises(error) as info:
+        planted_conv2d(**args, padding=1, x_planted=x_planted)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
 def test_kernel_larger_than_input():
     args = good()
     args["x"] = torch.randn(2, 5, 2, 2)

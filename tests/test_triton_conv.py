@@ -47,3 +47,10 @@ def test_triton_float32_is_exact_without_tf32():
         assert_close(out, ref, atol=1e-4, rtol=1e-4, name="triton float32 (ieee)")
     finally:
         torch.backends.cudnn.allow_tf32 = True
+
+
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[3]], ids=str)
+def test_triton_split_input_gives_planted_input_gradient(shape):
+    """x_planted: the input-gradient kernel runs over the planted channel range only."""
+    check_against_reference("triton", shape, torch.float32, DEVICE, TOL[torch.float32],
+                            split=True)

@@ -7,10 +7,11 @@ Every backend module exposes the same three things:
   dtype on this machine, else a sentence saying why not (missing module, wrong device, ...);
 - ``forward(x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride, padding)``
   and ``backward(grad_out, x, frozen_weight, in_weight, out_weight, stride, padding,
-  need_x, need_in_weight, need_out_weight, need_out_bias)`` over normalized arguments: every
+  x_channels, need_in_weight, need_out_weight, need_out_bias)`` over normalized arguments: every
   weight a tensor (empty blocks have a zero dimension), stride and padding pairs.
   ``backward`` returns ``(grad_x, grad_in_weight, grad_out_weight, grad_out_bias)`` with
-  ``None`` for what was not asked for. Nothing is ever computed for the frozen block.
+  ``None`` for what was not asked for; ``grad_x`` covers only the input channels
+  ``x_channels = (begin, end)`` (``[N, end - begin, H, W]``; none when the range is empty). Nothing is ever computed for the frozen block.
 
 Nothing here touches CUDA or compiles anything at import time: backends are imported lazily.
 """

@@ -74,16 +74,17 @@ def forward(module, extra, x, frozen_weight, frozen_bias, in_weight, out_weight,
 
 
 def backward(module, extra, grad_out, x, frozen_weight, in_weight, out_weight, stride, padding,
-             need_x, need_in_weight, need_out_weight, need_out_bias):
+             x_channels, need_in_weight, need_out_weight, need_out_bias):
     grad_out, x, fw, iw, ow = contiguous(grad_out, x, frozen_weight, in_weight, out_weight)
     g = geometry(module, x, fw, iw, ow, stride, padding)
     dtype = dtype_name(x.dtype)
     grad_x = grad_in = grad_out_w = grad_out_b = None
-    if need_x:
-        grad_x = x.new_empty(x.shape)
+    begin, end = x_channels
+    if end > begin:
+        grad_x = x.new_empty((g.N, end - begin, g.H, g.W))
         if grad_x.numel():
-            module.input_grad(g, dtype, ptr(grad_out), ptr(fw), ptr(iw), ptr(ow), 0,
-                              g.I_f + g.I_p, ptr(grad_x), extra)
+            module.input_grad(g, dtype, ptr(grad_out), ptr(fw), ptr(iw), ptr(ow), begin, end,
+                              ptr(grad_x), extra)
     if need_out_weight or need_out_bias:
         # Planted filters: output rows [O_f, O), every input channel.
         grad_out_w = torch.zeros_like(ow)

@@ -49,12 +49,15 @@ def _conv_backward(grad_out, x, weight, stride, padding, mask):
 
 
 def backward(grad_out, x, frozen_weight, in_weight, out_weight, stride, padding,
-             need_x, need_in_weight, need_out_weight, need_out_bias):
+             x_channels, need_in_weight, need_out_weight, need_out_bias):
     o_frozen, i_frozen = frozen_weight.shape[:2]
     grad_x = grad_in = grad_out_w = grad_out_b = None
-    if need_x:
-        weight = assemble_weight(frozen_weight, in_weight, out_weight)
-        grad_x = _conv_backward(grad_out, x, weight, stride, padding, [True, False, False])[0]
+    begin, end = x_channels
+    if end > begin:
+        # Only the weight columns of the asked channels take part.
+        weight = assemble_weight(frozen_weight, in_weight, out_weight)[:, begin:end]
+        grad_x = _conv_backward(grad_out, x[:, begin:end], weight, stride, padding,
+                                [True, False, False])[0]
     if (need_out_weight or need_out_bias) and out_weight.shape[0] > 0:
         _, grad_out_w, grad_out_b = _conv_backward(
             grad_out[:, o_frozen:], x, out_weight, stride, padding,

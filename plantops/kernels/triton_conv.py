@@ -143,14 +143,14 @@ def _weight_grad(grad_out, x, d, o_begin, o_end, c_begin, c_end):
 
 
 def backward(grad_out, x, frozen_weight, in_weight, out_weight, stride, padding,
-             need_x, need_in_weight, need_out_weight, need_out_bias):
+             x_channels, need_in_weight, need_out_weight, need_out_bias):
     grad_out, x, fw, iw, ow = (t.contiguous() for t in
                                (grad_out, x, frozen_weight, in_weight, out_weight))
     d = _dims(x, fw, iw, ow, stride, padding)
     grad_x = grad_in = grad_out_w = grad_out_b = None
-    if need_x:
+    if x_channels[1] > x_channels[0]:
         grad_x = _input_grad(grad_out, fw, iw if iw.numel() else fw, ow if ow.numel() else fw,
-                             d, 0, d["C"])
+                             d, *x_channels)
     if need_out_weight:
         grad_out_w = _weight_grad(grad_out, x, d, d["O_f"], d["O"], 0, d["C"])
     if need_out_bias:
