@@ -100,6 +100,10 @@ class Config:
     cache_teacher: bool = dataclasses.field(default=True, metadata=dict(
         help="compute the teacher's logits once per augmented view and reuse them across "
              "candidates (same results, far fewer teacher passes)"))
+    cache_dtype: str = dataclasses.field(default="float32", metadata=dict(
+        help="dtype of the cached teacher logits: float32 (results identical to no cache), "
+             "or float16/bfloat16 (half the memory; rounded logits can change results "
+             "slightly)"))
     train_together: bool = dataclasses.field(default=True, metadata=dict(
         help="train a round's candidates together in one pass over the data, sharing the "
              "parent's forward (same results up to float rounding; faster)"))
@@ -118,7 +122,8 @@ class Config:
     def validate(self):
         choices = dict(dataset=tuple(datasets.FORMATS), init_loss=("kd", "ce"),
                        plant_init=("preserve", "random"), select_on=("loss", "kd_loss"),
-                       compare_with=("auto", "cifar10", "cifar100", "stl10", "none"))
+                       compare_with=("auto", "cifar10", "cifar100", "stl10", "none"),
+                       cache_dtype=("float32", "float16", "bfloat16"))
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
@@ -373,12 +378,17 @@ def run_search(cfg: Config) -> dict:
     for p in teacher_net.parameters():
         p.requires_grad_(False)
     # Every candidate sees the same views (data seed = cfg.seed), so the teacher runs once per view.
-    teacher_cache = TeacherCache(teacher_net) if cfg.cache_teacher else None
+    teacher_cache = (TeacherCache(teacher_net, getattr(torch, cfg.cache_dtype))
+                     if cfg.cache_teacher else None)
     current, meta = trained(out / "initial.pt", "initial",
                             lambda: models.student(cfg.init_width, arch, classes), cfg.init_loss,
                             cfg.init_epochs, teacher_net)
     accepted, stop_reason = plant_rounds(cfg, out, log, current, meta["val"], teacher_net,
                                          train_data, val_data, device, schedule, teacher_cache)
+    if teacher_cache is not None and teacher_cache.misses:
+        print(f"teacher cache: {teacher_cache.misses} batches computed once, "
+              f"{teacher_cache.hits} reused; {teacher_cache.nbytes / 1e6:.1f} MB of "
+              f"{cfg.cache_dtype} logits; {teacher_cache.seconds:.1f}s of teacher passes")
     students = []
     if cfg.table:
         # The paper's comparison rows: Student[k] trained the standard way, CE and KD.

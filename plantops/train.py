@@ -65,11 +65,17 @@ class TeacherCache:
     teacher on every batch of every candidate.
     """
 
-    def __init__(self, teacher: nn.Module):
+    def __init__(self, teacher: nn.Module, dtype: torch.dtype = torch.float32):
         # The teacher only runs inference here. A channels-last copy runs it 1.7x faster on
         # the CPU (oneDNN's blocked kernels; measured on Teacher[128]) and suits cuDNN too;
         # the logits are the same up to float rounding.
         self.teacher = copy.deepcopy(teacher).eval().to(memory_format=torch.channels_last)
+        # float32 keeps results identical to running the teacher on every batch; a 16-bit
+        # dtype halves the memory (CIFAR-100, 30 epochs: 540 MB -> 270 MB) but rounds the
+        # logits (relative error 2^-11 for float16, 2^-8 for bfloat16).
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"the teacher cache stores float32, float16 or bfloat16, got {dtype}")
+        self.dtype = dtype
         self.logits: dict = {}
         self.hits = self.misses = 0
         self.seconds = 0.0  # spent running the teacher
@@ -79,14 +85,20 @@ class TeacherCache:
         cached = self.logits.get(key)
         if cached is None:
             start = time.perf_counter()
-            cached = self.logits[key] = self.teacher(x.contiguous(memory_format=torch.channels_last))
+            cached = self.teacher(x.contiguous(memory_format=torch.channels_last)).to(self.dtype)
+            self.logits[key] = cached
             if cached.is_cuda:
                 torch.cuda.synchronize(cached.device)
             self.seconds += time.perf_counter() - start
             self.misses += 1
         else:
             self.hits += 1
-        return cached
+        return cached.float()
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the cached logits."""
+        return sum(t.numel() * t.element_size() for t in self.logits.values())
 
 
 def train(model: nn.Module, params, data: DeviceData, schedule: Schedule, loss: str,

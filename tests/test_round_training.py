@@ -70,3 +70,17 @@ def test_round_rejects_a_network_that_is_not_a_candidate():
     parent, candidates = parent_and_candidates()
     with pytest.raises(ValueError, match="candidate for layer 1"):
         Round(parent, {1: candidates[2]})
+
+
+def test_teacher_cache_in_a_compact_dtype():
+    torch.manual_seed(0)
+    teacher = models.student(4).eval()
+    x = torch.randn(5, 3, 32, 32)
+    exact, compact = TeacherCache(teacher), TeacherCache(teacher, torch.float16)
+    want, got = exact.get(0, x), compact.get(0, x)
+    assert compact.logits[0].dtype == torch.float16 and got.dtype == torch.float32
+    assert compact.nbytes * 2 == exact.nbytes == 5 * 10 * 4
+    torch.testing.assert_close(got, want, rtol=2 ** -10, atol=1e-4)
+    assert torch.equal(compact.get(0, x), got) and compact.hits == 1
+    with pytest.raises(ValueError, match="float32, float16 or bfloat16, got torch.float64"):
+        TeacherCache(teacher, torch.float64)

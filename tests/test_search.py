@@ -140,6 +140,15 @@ def test_teacher_cache_changes_nothing(reference_run, image_folder, tmp_path):
     assert uncached["final"]["test_loss"] == pytest.approx(cached["final"]["test_loss"], rel=1e-6)
 
 
+def test_compact_teacher_cache_makes_the_same_choices(reference_run, image_folder, tmp_path):
+    """--cache-dtype float16 rounds the cached logits (2^-11 relative): the choices stay."""
+    _, exact = reference_run
+    compact = search.run_search(tiny_config(image_folder, tmp_path / "fp16",
+                                            cache_dtype="float16"))
+    assert [r["layer"] for r in compact["rounds"]] == [r["layer"] for r in exact["rounds"]]
+    assert compact["final"]["test_loss"] == pytest.approx(exact["final"]["test_loss"], rel=1e-2)
+
+
 def test_candidates_of_a_round_see_the_same_views(image_folder, tmp_path, monkeypatch):
     """One teacher pass per view: the cache is filled by the first candidate only (candidates
     trained one after another; trained together, they see each view at once)."""
@@ -147,8 +156,8 @@ def test_candidates_of_a_round_see_the_same_views(image_folder, tmp_path, monkey
     caches = []
     real_init = train_module.TeacherCache.__init__
 
-    def spy(self, teacher):
-        real_init(self, teacher)
+    def spy(self, teacher, *args):
+        real_init(self, teacher, *args)
         caches.append(self)
 
     monkeypatch.setattr(train_module.TeacherCache, "__init__", spy)
