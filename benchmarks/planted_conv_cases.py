@@ -122,4 +122,13 @@ def make_case(case: str, impl: str, batch: int, channels: int, size: int, plante
     if mode == "fwdbwd":  # read grad_out, write the planted gradients (and grad_x)
         elems += grad_out.numel() + sum(t.numel() for t in trainable)
         elems += sum(t.numel() for t in needs_grad)
-    return (run_fwd if mode == "fwd" else run_fwdbwd), flops, elems * x.element_size()
+    def result():
+        """The output and the input gradient (of sum(out^2)/2; None in the ``outputs`` case),
+        so that tests can check that every implementation computes the same thing."""
+        out = forward()
+        grads = torch.autograd.grad(out.square().sum() / 2, needs_grad) if needs_grad else [None]
+        return out.detach(), grads[0]
+
+    fn = run_fwd if mode == "fwd" else run_fwdbwd
+    fn.result = result
+    return fn, flops, elems * x.element_size()
