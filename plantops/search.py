@@ -58,6 +58,10 @@ class Config:
     out: str = dataclasses.field(default="runs/search", metadata=dict(help="output folder"))
     device: str = dataclasses.field(default="auto", metadata=dict(help="cpu, cuda, or auto"))
     seed: int = dataclasses.field(default=0, metadata=dict(help="seed of every random choice"))
+    split_seed: Optional[int] = dataclasses.field(default=None, metadata=dict(
+        help="seed of the train/validation split and of --train-subset (default: --seed); fix "
+             "it to rerun with other seeds on the same validation set, e.g. reusing a "
+             "teacher.pt and initial.pt"))
     download: bool = dataclasses.field(default=True, metadata=dict(
         help="download an official dataset that is missing (checksum verified)"))
     train_subset: int = dataclasses.field(default=0, metadata=dict(
@@ -136,6 +140,9 @@ class Config:
                      "train_subset", "max_params"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ("seed", "split_seed"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.label_weight <= 1:
             raise ValueError(f"--label-weight must be in [0, 1], got {self.label_weight}")
         try:
@@ -193,7 +200,8 @@ def parse_args(argv=None) -> Config:
     parser.add_argument("--resume", metavar="DIR", help="continue the search saved in DIR")
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
-        kind = {"Optional[str]": str, "str": str, "int": int, "float": float}.get(str(f.type))
+        kind = {"Optional[str]": str, "str": str, "int": int, "Optional[int]": int,
+                "float": float}.get(str(f.type))
         if f.type == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=f.metadata["help"] + f" (default {f.default})")
@@ -293,12 +301,13 @@ def prepare_data(cfg: Config, device):
                        cfg.download)
     labels = ds.train_labels
     pool = np.arange(len(labels))
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     if cfg.train_subset:
         if cfg.train_subset + cfg.val_size > len(labels):
             raise ValueError(f"--train-subset {cfg.train_subset} + --val-size {cfg.val_size} "
                              f"exceeds the {len(labels)} training images")
-        _, pool = datasets.stratified_split(labels, cfg.train_subset + cfg.val_size, cfg.seed)
-    train_rel, val_rel = datasets.stratified_split(labels[pool], cfg.val_size, cfg.seed + 1)
+        _, pool = datasets.stratified_split(labels, cfg.train_subset + cfg.val_size, split_seed)
+    train_rel, val_rel = datasets.stratified_split(labels[pool], cfg.val_size, split_seed + 1)
     train_idx, val_idx = pool[train_rel], pool[val_rel]
     if ds.image_size not in (32, 96):
         raise ValueError(f"images are {ds.image_size}x{ds.image_size}: the paper's networks "

@@ -235,3 +235,15 @@ def test_initial_network_is_the_same_when_the_teacher_is_reloaded(reference_run,
     got, _ = search.load_network(reused / "initial.pt", "cpu")
     for a, b in zip(ref.state_dict().values(), got.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_split_seed_keeps_the_validation_set_across_seeds(image_folder, tmp_path):
+    def val_images(**overrides):
+        cfg = tiny_config(image_folder, tmp_path / "split", **overrides).validate()
+        return search.prepare_data(cfg, torch.device("cpu"))[1].images
+
+    same = val_images(seed=0)
+    assert torch.equal(val_images(seed=1, split_seed=0), same)
+    assert not torch.equal(val_images(seed=1), same)
+    with pytest.raises(ValueError, match="--split-seed must be >= 0, got -1"):
+        tiny_config(image_folder, tmp_path / "bad", split_seed=-1).validate()
