@@ -73,15 +73,21 @@ def plot(points: list[tuple[str, float, float]], path: Path, title: str,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import FuncFormatter
+
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for name, pts in (curves or {}).items():
         pts = sorted(pts)
         ax.plot([p / 1000 for p, _ in pts], [a * 100 for _, a in pts], "o-", label=name)
     for label, params, acc in points:
-        ax.scatter([params / 1000], [acc * 100], zorder=3)
+        # Small black dots on top of the curves: a colour of their own would read as a curve's.
+        ax.scatter([params / 1000], [acc * 100], s=8, color="black", zorder=3)
         ax.annotate(label, (params / 1000, acc * 100), textcoords="offset points",
                     xytext=(4, -10), fontsize=7)
     ax.set_xscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 20, 30, 40 rather than 2x10^1
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
     ax.set_xlabel("parameters (thousands, log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
