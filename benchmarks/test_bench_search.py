@@ -9,6 +9,7 @@ cifar10-jpeg.tar.gz). Teacher[128] and Student[8], a 2,000-image subset, one epo
 candidate, two rounds. Both sides must choose the same layers.
 """
 
+import functools
 import os
 import tempfile
 import time
@@ -100,8 +101,7 @@ def run_plantops(cfg, teacher, initial, initial_val, train_data, val_data):
         with tempfile.TemporaryDirectory() as out:
             out = Path(out)
             (out / "candidates").mkdir()
-            schedule = lambda e: Schedule(e, cfg.lr, cfg.momentum, cfg.weight_decay,
-                                          cfg.batch_size, cfg.lr_decay)
+            schedule = functools.partial(search.training_schedule, cfg)
             accepted, _ = search.plant_rounds(cfg, out, search.Log(out / "log.jsonl"), initial,
                                               initial_val, teacher, train_data, val_data, DEVICE,
                                               schedule, cache)

@@ -241,6 +241,13 @@ def planted_conv2d(x: Tensor, frozen_weight: Tensor, frozen_bias: Optional[Tenso
     """
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    if isinstance(x, Tensor) and _autocast_dtype(x.device.type) is not None:
+        # Like nn.Conv2d under torch.autocast, compute in the autocast dtype. A custom op
+        # gets no autocast rule of its own, and the dtype picks the backend: cast here.
+        dtype = _autocast_dtype(x.device.type)
+        x, x_planted, frozen_weight, frozen_bias, out_weight, out_bias, in_weight = (
+            t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t
+            for t in (x, x_planted, frozen_weight, frozen_bias, out_weight, out_bias, in_weight))
     stride, padding = check_planted_conv_args(x, frozen_weight, frozen_bias, out_weight,
                                               out_bias, in_weight, stride, padding, x_planted)
     o_frozen, i_frozen, kh, kw = frozen_weight.shape
@@ -255,6 +262,13 @@ def planted_conv2d(x: Tensor, frozen_weight: Tensor, frozen_bias: Optional[Tenso
     return _planted_conv2d_op(x, x_planted, frozen_weight.detach(),
                               None if frozen_bias is None else frozen_bias.detach(),
                               in_weight, out_weight, out_bias, list(stride), list(padding), name)
+
+
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype torch.autocast computes convolutions in on this device type, or None."""
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
 
 
 def reference_planted_conv2d(x, frozen_weight, frozen_bias=None, out_weight=None, out_bias=None,

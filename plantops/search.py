@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -38,7 +39,7 @@ import plantops
 from plantops import data as datasets
 from plantops import models
 from plantops.round_training import Round, evaluate_round, train_round
-from plantops.train import Schedule, TeacherCache, evaluate, train
+from plantops.train import PRECISIONS, Schedule, TeacherCache, evaluate, train
 
 NORMALIZATION = {  # per-channel mean and std of the training images
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -101,6 +102,10 @@ class Config:
              "scaled by T^2, so larger T needs a smaller --lr)"))
     label_weight: float = dataclasses.field(default=0.0, metadata=dict(
         help="weight of the label cross-entropy mixed into distillation (0 = pure KD)"))
+    precision: str = dataclasses.field(default="float32", metadata=dict(
+        help="training precision: float32, or bfloat16 (forward passes and losses under "
+             "torch.autocast; weights, gradients, optimizer and evaluation stay float32; for "
+             "GPUs with bfloat16 units, slower on most CPUs)"))
     cache_teacher: bool = dataclasses.field(default=True, metadata=dict(
         help="compute the teacher's logits once per augmented view and reuse them across "
              "candidates (same results, far fewer teacher passes)"))
@@ -127,7 +132,7 @@ class Config:
         choices = dict(dataset=tuple(datasets.FORMATS), init_loss=("kd", "ce"),
                        plant_init=("preserve", "random"), select_on=("loss", "kd_loss"),
                        compare_with=("auto", "cifar10", "cifar100", "stl10", "none"),
-                       cache_dtype=("float32", "float16", "bfloat16"))
+                       cache_dtype=("float32", "float16", "bfloat16"), precision=PRECISIONS)
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
@@ -330,6 +335,12 @@ def line(kind, name, params, metrics, seconds, extra=""):
             f"val acc {metrics['acc'] * 100:6.2f}%  {seconds:7.1f}s {extra}")
 
 
+def training_schedule(cfg: Config, epochs: int) -> Schedule:
+    """How every network of the search trains, for ``epochs`` epochs."""
+    return Schedule(epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size,
+                    cfg.lr_decay, precision=cfg.precision)
+
+
 def run_search(cfg: Config) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -344,8 +355,7 @@ def run_search(cfg: Config) -> dict:
     print(f"plantops {plantops.__version__}: {cfg.dataset} ({arch}), {len(train_data)} train / "
           f"{len(val_data)} val / {len(test_data)} test images, device {device}, out {out}")
 
-    def schedule(epochs):
-        return Schedule(epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size, cfg.lr_decay)
+    schedule = functools.partial(training_schedule, cfg)
 
     def trained(path: Path, kind: str, build, loss: str, epochs: int, teacher=None):
         if path.exists():

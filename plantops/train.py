@@ -30,6 +30,24 @@ class Schedule:
     batch_size: int = 128
     decay: float = 0.2        # lr multiplier at each step
     decay_steps: int = 2      # steps, evenly spaced: after each third of the run by default
+    # "bfloat16": forward passes and losses under torch.autocast (weights, gradients and the
+    # optimizer stay float32); "float32": no autocast.
+    precision: str = "float32"
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
+                             f"got {self.precision!r}")
+
+
+# float16 would also need loss scaling (GradScaler); bfloat16 has float32's range and does not.
+PRECISIONS = ("float32", "bfloat16")
+
+
+def autocast(schedule: Schedule, device: torch.device):
+    """The autocast context of a training step under ``schedule.precision``."""
+    return torch.autocast(device.type, dtype=torch.bfloat16,
+                          enabled=schedule.precision == "bfloat16")
 
 
 def lr_milestones(schedule: Schedule, steps_per_epoch: int) -> list[int]:
@@ -145,13 +163,14 @@ def train_outputs(outputs, params, data: DeviceData, schedule: Schedule, loss: s
         batches = data.batches(schedule.batch_size, generator, augment=True)
         for index, (x, y) in enumerate(batches):
             teacher_logits = None
-            if teacher is not None and loss == "kd":
-                if teacher_cache is not None:
-                    teacher_logits = teacher_cache.get((view_key, epoch, index), x)
-                else:
-                    with torch.no_grad():
-                        teacher_logits = teacher(x)
-            value = sum(objective(logits, y, teacher_logits) for logits in outputs(x))
+            with autocast(schedule, x.device):
+                if teacher is not None and loss == "kd":
+                    if teacher_cache is not None:
+                        teacher_logits = teacher_cache.get((view_key, epoch, index), x)
+                    else:
+                        with torch.no_grad():
+                            teacher_logits = teacher(x)
+                value = sum(objective(logits, y, teacher_logits) for logits in outputs(x))
             opt.zero_grad(set_to_none=True)
             value.backward()
             opt.step()

@@ -96,3 +96,26 @@ def test_planted_linear_gradients_and_export():
     torch.testing.assert_close(layer.to_linear()(x), expected)
     with pytest.raises(ValueError, match="expects 9 input features"):
         layer(torch.randn(2, 6))
+
+
+def test_planted_conv_follows_autocast_like_conv2d():
+    """Under torch.autocast the op computes in the autocast dtype (as nn.Conv2d does), the
+    backend is chosen for that dtype, and the float32 parameters get float32 gradients."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 5, 3, padding=1)
+    layer = PlantedConv2d.from_conv(conv).plant_outputs(2).plant_inputs(3)
+    with torch.no_grad():
+        layer.in_weight.normal_(0, 0.1)
+    x = torch.randn(2, 9, 8, 8)
+    exact = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = layer(x)
+        joined = conv(torch.randn(2, 6, 8, 8))
+    assert mixed.dtype == joined.dtype == torch.bfloat16
+    torch.testing.assert_close(mixed.float(), exact, atol=0.05, rtol=0.02)
+    mixed.float().square().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32
+               for p in (layer.in_weight, layer.out_weight, layer.out_bias))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(ValueError, match="backend 'cpu' cannot run on cpu tensors of torch.bfloat16"):
+            PlantedConv2d.from_conv(conv, backend="cpu")(x[:, :6])

@@ -247,3 +247,21 @@ def test_split_seed_keeps_the_validation_set_across_seeds(image_folder, tmp_path
     assert not torch.equal(val_images(seed=1), same)
     with pytest.raises(ValueError, match="--split-seed must be >= 0, got -1"):
         tiny_config(image_folder, tmp_path / "bad", split_seed=-1).validate()
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["together", "alone"])
+def test_bfloat16_training_runs_through_every_path(reference_run, image_folder, tmp_path,
+                                                   together):
+    """--precision bfloat16: planted layers, the round trainer and the teacher all run under
+    autocast (a dtype mismatch anywhere would raise); the result stays near float32's."""
+    _, exact = reference_run
+    mixed = search.run_search(tiny_config(image_folder, tmp_path / "bf16",
+                                          precision="bfloat16", train_together=together))
+    assert mixed["final"]["test_loss"] == pytest.approx(exact["final"]["test_loss"], rel=0.05)
+    assert mixed["final"]["test_loss"] != exact["final"]["test_loss"]  # autocast did act
+
+
+def test_unknown_precision_is_refused():
+    from plantops.train import Schedule
+    with pytest.raises(ValueError, match="precision must be one of float32, bfloat16, got 'float16'"):
+        Schedule(1, 0.1, precision="float16")
