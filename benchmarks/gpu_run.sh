@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One GPU session's work in one command (the device machine has no network: build without
 # isolation against its own torch, setuptools and pybind11). Logs and tables go to $OUT.
-#   OUT=/tmp/out bash benchmarks/gpu_run.sh [steps...]   steps: build tests conv search
+#   OUT=/tmp/out bash benchmarks/gpu_run.sh [steps...]   steps: build tests conv search paper
+# "paper" runs the full CIFAR-10 protocol (--preset paper --table, bfloat16 autocast) into
+# runs/gpu-paper, resuming it there if an earlier call was cut off by its time limit.
 set -uo pipefail
 OUT=${OUT:-/tmp/plantops-gpu}
 mkdir -p "$OUT"
@@ -29,6 +31,13 @@ for step in $steps; do
       PLANTOPS_BENCH_TABLE="$OUT/search_table.md" PLANTOPS_DATA=${PLANTOPS_DATA:-.data/cifar10-jpeg.tar.gz} \
         timeout ${SEARCH_TIMEOUT:-200} python3 -m pytest benchmarks/test_bench_search.py \
         --benchmark-only -q -s -p no:cacheprovider > "$OUT/bench_search.log" 2>&1 ;;
+    paper)
+      dir=runs/gpu-paper
+      if [ -f $dir/config.json ]; then args=(--resume $dir); else
+        args=(--preset paper --table --dataset folder --data ${PLANTOPS_DATA:-.data/cifar10-jpeg.tar.gz}
+              --compare-with cifar10 --device cuda --precision ${PRECISION:-bfloat16} --out $dir); fi
+      timeout ${PAPER_TIMEOUT:-540} python3 -m plantops.search "${args[@]}" >> "$OUT/paper.log" 2>&1
+      rc=$?; cp $dir/*.md $dir/*.json $dir/*.png $dir/log.jsonl "$OUT/" 2>/dev/null; (exit $rc) ;;
   esac
   echo "$step: rc $? in $(( $(date +%s) - start )) s" | tee -a "$OUT/steps.txt"
 done
