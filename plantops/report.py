@@ -72,7 +72,6 @@ def plot(points: list[tuple[str, float, float]], path: Path, title: str,
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import FuncFormatter
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)

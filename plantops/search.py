@@ -104,8 +104,8 @@ class Config:
         help="weight of the label cross-entropy mixed into distillation (0 = pure KD)"))
     precision: str = dataclasses.field(default="float32", metadata=dict(
         help="training precision: float32, or bfloat16 (forward passes and losses under "
-             "torch.autocast; weights, gradients, optimizer and evaluation stay float32; for "
-             "GPUs with bfloat16 units, slower on most CPUs)"))
+             "torch.autocast; weights, gradients, optimizer and evaluation stay float32; "
+             "meant for GPUs with bfloat16 units)"))
     cache_teacher: bool = dataclasses.field(default=True, metadata=dict(
         help="compute the teacher's logits once per augmented view and reuse them across "
              "candidates (same results, far fewer teacher passes)"))

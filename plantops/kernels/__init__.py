@@ -11,7 +11,8 @@ Every backend module exposes the same three things:
   weight a tensor (empty blocks have a zero dimension), stride and padding pairs.
   ``backward`` returns ``(grad_x, grad_in_weight, grad_out_weight, grad_out_bias)`` with
   ``None`` for what was not asked for; ``grad_x`` covers only the input channels
-  ``x_channels = (begin, end)`` (``[N, end - begin, H, W]``; none when the range is empty). Nothing is ever computed for the frozen block.
+  ``x_channels = (begin, end)`` (``[N, end - begin, H, W]``; none when the range is empty).
+  Nothing is ever computed for the frozen block.
 
 Nothing here touches CUDA or compiles anything at import time: backends are imported lazily.
 """
