@@ -165,7 +165,7 @@ class Config:
 PRESETS = {
     # Reduced protocol for a 2-core CPU (about ten minutes with the data present).
     "quick": dict(train_subset=8000, val_size=2000, teacher_width=64, teacher_epochs=15,
-                  init_epochs=15, plant_epochs=4, max_rounds=3, lr=0.05),
+                  init_epochs=15, plant_epochs=12, max_rounds=3, lr=0.05),
     # The first author's training recipe of the period (METHOD.md): 100 epochs, SGD 0.01.
     "paper": dict(train_subset=0, val_size=5000, teacher_width=128, teacher_epochs=100,
                   init_epochs=100, plant_epochs=30, max_rounds=20, lr=0.01),
