@@ -64,15 +64,19 @@ def setting():
         mean, std = (0.5,) * 3, (0.25,) * 3
         train_data = datasets.DeviceData(*synthetic(TRAIN, 0), DEVICE, mean, std)
         val_data = datasets.DeviceData(*synthetic(VAL, 1), DEVICE, mean, std)
-    torch.manual_seed(2)  # a seed whose 2-epoch teacher learns (40% val acc on synthetic data)
-    warmup = Schedule(2, 0.01, decay=1.0)  # fixture only: both sides start from these
+    # Fixture only (both sides start from these, untimed). The teacher must be confident and
+    # the initial network partly trained, or every candidate ties and the layer check says
+    # nothing: on synthetic data both reach about 90% validation accuracy.
+    torch.manual_seed(2)
     teacher = he_init(models.student(128))
-    train(teacher, teacher.parameters(), train_data, warmup, "ce", 0)
+    train(teacher, teacher.parameters(), train_data, Schedule(4, 0.01, decay=1.0), "ce", 0)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
+    torch.manual_seed(3)  # each network seeded on its own: some seeds leave it dead
     initial = he_init(models.student(8))
-    train(initial, initial.parameters(), train_data, warmup, "kd", 0, teacher)
+    train(initial, initial.parameters(), train_data, Schedule(4, 0.01, decay=1.0), "kd", 0,
+          teacher)
     initial_val = evaluate(initial, val_data, teacher=teacher, temperature=cfg.temperature)
     print(f"\nteacher val acc {evaluate(teacher, val_data)['acc']:.3f}, initial {initial_val}")
     return cfg, teacher, initial, initial_val, train_data, val_data

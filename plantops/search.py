@@ -106,6 +106,9 @@ class Config:
         help="training precision: float32, or bfloat16 (forward passes and losses under "
              "torch.autocast; weights, gradients, optimizer and evaluation stay float32; "
              "meant for GPUs with bfloat16 units)"))
+    channels_last: bool = dataclasses.field(default=True, metadata=dict(
+        help="run the networks in channels-last memory layout (same results up to float "
+             "rounding; training steps 1.2-1.9x faster with oneDNN on a 2-core CPU)"))
     cache_teacher: bool = dataclasses.field(default=True, metadata=dict(
         help="compute the teacher's logits once per augmented view and reuse them across "
              "candidates (same results, far fewer teacher passes)"))
@@ -250,12 +253,18 @@ def save_network(path: Path, net: models.PlantNet, meta: dict):
     atomic_write(path, lambda p: torch.save(payload, p))
 
 
-def load_network(path: Path, device) -> tuple[models.PlantNet, dict]:
+def load_network(path: Path, device, memory_format=torch.contiguous_format
+                 ) -> tuple[models.PlantNet, dict]:
     payload = torch.load(path, map_location=device, weights_only=False)
     net = models.PlantNet(payload["widths"], payload["arch"], payload["num_classes"],
-                          payload["fc_width"]).to(device)
+                          payload["fc_width"])
     net.load_state_dict(payload["state_dict"])
-    return net, payload["meta"]
+    return net.to(device, memory_format=memory_format), payload["meta"]
+
+
+def layout(cfg: Config) -> torch.memory_format:
+    """The memory layout the search's networks run in (--channels-last)."""
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
 
 class Log:
@@ -359,14 +368,14 @@ def run_search(cfg: Config) -> dict:
 
     def trained(path: Path, kind: str, build, loss: str, epochs: int, teacher=None):
         if path.exists():
-            net, meta = load_network(path, device)
+            net, meta = load_network(path, device, layout(cfg))
             print(line(kind, net.describe(), models.count_params(net), meta["val"], meta["seconds"],
                        "(from checkpoint)"))
             return net, meta
         # Seeded here, so a network's initial weights do not depend on whether the ones
         # before it were trained in this process or loaded by --resume.
         torch.manual_seed(cfg.seed)
-        net = build().to(device)
+        net = build().to(device, memory_format=layout(cfg))
         seconds = train(net, net.parameters(), train_data, schedule(epochs), loss,
                         cfg.seed, teacher, cfg.temperature, cfg.label_weight, progress=kind)
         val = evaluate(net, val_data, teacher=teacher, temperature=cfg.temperature)
@@ -437,7 +446,7 @@ def plant_rounds(cfg, out, log, current, initial_val, teacher_net, train_data, v
     for rnd in range(1, cfg.max_rounds + 1):
         round_path = out / f"round_{rnd}.pt"
         if round_path.exists():
-            current, meta = load_network(round_path, device)
+            current, meta = load_network(round_path, device, layout(cfg))
             current_val = meta["val"]
             accepted.append(dict(round=rnd, **meta["round"]))
             print(line(f"round {rnd}", current.describe(), models.count_params(current),
@@ -459,7 +468,8 @@ def plant_rounds(cfg, out, log, current, initial_val, teacher_net, train_data, v
             stop_reason = (f"round {rnd}: no candidate lowered the validation {cfg.select_on} "
                            f"below {current_val[cfg.select_on]:.4f}")
             break
-        current, _ = load_network(candidate_stem(out, rnd, best["layer"]).with_suffix(".pt"), device)
+        current, _ = load_network(candidate_stem(out, rnd, best["layer"]).with_suffix(".pt"),
+                                  device, layout(cfg))
         current_val = best["val"]
         info = dict(layer=name, widths=current.widths, fc_width=current.fc_width,
                     params=models.count_params(current), val=current_val)
@@ -514,7 +524,7 @@ def run_candidates(cfg, out, log, rnd, layers, current, teacher_net, train_data,
         todo[layer] = candidate
     sched = schedule(cfg.plant_epochs)
     if cfg.train_together and len(todo) > 1:
-        together = Round(current, todo)
+        together = Round(current, todo, layout(cfg))
         seconds = train_round(together, train_data, sched, teacher_net, cfg.temperature,
                               cfg.label_weight, cfg.seed, teacher_cache, progress=f"round {rnd}")
         vals = evaluate_round(together, val_data, teacher_net, cfg.temperature, teacher_cache)
@@ -557,7 +567,7 @@ def finish(cfg, out, log, device, teacher_net, test_data, accepted, stop_reason,
     from plantops import report
 
     def test_entry(path, label, loss_fn):
-        net, meta = load_network(path, device)
+        net, meta = load_network(path, device, layout(cfg))
         test = evaluate(net, test_data)
         return dict(network=label, widths=net.widths, fc_width=net.fc_width,
                     params=models.count_params(net), test_loss=test["loss"], test_acc=test["acc"],

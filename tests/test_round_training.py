@@ -28,11 +28,13 @@ def tiny_data(n=40, seed=0):
     return DeviceData(images, labels, torch.device("cpu"), (0.5,) * 3, (0.25,) * 3)
 
 
-def test_round_logits_equal_each_candidates_own_forward():
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format], ids=str)
+def test_round_logits_equal_each_candidates_own_forward(layout):
     parent, candidates = parent_and_candidates()
     x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
-    together = Round(parent, candidates).logits(x)
-    for logits, candidate in zip(together, candidates.values()):
+    round_ = Round(parent, candidates, layout)
+    assert round_.parent.convs[1].weight.is_contiguous(memory_format=layout)
+    for logits, candidate in zip(round_.logits(x), candidates.values()):
         torch.testing.assert_close(logits, candidate(x), rtol=1e-10, atol=1e-10)
 
 

@@ -149,6 +149,14 @@ def test_compact_teacher_cache_makes_the_same_choices(reference_run, image_folde
     assert compact["final"]["test_loss"] == pytest.approx(exact["final"]["test_loss"], rel=1e-2)
 
 
+def test_channels_last_changes_no_choice(reference_run, image_folder, tmp_path):
+    _, channels_last = reference_run
+    plain = search.run_search(tiny_config(image_folder, tmp_path / "nchw", channels_last=False))
+    assert [r["layer"] for r in plain["rounds"]] == [r["layer"] for r in channels_last["rounds"]]
+    assert plain["final"]["test_loss"] == pytest.approx(channels_last["final"]["test_loss"],
+                                                        rel=1e-4)
+
+
 def test_candidates_of_a_round_see_the_same_views(image_folder, tmp_path, monkeypatch):
     """One teacher pass per view: the cache is filled by the first candidate only (candidates
     trained one after another; trained together, they see each view at once)."""
