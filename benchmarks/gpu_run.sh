@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # One GPU session's work in one command (the device machine has no network: build without
 # isolation against its own torch, setuptools and pybind11). Logs and tables go to $OUT.
-#   OUT=/tmp/out bash benchmarks/gpu_run.sh [steps...]   steps: build tests conv search paper
+#   OUT=/tmp/out bash benchmarks/gpu_run.sh [steps...]   steps: build tests conv search layout paper
 # "paper" runs the full CIFAR-10 protocol (--preset paper --table, bfloat16 autocast) into
 # runs/gpu-paper, resuming it there if an earlier call was cut off by its time limit.
 set -uo pipefail
 OUT=${OUT:-/tmp/plantops-gpu}
 mkdir -p "$OUT"
-steps=${*:-build tests conv search}
+steps=${*:-build tests conv search layout}
 {
   date -u; nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv
   python3 -c "import sys, torch, triton; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
@@ -31,6 +31,10 @@ for step in $steps; do
       PLANTOPS_BENCH_TABLE="$OUT/search_table.md" PLANTOPS_DATA=${PLANTOPS_DATA:-.data/cifar10-jpeg.tar.gz} \
         timeout ${SEARCH_TIMEOUT:-200} python3 -m pytest benchmarks/test_bench_search.py \
         --benchmark-only -q -s -p no:cacheprovider > "$OUT/bench_search.log" 2>&1 ;;
+    layout)
+      PLANTOPS_BENCH_TABLE="$OUT/layout_table.md" timeout ${LAYOUT_TIMEOUT:-200} python3 -m pytest \
+        benchmarks/test_bench_layout.py --benchmark-only -q -p no:cacheprovider \
+        > "$OUT/bench_layout.log" 2>&1 ;;
     paper)
       dir=runs/gpu-paper
       if [ -f $dir/config.json ]; then args=(--resume $dir); else

@@ -41,8 +41,8 @@ class Round:
     def __init__(self, parent: models.PlantNet, candidates: dict[int, models.PlantNet],
                  memory_format: torch.memory_format = torch.channels_last):
         # Channels-last: the parent's activations, and the candidates' terms computed from
-        # them, run in oneDNN's (and cuDNN's) preferred layout: 1.4-1.9x faster steps for
-        # Student[8]-[16] rounds on a 2-core CPU (measured).
+        # them, run in oneDNN's preferred layout: 1.4-1.6x faster steps for Student[8]-[16]
+        # rounds on a 2-core CPU (benchmarks/test_bench_layout.py).
         self.parent = models.merge(parent).to(memory_format=memory_format)
         for p in self.parent.parameters():
             p.requires_grad_(False)

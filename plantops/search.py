@@ -107,8 +107,9 @@ class Config:
              "torch.autocast; weights, gradients, optimizer and evaluation stay float32; "
              "meant for GPUs with bfloat16 units)"))
     channels_last: bool = dataclasses.field(default=True, metadata=dict(
-        help="run the networks in channels-last memory layout (same results up to float "
-             "rounding; training steps 1.2-1.9x faster with oneDNN on a 2-core CPU)"))
+        help="run the networks in channels-last memory layout (training steps 1.3-1.6x "
+             "faster with oneDNN on a 2-core CPU; sums in another order, so a long run ends "
+             "at slightly different numbers)"))
     cache_teacher: bool = dataclasses.field(default=True, metadata=dict(
         help="compute the teacher's logits once per augmented view and reuse them across "
              "candidates (same results, far fewer teacher passes)"))
