@@ -39,7 +39,7 @@ import plantops
 from plantops import data as datasets
 from plantops import models
 from plantops.round_training import Round, evaluate_round, train_round
-from plantops.train import PRECISIONS, Schedule, TeacherCache, evaluate, train
+from plantops.train import CACHE_DTYPES, PRECISIONS, Schedule, TeacherCache, evaluate, train
 
 NORMALIZATION = {  # per-channel mean and std of the training images
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -136,7 +136,7 @@ class Config:
         choices = dict(dataset=tuple(datasets.FORMATS), init_loss=("kd", "ce"),
                        plant_init=("preserve", "random"), select_on=("loss", "kd_loss"),
                        compare_with=("auto", "cifar10", "cifar100", "stl10", "none"),
-                       cache_dtype=("float32", "float16", "bfloat16"), precision=PRECISIONS)
+                       cache_dtype=tuple(CACHE_DTYPES), precision=PRECISIONS)
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
@@ -407,7 +407,7 @@ def run_search(cfg: Config) -> dict:
     for p in teacher_net.parameters():
         p.requires_grad_(False)
     # Every candidate sees the same views (data seed = cfg.seed), so the teacher runs once per view.
-    teacher_cache = (TeacherCache(teacher_net, getattr(torch, cfg.cache_dtype))
+    teacher_cache = (TeacherCache(teacher_net, CACHE_DTYPES[cfg.cache_dtype])
                      if cfg.cache_teacher else None)
     current, meta = trained(out / "initial.pt", "initial",
                             lambda: models.student(cfg.init_width, arch, classes), cfg.init_loss,

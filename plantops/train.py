@@ -74,6 +74,10 @@ def loss_fn(kind: str, temperature: float = 1.0, alpha: float = 0.0):
     raise ValueError(f"loss must be 'ce' or 'kd', got {kind!r}")
 
 
+# The dtypes the teacher cache can store its logits in (--cache-dtype), by name.
+CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 class TeacherCache:
     """The teacher's logits for each batch of a fixed view schedule, computed once.
 
@@ -91,7 +95,7 @@ class TeacherCache:
         # float32 keeps results identical to running the teacher on every batch; a 16-bit
         # dtype halves the memory (CIFAR-100, 30 epochs: 540 MB -> 270 MB) but rounds the
         # logits (relative error 2^-11 for float16, 2^-8 for bfloat16).
-        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        if dtype not in CACHE_DTYPES.values():
             raise ValueError(f"the teacher cache stores float32, float16 or bfloat16, got {dtype}")
         self.dtype = dtype
         self.logits: dict = {}
