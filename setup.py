@@ -88,7 +88,8 @@ cpu_flags = shlex.split(os.environ.get("PLANTOPS_CPU_FLAGS", "-march=native"))
 extensions = [
     Pybind11Extension(
         "plantops._C",
-        ["csrc/bindings_cpu.cpp", "csrc/planted_conv_cpu.cpp", "csrc/geometry.cpp"],
+        ["csrc/bindings_cpu.cpp", "csrc/planted_conv_cpu.cpp", "csrc/winograd_cpu.cpp",
+         "csrc/geometry.cpp"],
         include_dirs=["csrc"],
         cxx_std=17,
         extra_compile_args=["-O3", "-fopenmp", *cpu_flags],

@@ -19,6 +19,9 @@ Every implementation computes the same function on the same tensors.
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,10 +29,31 @@ from torch import nn
 from plantops import backends, planted_conv2d
 
 BASELINES = ("split_convs", "masked_conv")
+# The cpu backend with its algorithm forced (PLANTOPS_CPU_CONV), next to its own choice: for
+# 3x3 stride-1 layers that is Winograd F(2x2, 3x3), so the direct kernels are measured too.
+VARIANTS = {"plantops-cpu-direct": ("cpu", "direct")}
 
 
 def implementations(device: str) -> list[str]:
-    return [f"plantops-{b}" for b in backends(device)] + list(BASELINES)
+    ours = [f"plantops-{b}" for b in backends(device)]
+    variants = [name for name, (b, _) in VARIANTS.items() if f"plantops-{b}" in ours]
+    return ours + variants + list(BASELINES)
+
+
+@contextlib.contextmanager
+def _cpu_algorithm(choice):
+    """PLANTOPS_CPU_CONV=choice for the duration (None: leave it as it is)."""
+    old = os.environ.get("PLANTOPS_CPU_CONV")
+    if choice is not None:
+        os.environ["PLANTOPS_CPU_CONV"] = choice
+    try:
+        yield
+    finally:
+        if choice is not None:
+            if old is None:
+                del os.environ["PLANTOPS_CPU_CONV"]
+            else:
+                os.environ["PLANTOPS_CPU_CONV"] = old
 
 
 def _sync(device):
@@ -65,8 +89,8 @@ def make_case(case: str, impl: str, batch: int, channels: int, size: int, plante
     needs_grad = [x] if case == "inputs" else [x_new] if case == "reader" else []
     wrt = trainable + needs_grad
 
+    backend, algorithm = VARIANTS.get(impl, (impl.removeprefix("plantops-"), None))
     if impl.startswith("plantops-"):
-        backend = impl.split("-", 1)[1]
 
         def forward():
             if case == "reader":
@@ -104,12 +128,13 @@ def make_case(case: str, impl: str, batch: int, channels: int, size: int, plante
         raise ValueError(f"unknown implementation {impl!r}")
 
     def run_fwd():
-        with torch.no_grad():
+        with torch.no_grad(), _cpu_algorithm(algorithm):
             forward()
         _sync(device)
 
     def run_fwdbwd():
-        torch.autograd.grad(forward(), wrt, grad_out)
+        with _cpu_algorithm(algorithm):
+            torch.autograd.grad(forward(), wrt, grad_out)
         _sync(device)
 
     # FLOPs of the useful work: the forward conv, plus the planted-only backward.
@@ -125,8 +150,9 @@ def make_case(case: str, impl: str, batch: int, channels: int, size: int, plante
     def result():
         """The output and the input gradient (of sum(out^2)/2; None in the ``outputs`` case),
         so that tests can check that every implementation computes the same thing."""
-        out = forward()
-        grads = torch.autograd.grad(out.square().sum() / 2, needs_grad) if needs_grad else [None]
+        with _cpu_algorithm(algorithm):
+            out = forward()
+            grads = torch.autograd.grad(out.square().sum() / 2, needs_grad) if needs_grad else [None]
         return out.detach(), grads[0]
 
     fn = run_fwd if mode == "fwd" else run_fwdbwd

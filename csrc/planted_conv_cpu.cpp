@@ -14,10 +14,18 @@
 //
 // Fast for the channel counts planting works with (4 to 128) on 8x8 to 96x96 maps; not
 // tuned for large channel counts, where oneDNN's blocked GEMM kernels win.
+// 3x3 stride-1 layers (the search's) with 12 or more input channels run as Winograd
+// F(2x2, 3x3) instead (winograd_cpu.cpp): 2.25x fewer multiplications; see use_winograd.
 #include "planted_conv_cpu.h"
 
+#include "simd.h"
+#include "winograd_cpu.h"
+
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #ifdef _OPENMP
@@ -27,33 +35,14 @@
 namespace plantops::cpu {
 namespace {
 
-// SIMD width and register tile, from the instruction set the module is compiled for.
+// Register tile, from the instruction set the module is compiled for.
 #if defined(__AVX512F__)
-constexpr int kVecBytes = 64;
 constexpr int64_t kPixels = 8;    // output pixels per register tile
 constexpr int kMaxVecs = 3;       // output-channel vectors per register tile
-#elif defined(__AVX__)
-constexpr int kVecBytes = 32;
-constexpr int64_t kPixels = 4;
-constexpr int kMaxVecs = 2;
 #else
-constexpr int kVecBytes = 16;
 constexpr int64_t kPixels = 4;
 constexpr int kMaxVecs = 2;
 #endif
-
-template <typename T>
-struct Simd {
-  typedef T vec __attribute__((vector_size(kVecBytes)));
-  static constexpr int64_t L = kVecBytes / sizeof(T);  // lanes
-  static vec load(const T* p) {
-    vec v;
-    __builtin_memcpy(&v, p, sizeof(vec));
-    return v;
-  }
-};
-
-int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
 // Weight of the assembled (virtual) weight at output channel o, input channel c: a pointer to
 // its KH*KW taps inside whichever block holds it.
@@ -70,6 +59,46 @@ struct BlockWeight {
     return w_in + (o * g.I_p + (c - g.I_f)) * kk;
   }
 };
+
+// Whether the layer's convolutions (forward, input and weight gradients) run as Winograd
+// F(2x2, 3x3) (winograd_cpu.h) rather than directly; (ph, pw) is the padding of the one asked
+// for. PLANTOPS_CPU_CONV=direct|winograd forces one where it applies (the tests check both;
+// the benchmarks compare them). Unset or "auto": Winograd where it applies, the layer has at
+// least 12 input channels and the batch fills half a group of samples. Below 12 input
+// channels its transforms cost more than the multiplications they save, and the direct
+// kernels measured faster (benchmarks/RESULTS.md).
+template <typename T>
+bool use_winograd(const Geometry& g, int64_t ph, int64_t pw) {
+  if (!winograd::applies(g.KH, g.KW, g.SH, g.SW, ph, pw)) return false;
+  const char* env = std::getenv("PLANTOPS_CPU_CONV");
+  const std::string choice = env ? env : "auto";
+  if (choice == "direct") return false;
+  if (choice == "winograd") return true;
+  if (choice != "auto" && !choice.empty())
+    throw std::invalid_argument(
+        "plantops: PLANTOPS_CPU_CONV must be auto, direct or winograd, got '" + choice + "'");
+  return g.C() >= 12 && 2 * g.N >= winograd::group_size<T>();
+}
+
+// The assembled weight, dense: w[o][c][kh][kw] for o < O, c in [c_begin, c_end); with
+// transpose_flip, w[c][o][KH-1-kh][KW-1-kw] (the weight of the input gradient's convolution).
+template <typename T>
+std::vector<T> dense_weight(const Geometry& g, const BlockWeight<T>& weight, int64_t c_begin,
+                            int64_t c_end, bool transpose_flip) {
+  const int64_t nc = c_end - c_begin, kk = g.KH * g.KW;
+  std::vector<T> w(g.O() * nc * kk);
+  for (int64_t o = 0; o < g.O(); ++o)
+    for (int64_t c = 0; c < nc; ++c) {
+      const T* taps = weight.taps(o, c_begin + c);
+      for (int64_t k = 0; k < kk; ++k) {
+        if (transpose_flip)
+          w[(c * g.O() + o) * kk + (kk - 1 - k)] = taps[k];
+        else
+          w[(o * nc + c) * kk + k] = taps[k];
+      }
+    }
+  return w;
+}
 
 // A dense convolution with packed weights, run sample by sample on zero-padded NCHW inputs.
 // Vectorized over output channels: a register tile holds kPixels output pixels of one row by
@@ -180,9 +209,16 @@ struct DenseConv {
 template <typename T>
 void forward(const Geometry& g, const T* x, const T* w_frozen, const T* b_frozen, const T* w_in,
              const T* w_out, const T* b_out, T* out, int nthreads) {
+  const BlockWeight<T> weight{g, w_frozen, w_in, w_out};
+  if (use_winograd<T>(g, g.PH, g.PW)) {
+    std::vector<T> w = dense_weight(g, weight, 0, g.C(), false), b(g.O(), T(0));
+    for (int64_t o = 0; o < g.O_f && b_frozen; ++o) b[o] = b_frozen[o];
+    for (int64_t o = 0; o < g.O_p && b_out; ++o) b[g.O_f + o] = b_out[o];
+    winograd::conv(g.N, g.C(), g.H, g.W, g.PH, g.PW, g.O(), x, w.data(), b.data(), out, nthreads);
+    return;
+  }
   DenseConv<T> conv(g.C(), g.O(), g.KH, g.KW, g.SH, g.SW, g.OH, g.OW, g.H + 2 * g.PH,
                     g.W + 2 * g.PW);
-  const BlockWeight<T> weight{g, w_frozen, w_in, w_out};
   for (int64_t o = 0; o < g.O(); ++o)
     for (int64_t c = 0; c < g.C(); ++c) {
       const T* taps = weight.taps(o, c);
@@ -202,6 +238,12 @@ void input_grad(const Geometry& g, const T* grad_out, const T* w_frozen, const T
   if (g.SH == 1 && g.SW == 1 && g.PH <= g.KH - 1 && g.PW <= g.KW - 1) {
     // Stride 1: grad_x = conv(grad_out padded by K-1-P, weight transposed and flipped).
     const int64_t th = g.KH - 1 - g.PH, tw = g.KW - 1 - g.PW;
+    if (use_winograd<T>(g, th, tw)) {
+      const std::vector<T> w = dense_weight(g, weight, c_begin, c_end, true);
+      winograd::conv(g.N, g.O(), g.OH, g.OW, th, tw, nc, grad_out, w.data(), (const T*)nullptr,
+                     grad_x, nthreads);
+      return;
+    }
     DenseConv<T> conv(g.O(), nc, g.KH, g.KW, 1, 1, g.H, g.W, g.OH + 2 * th, g.OW + 2 * tw);
     for (int64_t o = 0; o < g.O(); ++o)
       for (int64_t c = 0; c < nc; ++c) {
@@ -240,6 +282,29 @@ void input_grad(const Geometry& g, const T* grad_out, const T* w_frozen, const T
   }
 }
 
+// grad_b[o - o_begin] = sum of grad_out over samples and pixels, for o in [o_begin, o_end):
+// SIMD lanes per sample, in a fixed order.
+template <typename T>
+void bias_grad(const Geometry& g, const T* grad_out, int64_t o_begin, int64_t o_end, T* grad_b) {
+  using S = Simd<T>;
+  constexpr int64_t L = S::L;
+  const int64_t hw = g.OH * g.OW;
+  for (int64_t o = o_begin; o < o_end; ++o) {
+    T sum = 0;
+    for (int64_t n = 0; n < g.N; ++n) {
+      const T* go = grad_out + (n * g.O() + o) * hw;
+      typename S::vec lanes = {};
+      int64_t i = 0;
+      for (; i + L <= hw; i += L) lanes += S::load(go + i);
+      T s = 0;
+      for (int64_t l = 0; l < L; ++l) s += lanes[l];
+      for (; i < hw; ++i) s += go[i];
+      sum += s;
+    }
+    grad_b[o - o_begin] = sum;
+  }
+}
+
 template <typename T>
 void weight_grad(const Geometry& g, const T* grad_out, const T* x, int64_t o_begin, int64_t o_end,
                  int64_t c_begin, int64_t c_end, T* grad_w, T* grad_b, int nthreads) {
@@ -250,6 +315,12 @@ void weight_grad(const Geometry& g, const T* grad_out, const T* x, int64_t o_beg
   const int64_t no = o_end - o_begin, nc = c_end - c_begin, kk = g.KH * g.KW;
   const int64_t block = no * nc * kk + no;  // weight gradient, then bias gradient
   if (no == 0) return;
+  if (use_winograd<T>(g, g.PH, g.PW)) {
+    winograd::weight_grad(g.N, g.C(), g.H, g.W, g.PH, g.PW, g.O(), x, grad_out, o_begin, o_end,
+                          c_begin, c_end, grad_w, nthreads);
+    if (grad_b) bias_grad(g, grad_out, o_begin, o_end, grad_b);
+    return;
+  }
   // Fixed chunking keeps the summation order, and so the result, independent of nthreads.
   const int64_t nchunks = std::min<int64_t>(g.N, 32);
   std::vector<T> partial(std::max<int64_t>(nchunks, 1) * block, T(0));

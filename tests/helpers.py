@@ -117,3 +117,23 @@ def check_against_reference(backend, shape, dtype, device, rel_tol, split=False)
             assert grads[k] is None
         else:
             check(grads[k], ref_grads[k], f"{backend} grad {k}")
+
+
+def check_backend(backend, shape, dtype, transform=lambda t: t):
+    """Output and every gradient of ``backend`` in ``dtype`` against the float64 reference,
+    within twice the error PyTorch's own ``dtype`` result makes (assert_close_to_reference)."""
+    tensors64, conv_args = make_inputs(shape)
+    ref_out, _ = run(reference_planted_conv2d, tensors64, conv_args)
+    grad_out = torch.randn_like(ref_out)
+    ref_out, ref_grads = run(reference_planted_conv2d, tensors64, conv_args, grad_out)
+    low = {k: (None if v is None else v.to(dtype)) for k, v in tensors64.items()}
+    base_out, base_grads = run(reference_planted_conv2d, low, conv_args, grad_out.to(dtype))
+    low["x"] = transform(low["x"])
+    out, grads = run(planted_conv2d, low, conv_args, grad_out.to(dtype), backend=backend)
+    assert out.dtype == dtype and out.shape == ref_out.shape
+    assert_close_to_reference(out, ref_out, base_out, name=f"{backend} output")
+    for k in TRAINABLE:
+        if ref_grads[k] is None:
+            assert grads[k] is None
+            continue
+        assert_close_to_reference(grads[k], ref_grads[k], base_grads[k], name=f"{backend} grad {k}")

@@ -7,28 +7,11 @@ import torch
 import plantops
 from plantops import PlantedConv2d, planted_conv2d, reference_planted_conv2d
 
-from helpers import SHAPES, TRAINABLE, assert_close_to_reference, make_inputs, run, run_split
+from helpers import (SHAPES, TRAINABLE, assert_close_to_reference, check_backend, make_inputs,
+                     run, run_split)
 
 # Triton runs on the CPU only under its interpreter, with its own tolerances: test_triton_conv.py.
 CPU_BACKENDS = [b for b in ("torch", "cpu") if b in plantops.backends("cpu")]
-
-
-def check_backend(backend, shape, dtype, transform=lambda t: t):
-    tensors64, conv_args = make_inputs(shape)
-    ref_out, _ = run(reference_planted_conv2d, tensors64, conv_args)
-    grad_out = torch.randn_like(ref_out)
-    ref_out, ref_grads = run(reference_planted_conv2d, tensors64, conv_args, grad_out)
-    low = {k: (None if v is None else v.to(dtype)) for k, v in tensors64.items()}
-    base_out, base_grads = run(reference_planted_conv2d, low, conv_args, grad_out.to(dtype))
-    low["x"] = transform(low["x"])
-    out, grads = run(planted_conv2d, low, conv_args, grad_out.to(dtype), backend=backend)
-    assert out.dtype == dtype and out.shape == ref_out.shape
-    assert_close_to_reference(out, ref_out, base_out, name=f"{backend} output")
-    for k in TRAINABLE:
-        if ref_grads[k] is None:
-            assert grads[k] is None
-            continue
-        assert_close_to_reference(grads[k], ref_grads[k], base_grads[k], name=f"{backend} grad {k}")
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

@@ -102,12 +102,17 @@ def cpu_kernels_win(shape_key) -> bool:
     """Whether the C++ kernels beat oneDNN (the torch backend) for this shape on the CPU.
 
     Measured with benchmarks/test_bench_planted_conv.py on a 2-core AVX-512 machine
-    (benchmarks/RESULTS.md): the direct kernels win at planting's narrow layers (up to 20
-    channels, or up to 40 on maps of 32x32 and more) and lose to oneDNN's blocked GEMM on
-    wider ones.
+    (benchmarks/RESULTS.md). 3x3 stride-1 layers with a batch of 8 or more run as Winograd
+    F(2x2, 3x3) and win up to 64 channels plus the planted ones (they lose at 128). Other
+    layers run the direct kernels, which win at planting's narrow layers (up to 20 channels, or
+    up to 40 on maps of 32x32 and more) and lose to oneDNN's blocked GEMM on wider ones.
     """
     if shape_key is None:
         return True
-    _, channels, outputs, height, width = shape_key[:5]
+    batch, channels, outputs, height, width, kh, kw, stride, padding = shape_key
     widest = max(channels, outputs)
+    winograd = ((kh, kw) == (3, 3) and tuple(stride) == (1, 1) and max(padding) <= 2
+                and channels >= 12 and batch >= 8)
+    if winograd:
+        return widest <= 72
     return widest <= 20 or (widest <= 40 and height * width >= 1024)

@@ -1,0 +1,32 @@
+// The SIMD vector the CPU kernels compute with: GCC/Clang vector extensions, as wide as the
+// instruction set the module is compiled for (-march=native by default, see setup.py).
+#pragma once
+
+#include <cstdint>
+
+namespace plantops::cpu {
+
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+#elif defined(__AVX__)
+constexpr int kVecBytes = 32;
+#else
+constexpr int kVecBytes = 16;
+#endif
+
+template <typename T>
+struct Simd {
+  typedef T vec __attribute__((vector_size(kVecBytes)));
+  static constexpr int64_t L = kVecBytes / sizeof(T);  // lanes
+  // memcpy: unaligned, and no aliasing assumptions between vec and T.
+  static vec load(const T* p) {
+    vec v;
+    __builtin_memcpy(&v, p, sizeof(vec));
+    return v;
+  }
+  static void store(T* p, vec v) { __builtin_memcpy(p, &v, sizeof(vec)); }
+};
+
+inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+}  // namespace plantops::cpu

@@ -1,0 +1,432 @@
+// Winograd F(2x2, 3x3) kernels (see winograd_cpu.h).
+//
+// Layout: the L samples of a group (L = SIMD lanes, 16 floats with AVX-512) are interleaved,
+// so that every value a transform touches is one vector holding the same position of L
+// samples. The transforms are then plain vector adds with no shuffles, and no lane is wasted
+// whatever the channel count or map size (a direct kernel vectorized over channels wastes
+// lanes at 12 or 20 channels, one vectorized over pixels at 8x8 maps).
+//
+// Forward, per group: interleave the zero-padded input; per tile, transform the input tile
+// (V[c][xi]), multiply by the transformed filters (16 matrix-vector products
+// M[o][xi] = sum_c U[xi][c][o] V[c][xi], each element a vector of L samples), transform back
+// to 2x2 outputs; de-interleave into NCHW at the end.
+// Weight gradient: the forward is linear in U, so dL/dU[xi][o][c] = sum over tiles of
+// (A dY A^T)[xi][o] V[xi][c] and dL/dg = G^T (dL/dU) G: the same tiles, 16 GEMMs that reduce
+// over tiles instead.
+#include "winograd_cpu.h"
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "simd.h"
+
+namespace plantops::cpu::winograd {
+namespace {
+
+// Tiles per block of the weight gradient, which sums over tiles: its accumulators are loaded
+// and stored once per block. (The forward takes one tile at a time, so that the tile's
+// transformed values, V and M, stay in L1: 16 (C + O) vectors, 36 KB at C = 16, O = 20.
+// Blocks of 12 tiles measured 1.2-1.5x slower at 8-16 channels, as V and M then live in L2.)
+constexpr int64_t kTileBlock = 12;
+
+// A stride-1 3x3 convolution of an H x W map padded by (ph, pw), cut into 2x2 output tiles.
+struct Tiles {
+  int64_t H, W, ph, pw, OH, OW, TH, TW, Hp, Wp;
+  Tiles(int64_t h, int64_t w, int64_t ph_, int64_t pw_)
+      : H(h), W(w), ph(ph_), pw(pw_), OH(h + 2 * ph_ - 2), OW(w + 2 * pw_ - 2),
+        TH((OH + 1) / 2), TW((OW + 1) / 2), Hp(2 * TH + 2), Wp(2 * TW + 2) {}
+  int64_t count() const { return TH * TW; }
+};
+
+#if defined(__AVX512F__)
+// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized inside the masked-load intrinsics.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// out[j * os + i] = in[i * is + j] for i < ni, j < nj (both <= 16): one 16x16 block through
+// registers (unpack, shuffle, two 128-bit lane shuffles), instead of 256 scalar moves with
+// one of the two sides strided.
+inline void transpose16(const float* in, int64_t is, int ni, int nj, float* out, int64_t os) {
+  const __mmask16 cols = static_cast<__mmask16>((1u << nj) - 1);
+  const __mmask16 rows = static_cast<__mmask16>((1u << ni) - 1);
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i)
+    r[i] = i < ni ? _mm512_maskz_loadu_ps(cols, in + i * is) : _mm512_setzero_ps();
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int h = 0; h < 16; h += 8)
+    for (int i = 0; i < 4; ++i) {
+      t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
+      t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
+    }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+  }
+  for (int j = 0; j < nj; ++j) _mm512_mask_storeu_ps(out + j * os, rows, r[j]);
+}
+#pragma GCC diagnostic pop
+#endif
+
+// out[j * os + i] = in[i * is + j] for i < ni, j < nj (both at most the lane count L).
+template <typename T>
+void transpose_block(const T* in, int64_t is, int ni, int nj, T* out, int64_t os) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    transpose16(in, is, ni, nj, out, os);
+    return;
+  }
+#endif
+  for (int j = 0; j < nj; ++j)
+    for (int i = 0; i < ni; ++i) out[j * os + i] = in[i * is + j];
+}
+
+// dst[c][y][x][s] = src[n0 + s][c0 + c][y - top][x - left] where that lies inside
+// src[N][Csrc][H][W], else 0; for c < nc, y < rows, x < cols, s < L.
+template <typename T>
+void interleave(const T* src, int64_t N, int64_t Csrc, int64_t c0, int64_t nc, int64_t H,
+                int64_t W, int64_t n0, int64_t top, int64_t left, int64_t rows, int64_t cols,
+                T* dst) {
+  constexpr int64_t L = Simd<T>::L;
+  const int ns = static_cast<int>(std::min(L, N - n0));
+  const int64_t rowlen = cols * L;
+  for (int64_t c = 0; c < nc; ++c) {
+    for (int64_t y = 0; y < rows; ++y) {
+      T* d = dst + (c * rows + y) * rowlen;
+      const int64_t sy = y - top;
+      if (sy < 0 || sy >= H || ns < L) {  // partial groups: the missing samples' lanes are 0
+        std::fill(d, d + rowlen, T(0));
+        if (sy < 0 || sy >= H) continue;
+      } else {
+        std::fill(d, d + left * L, T(0));
+        std::fill(d + (left + W) * L, d + rowlen, T(0));
+      }
+      const T* r = src + ((n0 * Csrc + c0 + c) * H + sy) * W;
+      for (int64_t x = 0; x < W; x += L)
+        transpose_block(r + x, Csrc * H * W, ns, static_cast<int>(std::min(L, W - x)),
+                        d + (x + left) * L, L);
+    }
+  }
+}
+
+// dst[n0 + s][c][y][x] = src[c][y][x][s] for y < OH, x < OW, s < min(L, N - n0); src is
+// [C][rows][cols][L].
+template <typename T>
+void deinterleave(const T* src, int64_t rows, int64_t cols, int64_t N, int64_t C, int64_t OH,
+                  int64_t OW, int64_t n0, T* dst) {
+  constexpr int64_t L = Simd<T>::L;
+  const int ns = static_cast<int>(std::min(L, N - n0));
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t y = 0; y < OH; ++y) {
+      const T* s_row = src + (c * rows + y) * cols * L;
+      T* d = dst + ((n0 * C + c) * OH + y) * OW;
+      for (int64_t x = 0; x < OW; x += L)
+        transpose_block(s_row + x * L, L, static_cast<int>(std::min(L, OW - x)), ns, d + x,
+                        C * OH * OW);
+    }
+}
+
+// U = G g G^T (4x4) of one 3x3 filter g; u[xi * stride] for xi = 4 i + j.
+template <typename T>
+void filter_transform(const T* g, T* u, int64_t stride) {
+  T t[4][3];
+  for (int k = 0; k < 3; ++k) {
+    t[0][k] = g[k];
+    t[1][k] = (g[k] + g[3 + k] + g[6 + k]) / 2;
+    t[2][k] = (g[k] - g[3 + k] + g[6 + k]) / 2;
+    t[3][k] = g[6 + k];
+  }
+  for (int i = 0; i < 4; ++i) {
+    u[(4 * i + 0) * stride] = t[i][0];
+    u[(4 * i + 1) * stride] = (t[i][0] + t[i][1] + t[i][2]) / 2;
+    u[(4 * i + 2) * stride] = (t[i][0] - t[i][1] + t[i][2]) / 2;
+    u[(4 * i + 3) * stride] = t[i][2];
+  }
+}
+
+// dL/dg = G^T (dL/dU) G (3x3) from du[16].
+template <typename T>
+void filter_grad(const T* du, T* g) {
+  T t[3][4];
+  for (int j = 0; j < 4; ++j) {
+    t[0][j] = du[j] + (du[4 + j] + du[8 + j]) / 2;
+    t[1][j] = (du[4 + j] - du[8 + j]) / 2;
+    t[2][j] = (du[4 + j] + du[8 + j]) / 2 + du[12 + j];
+  }
+  for (int k = 0; k < 3; ++k) {
+    g[3 * k + 0] = t[k][0] + (t[k][1] + t[k][2]) / 2;
+    g[3 * k + 1] = (t[k][1] - t[k][2]) / 2;
+    g[3 * k + 2] = (t[k][1] + t[k][2]) / 2 + t[k][3];
+  }
+}
+
+// V = B^T d B of the 4x4 input tile at `at` (row stride `row` elements, vectors of L).
+template <typename T>
+inline __attribute__((always_inline)) void input_tile(const T* at, int64_t row, typename Simd<T>::vec v[16]) {
+  using S = Simd<T>;
+  using vec = typename S::vec;
+  constexpr int64_t L = S::L;
+  vec d[4][4], t[4][4];
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j) d[i][j] = S::load(at + i * row + j * L);
+  for (int j = 0; j < 4; ++j) {
+    t[0][j] = d[0][j] - d[2][j];
+    t[1][j] = d[1][j] + d[2][j];
+    t[2][j] = d[2][j] - d[1][j];
+    t[3][j] = d[1][j] - d[3][j];
+  }
+  for (int i = 0; i < 4; ++i) {
+    v[4 * i + 0] = t[i][0] - t[i][2];
+    v[4 * i + 1] = t[i][1] + t[i][2];
+    v[4 * i + 2] = t[i][2] - t[i][1];
+    v[4 * i + 3] = t[i][1] - t[i][3];
+  }
+}
+
+// Y = A^T M A (2x2) from m[16].
+template <typename V>
+inline __attribute__((always_inline)) void output_tile(const V m[16], V y[2][2]) {
+  V s[2][4];
+  for (int j = 0; j < 4; ++j) {
+    s[0][j] = m[j] + m[4 + j] + m[8 + j];
+    s[1][j] = m[4 + j] - m[8 + j] - m[12 + j];
+  }
+  for (int a = 0; a < 2; ++a) {
+    y[a][0] = s[a][0] + s[a][1] + s[a][2];
+    y[a][1] = s[a][1] - s[a][2] - s[a][3];
+  }
+}
+
+// dL/dM = A dY A^T (4x4) from the 2x2 output gradient y.
+template <typename V>
+inline __attribute__((always_inline)) void grad_tile(const V y[2][2], V m[16]) {
+  V r[4][2];
+  for (int b = 0; b < 2; ++b) {
+    r[0][b] = y[0][b];
+    r[1][b] = y[0][b] + y[1][b];
+    r[2][b] = y[0][b] - y[1][b];
+    r[3][b] = -y[1][b];
+  }
+  for (int i = 0; i < 4; ++i) {
+    m[4 * i + 0] = r[i][0];
+    m[4 * i + 1] = r[i][0] + r[i][1];
+    m[4 * i + 2] = r[i][0] - r[i][1];
+    m[4 * i + 3] = -r[i][1];
+  }
+}
+
+// M[o] = sum_c U[c][o] V[c] for o < Opad (each V[c], M[o] a vector of L samples; V[c] at
+// V + c * vstride, M[o] at M + o * mstride). OB filters at a time: each loaded V vector feeds
+// OB FMAs with broadcast U values, OB accumulators in registers.
+template <typename T, int OB>
+void multiply(const T* V, int64_t vstride, const T* U, int64_t Cin, int64_t Opad, T* M,
+              int64_t mstride) {
+  using S = Simd<T>;
+  using vec = typename S::vec;
+  for (int64_t ob = 0; ob < Opad; ob += OB) {
+    vec acc[OB];
+    for (int j = 0; j < OB; ++j) acc[j] = vec{};
+    for (int64_t c = 0; c < Cin; ++c) {
+      const vec v = S::load(V + c * vstride);
+      const T* u = U + c * Opad + ob;
+#pragma GCC unroll 24
+      for (int j = 0; j < OB; ++j) acc[j] += v * u[j];
+    }
+    for (int j = 0; j < OB; ++j) S::store(M + (ob + j) * mstride, acc[j]);
+  }
+}
+
+// Filters per forward register tile (8 to 24 accumulators), chosen to waste the fewest padded
+// filters, then the largest.
+int pick_filters_per_tile(int64_t Cout) {
+  int best = 24;
+  for (int ob : {24, 20, 16, 12, 8})
+    if (round_up(Cout, ob) < round_up(Cout, best)) best = ob;
+  return best;
+}
+
+template <typename T, int OB>
+void conv_groups(int64_t N, int64_t Cin, const Tiles& tl, int64_t ph, int64_t pw, int64_t Cout,
+                 const T* x, const T* weight, const T* bias, T* out, int nthreads) {
+  using S = Simd<T>;
+  using vec = typename S::vec;
+  constexpr int64_t L = S::L;
+  const int64_t Opad = round_up(Cout, OB);
+  // U[xi][c][o], zero for the padded filters.
+  std::vector<T> U(16 * Cin * Opad, T(0));
+  for (int64_t o = 0; o < Cout; ++o)
+    for (int64_t c = 0; c < Cin; ++c)
+      filter_transform(weight + (o * Cin + c) * 9, U.data() + c * Opad + o, Cin * Opad);
+  std::vector<T> b(Cout, T(0));
+  for (int64_t o = 0; o < Cout && bias; ++o) b[o] = bias[o];
+  const int64_t groups = (N + L - 1) / L, OHp = 2 * tl.TH, OWp = 2 * tl.TW;
+#pragma omp parallel num_threads(nthreads)
+  {
+    // One tile's transformed values, V[c][xi] and M[o][xi]: a transform touches 16 adjacent
+    // vectors.
+    std::vector<T> xs(Cin * tl.Hp * tl.Wp * L), V(Cin * 16 * L), M(Opad * 16 * L),
+        ys(Cout * OHp * OWp * L);
+#pragma omp for schedule(static)
+    for (int64_t grp = 0; grp < groups; ++grp) {
+      interleave(x, N, Cin, 0, Cin, tl.H, tl.W, grp * L, ph, pw, tl.Hp, tl.Wp, xs.data());
+      for (int64_t ty = 0; ty < tl.TH; ++ty)
+        for (int64_t tx = 0; tx < tl.TW; ++tx) {
+          for (int64_t c = 0; c < Cin; ++c) {
+            vec v[16];
+            input_tile<T>(xs.data() + ((c * tl.Hp + 2 * ty) * tl.Wp + 2 * tx) * L, tl.Wp * L, v);
+            for (int xi = 0; xi < 16; ++xi) S::store(V.data() + (c * 16 + xi) * L, v[xi]);
+          }
+          for (int xi = 0; xi < 16; ++xi)
+            multiply<T, OB>(V.data() + xi * L, 16 * L, U.data() + xi * Cin * Opad, Cin, Opad,
+                            M.data() + xi * L, 16 * L);
+          for (int64_t o = 0; o < Cout; ++o) {
+            vec m[16], y[2][2];
+            for (int xi = 0; xi < 16; ++xi) m[xi] = S::load(M.data() + (o * 16 + xi) * L);
+            output_tile(m, y);
+            T* dst = ys.data() + ((o * OHp + 2 * ty) * OWp + 2 * tx) * L;
+            for (int a = 0; a < 2; ++a)
+              for (int bb = 0; bb < 2; ++bb) S::store(dst + (a * OWp + bb) * L, y[a][bb] + b[o]);
+          }
+        }
+      deinterleave(ys.data(), OHp, OWp, N, Cout, tl.OH, tl.OW, grp * L, out);
+    }
+  }
+}
+
+}  // namespace
+
+bool applies(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+  return kh == 3 && kw == 3 && sh == 1 && sw == 1 && ph >= 0 && ph <= 2 && pw >= 0 && pw <= 2;
+}
+
+template <typename T>
+int64_t group_size() {
+  return Simd<T>::L;
+}
+
+template <typename T>
+void conv(int64_t N, int64_t Cin, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t Cout,
+          const T* x, const T* weight, const T* bias, T* out, int nthreads) {
+  const Tiles tl(H, W, ph, pw);
+  if (N == 0 || Cout == 0 || tl.OH <= 0 || tl.OW <= 0) return;
+  switch (pick_filters_per_tile(Cout)) {
+    case 8:
+      return conv_groups<T, 8>(N, Cin, tl, ph, pw, Cout, x, weight, bias, out, nthreads);
+    case 12:
+      return conv_groups<T, 12>(N, Cin, tl, ph, pw, Cout, x, weight, bias, out, nthreads);
+    case 16:
+      return conv_groups<T, 16>(N, Cin, tl, ph, pw, Cout, x, weight, bias, out, nthreads);
+    case 20:
+      return conv_groups<T, 20>(N, Cin, tl, ph, pw, Cout, x, weight, bias, out, nthreads);
+    default:
+      return conv_groups<T, 24>(N, Cin, tl, ph, pw, Cout, x, weight, bias, out, nthreads);
+  }
+}
+
+template <typename T>
+void weight_grad(int64_t N, int64_t C, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t O,
+                 const T* x, const T* grad_out, int64_t o_begin, int64_t o_end, int64_t c_begin,
+                 int64_t c_end, T* grad_w, int nthreads) {
+  using S = Simd<T>;
+  using vec = typename S::vec;
+  constexpr int64_t L = S::L;
+  constexpr int OT = 4, CT = 6;  // register tile: 4 filters by 6 input channels
+  const Tiles tl(H, W, ph, pw);
+  const int64_t no = o_end - o_begin, nc = c_end - c_begin;
+  std::fill(grad_w, grad_w + no * nc * 9, T(0));
+  if (N == 0 || no == 0 || nc == 0 || tl.OH <= 0 || tl.OW <= 0) return;
+  const int64_t nop = round_up(no, OT), ncp = round_up(nc, CT);
+  const int64_t groups = (N + L - 1) / L, OHp = 2 * tl.TH, OWp = 2 * tl.TW;
+  // Per group, dL/dU summed over its samples, in a fixed order.
+  std::vector<T> partial(groups * 16 * no * nc);
+#pragma omp parallel num_threads(nthreads)
+  {
+    std::vector<T> xs(nc * tl.Hp * tl.Wp * L), gs(no * OHp * OWp * L);
+    // V[c][xi][t] and D[o][xi][t] as in the forward; padded channels stay zero and add nothing.
+    constexpr int64_t row = kTileBlock * L, rows16 = 16 * kTileBlock * L;
+    std::vector<T> V(ncp * rows16, T(0)), D(nop * rows16, T(0)), dU(16 * nop * ncp * L);
+#pragma omp for schedule(static)
+    for (int64_t grp = 0; grp < groups; ++grp) {
+      interleave(x, N, C, c_begin, nc, H, W, grp * L, ph, pw, tl.Hp, tl.Wp, xs.data());
+      interleave(grad_out, N, O, o_begin, no, tl.OH, tl.OW, grp * L, 0, 0, OHp, OWp, gs.data());
+      std::fill(dU.begin(), dU.end(), T(0));
+      for (int64_t t0 = 0; t0 < tl.count(); t0 += kTileBlock) {
+        const int64_t nt = std::min(kTileBlock, tl.count() - t0);
+        for (int64_t c = 0; c < nc; ++c)
+          for (int64_t t = 0; t < nt; ++t) {
+            const int64_t ty = (t0 + t) / tl.TW, tx = (t0 + t) % tl.TW;
+            vec v[16];
+            input_tile<T>(xs.data() + ((c * tl.Hp + 2 * ty) * tl.Wp + 2 * tx) * L, tl.Wp * L, v);
+            for (int xi = 0; xi < 16; ++xi) S::store(V.data() + c * rows16 + xi * row + t * L, v[xi]);
+          }
+        for (int64_t o = 0; o < no; ++o)
+          for (int64_t t = 0; t < nt; ++t) {
+            const int64_t ty = (t0 + t) / tl.TW, tx = (t0 + t) % tl.TW;
+            const T* g = gs.data() + ((o * OHp + 2 * ty) * OWp + 2 * tx) * L;
+            vec y[2][2] = {{S::load(g), S::load(g + L)},
+                           {S::load(g + OWp * L), S::load(g + (OWp + 1) * L)}};
+            vec m[16];
+            grad_tile(y, m);
+            for (int xi = 0; xi < 16; ++xi) S::store(D.data() + o * rows16 + xi * row + t * L, m[xi]);
+          }
+        for (int xi = 0; xi < 16; ++xi)
+          for (int64_t ob = 0; ob < nop; ob += OT)
+            for (int64_t cb = 0; cb < ncp; cb += CT) {
+              T* a = dU.data() + ((xi * nop + ob) * ncp + cb) * L;
+              vec acc[OT][CT];
+              for (int i = 0; i < OT; ++i)
+                for (int j = 0; j < CT; ++j) acc[i][j] = S::load(a + (i * ncp + j) * L);
+              const T* d = D.data() + ob * rows16 + xi * row;
+              const T* v = V.data() + cb * rows16 + xi * row;
+              for (int64_t t = 0; t < nt; ++t) {  // tiles past nt are not summed
+                vec dv[OT], vv[CT];
+                for (int i = 0; i < OT; ++i) dv[i] = S::load(d + i * rows16 + t * L);
+                for (int j = 0; j < CT; ++j) vv[j] = S::load(v + j * rows16 + t * L);
+                for (int i = 0; i < OT; ++i)
+                  for (int j = 0; j < CT; ++j) acc[i][j] += dv[i] * vv[j];
+              }
+              for (int i = 0; i < OT; ++i)
+                for (int j = 0; j < CT; ++j) S::store(a + (i * ncp + j) * L, acc[i][j]);
+            }
+      }
+      T* p = partial.data() + grp * 16 * no * nc;
+      for (int xi = 0; xi < 16; ++xi)
+        for (int64_t o = 0; o < no; ++o)
+          for (int64_t c = 0; c < nc; ++c) {
+            const vec lanes = S::load(dU.data() + ((xi * nop + o) * ncp + c) * L);
+            T sum = 0;
+            for (int64_t l = 0; l < L; ++l) sum += lanes[l];
+            p[(o * nc + c) * 16 + xi] = sum;
+          }
+    }
+  }
+  std::vector<T> du(no * nc * 16, T(0));
+  for (int64_t grp = 0; grp < groups; ++grp)
+    for (int64_t i = 0; i < no * nc * 16; ++i) du[i] += partial[grp * 16 * no * nc + i];
+  for (int64_t i = 0; i < no * nc; ++i) filter_grad(du.data() + i * 16, grad_w + i * 9);
+}
+
+#define PLANTOPS_INSTANTIATE(T)                                                                 \
+  template int64_t group_size<T>();                                                            \
+  template void conv<T>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,         \
+                        const T*, const T*, const T*, T*, int);                                \
+  template void weight_grad<T>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,  \
+                               const T*, const T*, int64_t, int64_t, int64_t, int64_t, T*, int);
+PLANTOPS_INSTANTIATE(float)
+PLANTOPS_INSTANTIATE(double)
+#undef PLANTOPS_INSTANTIATE
+
+}  // namespace plantops::cpu::winograd

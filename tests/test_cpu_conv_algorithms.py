@@ -1,0 +1,115 @@
+"""The ``cpu`` backend's two algorithms for 3x3 stride-1 layers, each forced with
+PLANTOPS_CPU_CONV: direct convolution and Winograd F(2x2, 3x3) (csrc/winograd_cpu.cpp), which
+computes 16 samples (8 in float64) at a time. Batches here are large enough to fill those
+groups, and some leave the last group partial."""
+
+import pytest
+import torch
+
+import plantops
+from plantops import planted_conv2d, reference_planted_conv2d
+
+from helpers import (TRAINABLE, assert_close_to_reference, check_backend, make_inputs, run,
+                     run_split)
+
+pytestmark = pytest.mark.skipif("cpu" not in plantops.backends("cpu"),
+                                reason="plantops._C is not built")
+
+ALGORITHMS = ["direct", "winograd"]
+
+# (N, I_f, I_p, O_f, O_p, H, W, kernel, stride, padding): 3x3, stride 1, the shapes Winograd takes
+SHAPES = [
+    (17, 5, 3, 7, 2, 9, 11, 3, 1, 1),    # odd map, one full group and one sample more
+    (16, 16, 4, 16, 4, 16, 16, 3, 1, 1),  # the search's shape, one group exactly
+    (20, 3, 2, 5, 3, 7, 7, 3, 1, 0),     # padding 0: odd output, partial last tile
+    (9, 4, 3, 6, 5, 6, 5, 3, 1, 2),      # padding 2: input gradient with padding 0
+    (33, 8, 4, 13, 4, 8, 8, 3, 1, 1),    # three groups, 17 output channels
+    (16, 2, 1, 3, 1, 1, 1, 3, 1, 1),     # 1x1 map
+]
+
+
+@pytest.fixture(params=ALGORITHMS)
+def algorithm(request, monkeypatch):
+    monkeypatch.setenv("PLANTOPS_CPU_CONV", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
+def test_matches_reference(algorithm, dtype, shape):
+    check_backend("cpu", shape, dtype)
+
+
+@pytest.mark.parametrize("frozen_needs_grad", [False, True], ids=["planted-grad", "both-grads"])
+@pytest.mark.parametrize("shape", SHAPES[:3], ids=[str(s) for s in SHAPES[:3]])
+def test_split_input_matches_reference(algorithm, shape, frozen_needs_grad):
+    """x_planted: the input gradient of a channel range, and of both parts."""
+    tensors64, conv_args = make_inputs(shape)
+    i_f = shape[1]
+    ref_out, _ = run(reference_planted_conv2d, tensors64, conv_args)
+    grad_out = torch.randn_like(ref_out)
+    ref_out, ref = run(reference_planted_conv2d, tensors64, conv_args, grad_out)
+    low = {k: (None if v is None else v.float()) for k, v in tensors64.items()}
+    base_out, base = run(reference_planted_conv2d, low, conv_args, grad_out.float())
+    out, grads, _ = run_split("cpu", low, conv_args, grad_out.float(), frozen_needs_grad)
+    assert_close_to_reference(out, ref_out, base_out, name="split output")
+    expected = {"x_planted": (ref["x"][:, i_f:], base["x"][:, i_f:]),
+                "x_frozen": (ref["x"][:, :i_f], base["x"][:, :i_f])}
+    expected.update({k: (ref[k], base[k]) for k in TRAINABLE[1:]})
+    for name, got in grads.items():
+        assert_close_to_reference(got, *expected[name], name=f"split grad {name}")
+
+
+def test_weight_gradients_do_not_depend_on_the_thread_count(algorithm):
+    tensors, conv_args = make_inputs((37, 6, 3, 5, 3, 9, 9, 3, 1, 1), dtype=torch.float32)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            _, grads = run(planted_conv2d, tensors, conv_args, torch.ones(37, 8, 9, 9),
+                           backend="cpu")
+            results.append(grads)
+    finally:
+        torch.set_num_threads(threads)
+    for k in ("in_weight", "out_weight", "out_bias"):
+        assert torch.equal(results[0][k], results[1][k]), k
+
+
+def _forward(shape):
+    torch.manual_seed(0)  # the same inputs on every call
+    tensors, conv_args = make_inputs(shape, dtype=torch.float32)
+    return planted_conv2d(**tensors, **conv_args, backend="cpu")
+
+
+def test_auto_uses_winograd_where_it_applies(monkeypatch):
+    """Unset, the choice is Winograd for a 3x3 stride-1 layer with 12 or more input channels
+    whose batch fills half a group, and direct otherwise: the two round differently, so the
+    results tell them apart."""
+    shapes = [(16, 10, 2, 7, 2, 8, 8, 3, 1, 1),  # Winograd
+              (2, 10, 2, 7, 2, 8, 8, 3, 1, 1),   # batch 2: lanes would idle
+              (16, 9, 2, 7, 2, 8, 8, 3, 1, 1)]   # 11 input channels
+    results = {}
+    for choice in ("direct", "winograd", "auto"):
+        monkeypatch.setenv("PLANTOPS_CPU_CONV", choice)
+        results[choice] = [_forward(shape) for shape in shapes]
+    for i in range(3):
+        assert not torch.equal(results["direct"][i], results["winograd"][i])
+    assert torch.equal(results["auto"][0], results["winograd"][0])
+    assert torch.equal(results["auto"][1], results["direct"][1])
+    assert torch.equal(results["auto"][2], results["direct"][2])
+
+
+def test_other_layers_ignore_the_choice(monkeypatch):
+    """Winograd takes 3x3 stride-1 layers only; a forced choice leaves the others direct."""
+    outs = []
+    for choice in ALGORITHMS:
+        monkeypatch.setenv("PLANTOPS_CPU_CONV", choice)
+        outs.append(_forward((16, 4, 2, 5, 2, 9, 9, 3, 2, 1)))  # stride 2
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_unknown_choice_is_refused(monkeypatch):
+    monkeypatch.setenv("PLANTOPS_CPU_CONV", "fft")
+    with pytest.raises(ValueError, match="PLANTOPS_CPU_CONV must be auto, direct or winograd, got 'fft'"):
+        _forward((16, 4, 2, 5, 2, 8, 8, 3, 1, 1))
