@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #if defined(__AVX512F__)
@@ -238,6 +239,7 @@ void multiply(const T* V, int64_t vstride, const T* U, int64_t Cin, int64_t Opad
   using vec = typename S::vec;
   for (int64_t ob = 0; ob < Opad; ob += OB) {
     vec acc[OB];
+#pragma GCC unroll 24
     for (int j = 0; j < OB; ++j) acc[j] = vec{};
     for (int64_t c = 0; c < Cin; ++c) {
       const vec v = S::load(V + c * vstride);
@@ -245,6 +247,7 @@ void multiply(const T* V, int64_t vstride, const T* U, int64_t Cin, int64_t Opad
 #pragma GCC unroll 24
       for (int j = 0; j < OB; ++j) acc[j] += v * u[j];
     }
+#pragma GCC unroll 24
     for (int j = 0; j < OB; ++j) S::store(M + (ob + j) * mstride, acc[j]);
   }
 }
@@ -336,6 +339,66 @@ void conv(int64_t N, int64_t Cin, int64_t H, int64_t W, int64_t ph, int64_t pw, 
   }
 }
 
+// One element xi = 4 I + J of the transforms, computed alone from the tile at `at` (rows
+// `row` elements apart, columns L): the input transform (B^T d B)[I][J] over a 4x4 input tile,
+// and the output-gradient transform (A dY A^T)[I][J] over a 2x2 gradient tile. Each is a sum
+// of 1 to 4 tile values with signs; the coefficients are constants, so the zero terms vanish.
+constexpr int kBt[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
+constexpr int kA[4][2] = {{1, 0}, {1, 1}, {1, -1}, {0, -1}};
+
+template <typename T, int I, int J, int R, const int (&K)[4][R]>
+inline __attribute__((always_inline)) typename Simd<T>::vec transformed(const T* at, int64_t row) {
+  using S = Simd<T>;
+  typename S::vec v{};
+  bool first = true;
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int s = 0; s < R; ++s) {
+      const int k = K[I][r] * K[J][s];
+      if (k == 0) continue;
+      const typename S::vec d = S::load(at + r * row + s * S::L);
+      v = first ? (k > 0 ? d : -d) : (k > 0 ? v + d : v - d);
+      first = false;
+    }
+  return v;
+}
+
+// dU[xi][o][c] += sum over the tiles of one tile row ty of D[xi][o] V[xi][c], for one xi and
+// a register tile of OT filters by CT input channels; xs holds the input (padded, channels
+// [cb, cb + CT)), gs the output gradient (filters [ob, ob + OT)), interleaved.
+template <typename T, int XI, int OT, int CT>
+void grad_row(const T* xs, int64_t xplane, int64_t xrow, const T* gs, int64_t gplane,
+              int64_t grow, int64_t TW, T* acc_out, int64_t acc_stride) {
+  using S = Simd<T>;
+  using vec = typename S::vec;
+  constexpr int64_t L = S::L;
+  constexpr int I = XI / 4, J = XI % 4;
+  vec acc[OT][CT];
+  for (int i = 0; i < OT; ++i)
+    for (int j = 0; j < CT; ++j) acc[i][j] = S::load(acc_out + (i * CT + j) * acc_stride);
+  for (int64_t tx = 0; tx < TW; ++tx) {
+    vec d[OT];
+    for (int i = 0; i < OT; ++i)
+      d[i] = transformed<T, I, J, 2, kA>(gs + i * gplane + 2 * tx * L, grow);
+#pragma GCC unroll 8
+    for (int j = 0; j < CT; ++j) {
+      const vec v = transformed<T, I, J, 4, kBt>(xs + j * xplane + 2 * tx * L, xrow);
+      for (int i = 0; i < OT; ++i) acc[i][j] += d[i] * v;
+    }
+  }
+  for (int i = 0; i < OT; ++i)
+    for (int j = 0; j < CT; ++j) S::store(acc_out + (i * CT + j) * acc_stride, acc[i][j]);
+}
+
+template <typename T, int OT, int CT, int... XI>
+void grad_row_all(std::integer_sequence<int, XI...>, const T* xs, int64_t xplane, int64_t xrow,
+                  const T* gs, int64_t gplane, int64_t grow, int64_t TW, T* acc, int64_t xi_stride,
+                  int64_t acc_stride) {
+  (grad_row<T, XI, OT, CT>(xs, xplane, xrow, gs, gplane, grow, TW, acc + XI * xi_stride,
+                           acc_stride), ...);
+}
+
 template <typename T>
 void weight_grad(int64_t N, int64_t C, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t O,
                  const T* x, const T* grad_out, int64_t o_begin, int64_t o_end, int64_t c_begin,
@@ -354,59 +417,32 @@ void weight_grad(int64_t N, int64_t C, int64_t H, int64_t W, int64_t ph, int64_t
   std::vector<T> partial(groups * 16 * no * nc);
 #pragma omp parallel num_threads(nthreads)
   {
-    std::vector<T> xs(nc * tl.Hp * tl.Wp * L), gs(no * OHp * OWp * L);
-    // V[c][xi][t] and D[o][xi][t] as in the forward; padded channels stay zero and add nothing.
-    constexpr int64_t row = kTileBlock * L, rows16 = 16 * kTileBlock * L;
-    std::vector<T> V(ncp * rows16, T(0)), D(nop * rows16, T(0)), dU(16 * nop * ncp * L);
+    // Padded channels stay zero, so they add nothing. The transformed values are never
+    // stored: each is computed where it is used, from these two interleaved buffers, and the
+    // sums stay in registers along a tile row.
+    std::vector<T> xs(ncp * tl.Hp * tl.Wp * L, T(0)), gs(nop * OHp * OWp * L, T(0));
+    std::vector<T> dU(16 * nop * ncp * L);  // [xi][o/OT][c/CT][OT][CT] vectors
+    const int64_t xplane = tl.Hp * tl.Wp * L, gplane = OHp * OWp * L;
 #pragma omp for schedule(static)
     for (int64_t grp = 0; grp < groups; ++grp) {
       interleave(x, N, C, c_begin, nc, H, W, grp * L, ph, pw, tl.Hp, tl.Wp, xs.data());
       interleave(grad_out, N, O, o_begin, no, tl.OH, tl.OW, grp * L, 0, 0, OHp, OWp, gs.data());
       std::fill(dU.begin(), dU.end(), T(0));
-      for (int64_t t0 = 0; t0 < tl.count(); t0 += kTileBlock) {
-        const int64_t nt = std::min(kTileBlock, tl.count() - t0);
-        for (int64_t c = 0; c < nc; ++c)
-          for (int64_t t = 0; t < nt; ++t) {
-            const int64_t ty = (t0 + t) / tl.TW, tx = (t0 + t) % tl.TW;
-            vec v[16];
-            input_tile<T>(xs.data() + ((c * tl.Hp + 2 * ty) * tl.Wp + 2 * tx) * L, tl.Wp * L, v);
-            for (int xi = 0; xi < 16; ++xi) S::store(V.data() + c * rows16 + xi * row + t * L, v[xi]);
-          }
-        for (int64_t o = 0; o < no; ++o)
-          for (int64_t t = 0; t < nt; ++t) {
-            const int64_t ty = (t0 + t) / tl.TW, tx = (t0 + t) % tl.TW;
-            const T* g = gs.data() + ((o * OHp + 2 * ty) * OWp + 2 * tx) * L;
-            vec y[2][2] = {{S::load(g), S::load(g + L)},
-                           {S::load(g + OWp * L), S::load(g + (OWp + 1) * L)}};
-            vec m[16];
-            grad_tile(y, m);
-            for (int xi = 0; xi < 16; ++xi) S::store(D.data() + o * rows16 + xi * row + t * L, m[xi]);
-          }
-        for (int xi = 0; xi < 16; ++xi)
+      for (int64_t ty = 0; ty < tl.TH; ++ty)
+        for (int64_t cb = 0; cb < ncp; cb += CT)
           for (int64_t ob = 0; ob < nop; ob += OT)
-            for (int64_t cb = 0; cb < ncp; cb += CT) {
-              T* a = dU.data() + ((xi * nop + ob) * ncp + cb) * L;
-              vec acc[OT][CT];
-              for (int i = 0; i < OT; ++i)
-                for (int j = 0; j < CT; ++j) acc[i][j] = S::load(a + (i * ncp + j) * L);
-              const T* d = D.data() + ob * rows16 + xi * row;
-              const T* v = V.data() + cb * rows16 + xi * row;
-              for (int64_t t = 0; t < nt; ++t) {  // tiles past nt are not summed
-                vec dv[OT], vv[CT];
-                for (int i = 0; i < OT; ++i) dv[i] = S::load(d + i * rows16 + t * L);
-                for (int j = 0; j < CT; ++j) vv[j] = S::load(v + j * rows16 + t * L);
-                for (int i = 0; i < OT; ++i)
-                  for (int j = 0; j < CT; ++j) acc[i][j] += dv[i] * vv[j];
-              }
-              for (int i = 0; i < OT; ++i)
-                for (int j = 0; j < CT; ++j) S::store(a + (i * ncp + j) * L, acc[i][j]);
-            }
-      }
+            grad_row_all<T, OT, CT>(
+                std::make_integer_sequence<int, 16>{},
+                xs.data() + cb * xplane + 2 * ty * tl.Wp * L, xplane, tl.Wp * L,
+                gs.data() + ob * gplane + 2 * ty * OWp * L, gplane, OWp * L, tl.TW,
+                dU.data() + (ob * ncp + cb * OT) * L, nop * ncp * L, L);
       T* p = partial.data() + grp * 16 * no * nc;
       for (int xi = 0; xi < 16; ++xi)
         for (int64_t o = 0; o < no; ++o)
           for (int64_t c = 0; c < nc; ++c) {
-            const vec lanes = S::load(dU.data() + ((xi * nop + o) * ncp + c) * L);
+            const int64_t ob = o / OT * OT, cb = c / CT * CT;
+            const vec lanes = S::load(dU.data() + xi * nop * ncp * L + (ob * ncp + cb * OT) * L +
+                                      ((o - ob) * CT + (c - cb)) * L);
             T sum = 0;
             for (int64_t l = 0; l < L; ++l) sum += lanes[l];
             p[(o * nc + c) * 16 + xi] = sum;

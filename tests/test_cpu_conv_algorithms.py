@@ -87,7 +87,7 @@ def test_auto_uses_winograd_where_it_applies(monkeypatch):
     whose batch fills half a group, and direct otherwise: the two round differently, so the
     results tell them apart."""
     shapes = [(16, 10, 2, 7, 2, 8, 8, 3, 1, 1),  # Winograd
-              (2, 10, 2, 7, 2, 8, 8, 3, 1, 1),   # batch 2: lanes would idle
+              (1, 10, 2, 7, 2, 8, 8, 3, 1, 1),   # batch 1: lanes would idle
               (16, 9, 2, 7, 2, 8, 8, 3, 1, 1)]   # 11 input channels
     results = {}
     for choice in ("direct", "winograd", "auto"):
