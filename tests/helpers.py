@@ -137,3 +137,23 @@ def check_backend(backend, shape, dtype, transform=lambda t: t):
             assert grads[k] is None
             continue
         assert_close_to_reference(grads[k], ref_grads[k], base_grads[k], name=f"{backend} grad {k}")
+
+
+def check_split(backend, shape, dtype, frozen_needs_grad):
+    """x_planted: the same output and gradients as the float64 reference on
+    cat([x, x_planted]), within twice PyTorch's own error in ``dtype``."""
+    tensors64, conv_args = make_inputs(shape)
+    i_f = shape[1]
+    ref_out, _ = run(reference_planted_conv2d, tensors64, conv_args)
+    grad_out = torch.randn_like(ref_out)
+    ref_out, ref = run(reference_planted_conv2d, tensors64, conv_args, grad_out)
+    low = {k: (None if v is None else v.to(dtype)) for k, v in tensors64.items()}
+    base_out, base = run(reference_planted_conv2d, low, conv_args, grad_out.to(dtype))
+    out, grads, _ = run_split(backend, low, conv_args, grad_out.to(dtype), frozen_needs_grad)
+    assert_close_to_reference(out, ref_out, base_out, name="split output")
+    expected = {"x_planted": (ref["x"][:, i_f:], base["x"][:, i_f:]),
+                "x_frozen": (ref["x"][:, :i_f], base["x"][:, :i_f])}
+    expected.update({k: (ref[k], base[k]) for k in TRAINABLE[1:]})
+    for name, got in grads.items():
+        assert_close_to_reference(got, *expected[name], name=f"{backend} split grad {name}")
+    assert ("x_frozen" in grads) == frozen_needs_grad

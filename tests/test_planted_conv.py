@@ -7,8 +7,8 @@ import torch
 import plantops
 from plantops import PlantedConv2d, planted_conv2d, reference_planted_conv2d
 
-from helpers import (SHAPES, TRAINABLE, assert_close_to_reference, check_backend, make_inputs,
-                     run, run_split)
+from helpers import (SHAPES, TRAINABLE, assert_close_to_reference, check_backend, check_split,
+                     make_inputs, run, run_split)
 
 # Triton runs on the CPU only under its interpreter, with its own tolerances: test_triton_conv.py.
 CPU_BACKENDS = [b for b in ("torch", "cpu") if b in plantops.backends("cpu")]
@@ -68,23 +68,7 @@ def test_frozen_block_gets_no_gradient(backend):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
 def test_split_input_matches_reference(backend, dtype, shape, frozen_needs_grad):
-    """x_planted: the same output and gradients as the reference on cat([x, x_planted])."""
-    tensors64, conv_args = make_inputs(shape)
-    i_f = shape[1]
-    ref_out, _ = run(reference_planted_conv2d, tensors64, conv_args)
-    grad_out = torch.randn_like(ref_out)
-    ref_out, ref = run(reference_planted_conv2d, tensors64, conv_args, grad_out)
-    low = {k: (None if v is None else v.to(dtype)) for k, v in tensors64.items()}
-    base_out, base = run(reference_planted_conv2d, low, conv_args, grad_out.to(dtype))
-    out, grads, (x_frozen, _) = run_split(backend, low, conv_args, grad_out.to(dtype),
-                                          frozen_needs_grad)
-    assert_close_to_reference(out, ref_out, base_out, name="split output")
-    expected = {"x_planted": (ref["x"][:, i_f:], base["x"][:, i_f:]),
-                "x_frozen": (ref["x"][:, :i_f], base["x"][:, :i_f])}
-    expected.update({k: (ref[k], base[k]) for k in TRAINABLE[1:]})
-    for name, got in grads.items():
-        assert_close_to_reference(got, *expected[name], name=f"{backend} split grad {name}")
-    assert ("x_frozen" in grads) == frozen_needs_grad
+    check_split(backend, shape, dtype, frozen_needs_grad)
 
 
 def test_split_input_computes_only_the_planted_input_gradient(monkeypatch):
@@ -147,24 +131,6 @@ def test_backward_skips_what_is_not_needed(monkeypatch):
     tensors["out_weight"].requires_grad_(True)
     planted_conv2d(**tensors, **conv_args, backend="torch").sum().backward()
     assert seen == [((0, 0), False, True, False)]
-
-
-def test_cpu_backend_is_deterministic_across_thread_counts():
-    if "cpu" not in plantops.backends("cpu"):
-        pytest.skip("plantops._C is not built")
-    tensors, conv_args = make_inputs((37, 6, 3, 5, 3, 9, 9, 3, 1, 1), dtype=torch.float32)
-    results = []
-    threads = torch.get_num_threads()
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            _, grads = run(planted_conv2d, tensors, conv_args,
-                           torch.ones(37, 8, 9, 9), backend="cpu")
-            results.append(grads)
-    finally:
-        torch.set_num_threads(threads)
-    for k in ("in_weight", "out_weight", "out_bias"):
-        assert torch.equal(results[0][k], results[1][k]), k
 
 
 def test_auto_picks_a_runnable_backend():
