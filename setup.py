@@ -13,6 +13,7 @@ Environment variables:
   since the kernels are built on the machine that runs them; set it empty for a portable build).
 """
 
+import glob
 import os
 import shlex
 import shutil
@@ -85,12 +86,15 @@ class BuildExt(build_ext):
 
 
 cpu_flags = shlex.split(os.environ.get("PLANTOPS_CPU_FLAGS", "-march=native"))
+# Headers: an edit to one rebuilds the extensions (setuptools tracks only the sources).
+headers = sorted(glob.glob("csrc/*.h"))
 extensions = [
     Pybind11Extension(
         "plantops._C",
         ["csrc/bindings_cpu.cpp", "csrc/planted_conv_cpu.cpp", "csrc/winograd_cpu.cpp",
          "csrc/geometry.cpp"],
         include_dirs=["csrc"],
+        depends=headers,
         cxx_std=17,
         extra_compile_args=["-O3", "-fopenmp", *cpu_flags],
         extra_link_args=["-fopenmp"],
@@ -104,6 +108,7 @@ if cuda_home:
             "plantops._cuda",
             ["csrc/bindings_cuda.cpp", "csrc/planted_conv_cuda.cu", "csrc/geometry.cpp"],
             include_dirs=["csrc", os.path.join(cuda_home, "include")],
+            depends=headers,
             cxx_std=17,
             extra_compile_args=["-O3"],
             library_dirs=[cuda_lib_dir(cuda_home)],

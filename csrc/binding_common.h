@@ -34,8 +34,18 @@ inline void check_outputs(const Geometry& g, int64_t o_begin, int64_t o_end) {
 
 inline void bind_geometry(pybind11::module_& m) {
   // module_local: _C and _cuda each bind the same C++ type; without it the second import fails.
+  namespace py = pybind11;
   pybind11::class_<Geometry>(m, "Geometry", pybind11::module_local())
       .def(pybind11::init<>())
+      // Every field at once: one call instead of fifteen attribute writes per op call.
+      .def(py::init([](int64_t N, int64_t I_f, int64_t I_p, int64_t O_f, int64_t O_p, int64_t H,
+                       int64_t W, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
+                       int64_t PW, int64_t OH, int64_t OW) {
+             return Geometry{N, I_f, I_p, O_f, O_p, H, W, KH, KW, SH, SW, PH, PW, OH, OW};
+           }),
+           py::arg("N"), py::arg("I_f"), py::arg("I_p"), py::arg("O_f"), py::arg("O_p"),
+           py::arg("H"), py::arg("W"), py::arg("KH"), py::arg("KW"), py::arg("SH"),
+           py::arg("SW"), py::arg("PH"), py::arg("PW"), py::arg("OH"), py::arg("OW"))
       .def_readwrite("N", &Geometry::N)
       .def_readwrite("I_f", &Geometry::I_f)
       .def_readwrite("I_p", &Geometry::I_p)

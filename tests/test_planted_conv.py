@@ -180,3 +180,48 @@ def test_torch_compile_traces_the_op_in_one_graph(backend):
     done = subprocess.run([sys.executable, "-c", COMPILE_CHECK, backend], capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_eager_path_matches_the_registered_op(backend, monkeypatch):
+    """Eager calls skip torch.library's per-call dispatch (planted_conv._EagerPlantedConv2d);
+    the registered custom op, which torch.compile traces, computes the same output and
+    gradients bit for bit."""
+    from types import SimpleNamespace
+
+    from plantops import planted_conv as pc
+
+    tensors, conv_args = make_inputs((3, 4, 2, 3, 2, 6, 7, 3, 1, 1))
+    grad_out = torch.randn(3, 5, 6, 7, dtype=torch.float64)
+    calls = []
+    eager_apply = pc._EagerPlantedConv2d.apply
+    monkeypatch.setattr(pc, "_EagerPlantedConv2d", SimpleNamespace(
+        apply=lambda *a: calls.append(1) or eager_apply(*a)))
+    eager = run(planted_conv2d, tensors, conv_args, grad_out, backend=backend)
+    assert calls == [1]
+    monkeypatch.setattr(pc, "_EagerPlantedConv2d", SimpleNamespace(apply=pc._planted_conv2d_op))
+    registered = run(planted_conv2d, tensors, conv_args, grad_out, backend=backend)
+    assert torch.equal(eager[0], registered[0])
+    for k in TRAINABLE:
+        assert torch.equal(eager[1][k], registered[1][k]), k
+
+
+def test_fake_tensors_take_the_registered_op(monkeypatch):
+    """Tensors that are not plain (here FakeTensors, as torch.export and compilers use) go
+    through the custom op and its fake implementation: shapes without computing."""
+    from types import SimpleNamespace
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from plantops import planted_conv as pc
+
+    def refuse(*args):
+        raise AssertionError("the eager path ran on fake tensors")
+
+    monkeypatch.setattr(pc, "_EagerPlantedConv2d", SimpleNamespace(apply=refuse))
+    with FakeTensorMode():
+        x = torch.randn(2, 6, 5, 5)
+        out = planted_conv2d(x, torch.randn(3, 4, 3, 3), None, torch.randn(2, 6, 3, 3), None,
+                             torch.randn(3, 2, 3, 3), 2, 1, backend="torch")
+        assert type(out) is not torch.Tensor
+    assert tuple(out.shape) == (2, 5, 3, 3)

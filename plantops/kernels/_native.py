@@ -44,11 +44,9 @@ def dims(x, frozen_weight, in_weight, out_weight, stride, padding) -> dict:
 
 
 def geometry(module, x, frozen_weight, in_weight, out_weight, stride, padding):
-    g = module.Geometry()
-    for name, value in dims(x, frozen_weight, in_weight, out_weight, stride, padding).items():
-        if name not in ("C", "O"):  # derived in C++
-            setattr(g, name, value)
-    return g
+    sizes = dims(x, frozen_weight, in_weight, out_weight, stride, padding)
+    del sizes["C"], sizes["O"]  # derived in C++
+    return module.Geometry(**sizes)
 
 
 def ptr(t: torch.Tensor | None) -> int:
