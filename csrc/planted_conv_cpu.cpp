@@ -14,8 +14,8 @@
 //
 // Fast for the channel counts planting works with (4 to 128) on 8x8 to 96x96 maps; not
 // tuned for large channel counts, where oneDNN's blocked GEMM kernels win.
-// 3x3 stride-1 layers (the search's) with 12 or more input channels run as Winograd
-// F(2x2, 3x3) instead (winograd_cpu.cpp): 2.25x fewer multiplications; see use_winograd.
+// 3x3 stride-1 layers (the search's) run as Winograd F(2x2, 3x3) instead
+// (winograd_cpu.cpp): 2.25x fewer multiplications; see use_winograd.
 #include "planted_conv_cpu.h"
 
 #include "simd.h"
@@ -63,10 +63,9 @@ struct BlockWeight {
 // Whether the layer's convolutions (forward, input and weight gradients) run as Winograd
 // F(2x2, 3x3) (winograd_cpu.h) rather than directly; (ph, pw) is the padding of the one asked
 // for. PLANTOPS_CPU_CONV=direct|winograd forces one where it applies (the tests check both;
-// the benchmarks compare them). Unset or "auto": Winograd where it applies, the layer has at
-// least 12 input channels and the batch fills half a group of samples. Below 12 input
-// channels its transforms cost more than the multiplications they save, and the direct
-// kernels measured faster (benchmarks/RESULTS.md).
+// the benchmarks compare them). Unset or "auto": Winograd where it applies and the batch
+// fills half a group of samples; it measured faster than the direct kernels at every channel
+// count tried, 4 to 128 (benchmarks/RESULTS.md).
 template <typename T>
 bool use_winograd(const Geometry& g, int64_t ph, int64_t pw) {
   if (!winograd::applies(g.KH, g.KW, g.SH, g.SW, ph, pw)) return false;
@@ -77,7 +76,7 @@ bool use_winograd(const Geometry& g, int64_t ph, int64_t pw) {
   if (choice != "auto" && !choice.empty())
     throw std::invalid_argument(
         "plantops: PLANTOPS_CPU_CONV must be auto, direct or winograd, got '" + choice + "'");
-  return g.C() >= 12 && 2 * g.N >= winograd::group_size<T>();
+  return 2 * g.N >= winograd::group_size<T>();
 }
 
 // The assembled weight, dense: w[o][c][kh][kw] for o < O, c in [c_begin, c_end); with

@@ -111,8 +111,7 @@ def cpu_kernels_win(shape_key) -> bool:
         return True
     batch, channels, outputs, height, width, kh, kw, stride, padding = shape_key
     widest = max(channels, outputs)
-    winograd = ((kh, kw) == (3, 3) and tuple(stride) == (1, 1) and max(padding) <= 2
-                and channels >= 12 and batch >= 8)
+    winograd = (kh, kw) == (3, 3) and tuple(stride) == (1, 1) and max(padding) <= 2 and batch >= 8
     if winograd:
         return widest <= 72
     return widest <= 20 or (widest <= 40 and height * width >= 1024)
