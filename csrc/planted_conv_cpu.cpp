@@ -123,8 +123,14 @@ struct DenseConv {
     wpack.assign(round_up(Cout, block) * Cin * KH * KW, T(0));
     bias.assign(round_up(Cout, block), T(0));
   }
-  T& packed(int64_t o, int64_t c, int64_t kh, int64_t kw) {
-    return wpack[(((o / block) * Cin + c) * KH * KW + kh * KW + kw) * block + o % block];
+  // Packs dense weights w[Cout][Cin][KH][KW] and bias[Cout] (null: none).
+  void load(const T* w, const T* b) {
+    const int64_t kk = KH * KW;
+    for (int64_t o = 0; o < Cout; ++o)
+      for (int64_t c = 0; c < Cin; ++c)
+        for (int64_t k = 0; k < kk; ++k)
+          wpack[(((o / block) * Cin + c) * kk + k) * block + o % block] = w[(o * Cin + c) * kk + k];
+    for (int64_t o = 0; o < Cout && b; ++o) bias[o] = b[o];
   }
 
   // Copies plane [Cin, H, W] into the padded scratch [Cin, Hp, Wp] at offset (top, left).
@@ -209,23 +215,17 @@ template <typename T>
 void forward(const Geometry& g, const T* x, const T* w_frozen, const T* b_frozen, const T* w_in,
              const T* w_out, const T* b_out, T* out, int nthreads) {
   const BlockWeight<T> weight{g, w_frozen, w_in, w_out};
+  const std::vector<T> w = dense_weight(g, weight, 0, g.C(), false);
+  std::vector<T> b(g.O(), T(0));
+  for (int64_t o = 0; o < g.O_f && b_frozen; ++o) b[o] = b_frozen[o];
+  for (int64_t o = 0; o < g.O_p && b_out; ++o) b[g.O_f + o] = b_out[o];
   if (use_winograd<T>(g, g.PH, g.PW)) {
-    std::vector<T> w = dense_weight(g, weight, 0, g.C(), false), b(g.O(), T(0));
-    for (int64_t o = 0; o < g.O_f && b_frozen; ++o) b[o] = b_frozen[o];
-    for (int64_t o = 0; o < g.O_p && b_out; ++o) b[g.O_f + o] = b_out[o];
     winograd::conv(g.N, g.C(), g.H, g.W, g.PH, g.PW, g.O(), x, w.data(), b.data(), out, nthreads);
     return;
   }
   DenseConv<T> conv(g.C(), g.O(), g.KH, g.KW, g.SH, g.SW, g.OH, g.OW, g.H + 2 * g.PH,
                     g.W + 2 * g.PW);
-  for (int64_t o = 0; o < g.O(); ++o)
-    for (int64_t c = 0; c < g.C(); ++c) {
-      const T* taps = weight.taps(o, c);
-      for (int64_t kh = 0; kh < g.KH; ++kh)
-        for (int64_t kw = 0; kw < g.KW; ++kw) conv.packed(o, c, kh, kw) = taps[kh * g.KW + kw];
-    }
-  for (int64_t o = 0; o < g.O_f && b_frozen; ++o) conv.bias[o] = b_frozen[o];
-  for (int64_t o = 0; o < g.O_p && b_out; ++o) conv.bias[g.O_f + o] = b_out[o];
+  conv.load(w.data(), b.data());
   conv.batch(g.N, x, g.H, g.W, g.PH, g.PW, out, nthreads);
 }
 
@@ -237,20 +237,14 @@ void input_grad(const Geometry& g, const T* grad_out, const T* w_frozen, const T
   if (g.SH == 1 && g.SW == 1 && g.PH <= g.KH - 1 && g.PW <= g.KW - 1) {
     // Stride 1: grad_x = conv(grad_out padded by K-1-P, weight transposed and flipped).
     const int64_t th = g.KH - 1 - g.PH, tw = g.KW - 1 - g.PW;
+    const std::vector<T> w = dense_weight(g, weight, c_begin, c_end, true);
     if (use_winograd<T>(g, th, tw)) {
-      const std::vector<T> w = dense_weight(g, weight, c_begin, c_end, true);
       winograd::conv(g.N, g.O(), g.OH, g.OW, th, tw, nc, grad_out, w.data(), (const T*)nullptr,
                      grad_x, nthreads);
       return;
     }
     DenseConv<T> conv(g.O(), nc, g.KH, g.KW, 1, 1, g.H, g.W, g.OH + 2 * th, g.OW + 2 * tw);
-    for (int64_t o = 0; o < g.O(); ++o)
-      for (int64_t c = 0; c < nc; ++c) {
-        const T* taps = weight.taps(o, c_begin + c);
-        for (int64_t kh = 0; kh < g.KH; ++kh)
-          for (int64_t kw = 0; kw < g.KW; ++kw)
-            conv.packed(c, o, g.KH - 1 - kh, g.KW - 1 - kw) = taps[kh * g.KW + kw];
-      }
+    conv.load(w.data(), nullptr);
     conv.batch(g.N, grad_out, g.OH, g.OW, th, tw, grad_x, nthreads);
     return;
   }
@@ -282,7 +276,8 @@ void input_grad(const Geometry& g, const T* grad_out, const T* w_frozen, const T
 }
 
 // grad_b[o - o_begin] = sum of grad_out over samples and pixels, for o in [o_begin, o_end):
-// SIMD lanes per sample, in a fixed order.
+// SIMD lanes per sample, in a fixed order (so independent of the thread count). Both
+// algorithms' weight gradients use it.
 template <typename T>
 void bias_grad(const Geometry& g, const T* grad_out, int64_t o_begin, int64_t o_end, T* grad_b) {
   using S = Simd<T>;
@@ -312,12 +307,12 @@ void weight_grad(const Geometry& g, const T* grad_out, const T* x, int64_t o_beg
   constexpr int64_t L = S::L;
   constexpr int64_t OT = 4;  // filters per register tile: one input load feeds OT FMAs
   const int64_t no = o_end - o_begin, nc = c_end - c_begin, kk = g.KH * g.KW;
-  const int64_t block = no * nc * kk + no;  // weight gradient, then bias gradient
+  const int64_t block = no * nc * kk;
   if (no == 0) return;
+  if (grad_b) bias_grad(g, grad_out, o_begin, o_end, grad_b);
   if (use_winograd<T>(g, g.PH, g.PW)) {
     winograd::weight_grad(g.N, g.C(), g.H, g.W, g.PH, g.PW, g.O(), x, grad_out, o_begin, o_end,
                           c_begin, c_end, grad_w, nthreads);
-    if (grad_b) bias_grad(g, grad_out, o_begin, o_end, grad_b);
     return;
   }
   // Fixed chunking keeps the summation order, and so the result, independent of nthreads.
@@ -344,13 +339,6 @@ void weight_grad(const Geometry& g, const T* grad_out, const T* x, int64_t o_beg
             std::memcpy(gpad.data() + (o * g.OH + y) * Owp,
                         grad_out + ((n * g.O() + o_begin + o) * g.OH + y) * g.OW,
                         g.OW * sizeof(T));
-        if (grad_b)
-          for (int64_t o = 0; o < no; ++o) {
-            const T* go = gpad.data() + o * g.OH * Owp;
-            vec lanes = {};
-            for (int64_t i = 0; i < g.OH * Owp; i += L) lanes += S::load(go + i);
-            for (int64_t l = 0; l < L; ++l) acc[no * nc * kk + o] += lanes[l];
-          }
         for (int64_t ot = 0; ot < nop; ot += OT) {
           const T* gt = gpad.data() + ot * g.OH * Owp;
           for (int64_t c = 0; c < nc; ++c)
@@ -381,12 +369,10 @@ void weight_grad(const Geometry& g, const T* grad_out, const T* x, int64_t o_beg
       }
     }
   }
-  for (int64_t i = 0; i < no * nc * kk; ++i) grad_w[i] = T(0);
-  for (int64_t o = 0; o < no && grad_b; ++o) grad_b[o] = T(0);
+  for (int64_t i = 0; i < block; ++i) grad_w[i] = T(0);
   for (int64_t chunk = 0; chunk < nchunks; ++chunk) {
     const T* acc = partial.data() + chunk * block;
-    for (int64_t i = 0; i < no * nc * kk; ++i) grad_w[i] += acc[i];
-    for (int64_t o = 0; o < no && grad_b; ++o) grad_b[o] += acc[no * nc * kk + o];
+    for (int64_t i = 0; i < block; ++i) grad_w[i] += acc[i];
   }
 }
 

@@ -11,8 +11,8 @@
 // M[o][xi] = sum_c U[xi][c][o] V[c][xi], each element a vector of L samples), transform back
 // to 2x2 outputs; de-interleave into NCHW at the end.
 // Weight gradient: the forward is linear in U, so dL/dU[xi][o][c] = sum over tiles of
-// (A dY A^T)[xi][o] V[xi][c] and dL/dg = G^T (dL/dU) G: the same tiles, 16 GEMMs that reduce
-// over tiles instead.
+// (A dY A^T)[xi][o] V[xi][c] and dL/dg = G^T (dL/dU) G: the same tiles, 16 products that
+// reduce over tiles instead, each transformed value computed where it is used.
 #include "winograd_cpu.h"
 
 #include <algorithm>
@@ -29,20 +29,35 @@
 namespace plantops::cpu::winograd {
 namespace {
 
-// Tiles per block of the weight gradient, which sums over tiles: its accumulators are loaded
-// and stored once per block. (The forward takes one tile at a time, so that the tile's
-// transformed values, V and M, stay in L1: 16 (C + O) vectors, 36 KB at C = 16, O = 20.
-// Blocks of 12 tiles measured 1.2-1.5x slower at 8-16 channels, as V and M then live in L2.)
-constexpr int64_t kTileBlock = 12;
-
 // A stride-1 3x3 convolution of an H x W map padded by (ph, pw), cut into 2x2 output tiles.
 struct Tiles {
   int64_t H, W, ph, pw, OH, OW, TH, TW, Hp, Wp;
   Tiles(int64_t h, int64_t w, int64_t ph_, int64_t pw_)
       : H(h), W(w), ph(ph_), pw(pw_), OH(h + 2 * ph_ - 2), OW(w + 2 * pw_ - 2),
         TH((OH + 1) / 2), TW((OW + 1) / 2), Hp(2 * TH + 2), Wp(2 * TW + 2) {}
-  int64_t count() const { return TH * TW; }
 };
+
+// The transform matrices whose entries are 0 or +-1 (Lavin & Gray's B^T and A for F(2, 3)),
+// and a sum with such coefficients in which the zero terms vanish at compile time once the
+// loops are unrolled over constant indices.
+constexpr int kBt[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
+constexpr int kA[4][2] = {{1, 0}, {1, 1}, {1, -1}, {0, -1}};
+
+// sum over r < R of coef(r) * value(r), coef(r) in {-1, 0, 1}.
+template <int R, typename V, typename Coef, typename Value>
+inline __attribute__((always_inline)) V signed_sum(Coef coef, Value value) {
+  V v{};
+  bool first = true;
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+    const int k = coef(r);
+    if (k == 0) continue;
+    const V d = value(r);
+    v = first ? (k > 0 ? d : -d) : (k > 0 ? v + d : v - d);
+    first = false;
+  }
+  return v;
+}
 
 #if defined(__AVX512F__)
 // GCC 12's AVX-512 headers trip -Wmaybe-uninitialized inside the masked-load intrinsics.
@@ -183,50 +198,33 @@ inline __attribute__((always_inline)) void input_tile(const T* at, int64_t row, 
   vec d[4][4], t[4][4];
   for (int i = 0; i < 4; ++i)
     for (int j = 0; j < 4; ++j) d[i][j] = S::load(at + i * row + j * L);
-  for (int j = 0; j < 4; ++j) {
-    t[0][j] = d[0][j] - d[2][j];
-    t[1][j] = d[1][j] + d[2][j];
-    t[2][j] = d[2][j] - d[1][j];
-    t[3][j] = d[1][j] - d[3][j];
-  }
-  for (int i = 0; i < 4; ++i) {
-    v[4 * i + 0] = t[i][0] - t[i][2];
-    v[4 * i + 1] = t[i][1] + t[i][2];
-    v[4 * i + 2] = t[i][2] - t[i][1];
-    v[4 * i + 3] = t[i][1] - t[i][3];
-  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j)
+      t[i][j] = signed_sum<4, vec>([&](int r) { return kBt[i][r]; }, [&](int r) { return d[r][j]; });
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j)
+      v[4 * i + j] =
+          signed_sum<4, vec>([&](int s) { return kBt[j][s]; }, [&](int s) { return t[i][s]; });
 }
 
 // Y = A^T M A (2x2) from m[16].
 template <typename V>
 inline __attribute__((always_inline)) void output_tile(const V m[16], V y[2][2]) {
-  V s[2][4];
-  for (int j = 0; j < 4; ++j) {
-    s[0][j] = m[j] + m[4 + j] + m[8 + j];
-    s[1][j] = m[4 + j] - m[8 + j] - m[12 + j];
-  }
-  for (int a = 0; a < 2; ++a) {
-    y[a][0] = s[a][0] + s[a][1] + s[a][2];
-    y[a][1] = s[a][1] - s[a][2] - s[a][3];
-  }
-}
-
-// dL/dM = A dY A^T (4x4) from the 2x2 output gradient y.
-template <typename V>
-inline __attribute__((always_inline)) void grad_tile(const V y[2][2], V m[16]) {
-  V r[4][2];
-  for (int b = 0; b < 2; ++b) {
-    r[0][b] = y[0][b];
-    r[1][b] = y[0][b] + y[1][b];
-    r[2][b] = y[0][b] - y[1][b];
-    r[3][b] = -y[1][b];
-  }
-  for (int i = 0; i < 4; ++i) {
-    m[4 * i + 0] = r[i][0];
-    m[4 * i + 1] = r[i][0] + r[i][1];
-    m[4 * i + 2] = r[i][0] - r[i][1];
-    m[4 * i + 3] = -r[i][1];
-  }
+  V t[2][4];
+#pragma GCC unroll 2
+  for (int a = 0; a < 2; ++a)
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j)
+      t[a][j] = signed_sum<4, V>([&](int i) { return kA[i][a]; }, [&](int i) { return m[4 * i + j]; });
+#pragma GCC unroll 2
+  for (int a = 0; a < 2; ++a)
+#pragma GCC unroll 2
+    for (int b = 0; b < 2; ++b)
+      y[a][b] = signed_sum<4, V>([&](int j) { return kA[j][b]; }, [&](int j) { return t[a][j]; });
 }
 
 // M[o] = sum_c U[c][o] V[c] for o < Opad (each V[c], M[o] a vector of L samples; V[c] at
@@ -343,25 +341,14 @@ void conv(int64_t N, int64_t Cin, int64_t H, int64_t W, int64_t ph, int64_t pw, 
 // `row` elements apart, columns L): the input transform (B^T d B)[I][J] over a 4x4 input tile,
 // and the output-gradient transform (A dY A^T)[I][J] over a 2x2 gradient tile. Each is a sum
 // of 1 to 4 tile values with signs; the coefficients are constants, so the zero terms vanish.
-constexpr int kBt[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
-constexpr int kA[4][2] = {{1, 0}, {1, 1}, {1, -1}, {0, -1}};
-
 template <typename T, int I, int J, int R, const int (&K)[4][R]>
 inline __attribute__((always_inline)) typename Simd<T>::vec transformed(const T* at, int64_t row) {
   using S = Simd<T>;
-  typename S::vec v{};
-  bool first = true;
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int s = 0; s < R; ++s) {
-      const int k = K[I][r] * K[J][s];
-      if (k == 0) continue;
-      const typename S::vec d = S::load(at + r * row + s * S::L);
-      v = first ? (k > 0 ? d : -d) : (k > 0 ? v + d : v - d);
-      first = false;
-    }
-  return v;
+  using vec = typename S::vec;
+  return signed_sum<R, vec>([](int r) { return K[I][r]; }, [&](int r) {
+    return signed_sum<R, vec>([](int c) { return K[J][c]; },
+                              [&](int c) { return S::load(at + r * row + c * S::L); });
+  });
 }
 
 // dU[xi][o][c] += sum over the tiles of one tile row ty of D[xi][o] V[xi][c], for one xi and
