@@ -2,6 +2,7 @@
 # One GPU session's work in one command (the device machine has no network: build without
 # isolation against its own torch, setuptools and pybind11). Logs and tables go to $OUT.
 #   OUT=/tmp/out bash benchmarks/gpu_run.sh [steps...]   steps: build tests conv search layout paper
+# TESTS_ARGS adds pytest arguments to the tests step (e.g. "-n 8": pytest-xdist is in the image).
 # "paper" runs the full CIFAR-10 protocol (--preset paper --table, bfloat16 autocast) into
 # runs/gpu-paper, resuming it there if an earlier call was cut off by its time limit.
 set -uo pipefail
@@ -21,7 +22,7 @@ for step in $steps; do
         --no-deps -e . > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
       python3 -c "import plantops; print(plantops.backends('cuda'))" >> "$OUT/build.log" 2>&1 ;;
     tests)
-      timeout ${TESTS_TIMEOUT:-300} python3 -m pytest tests -q -rs --maxfail=30 -p no:cacheprovider \
+      timeout ${TESTS_TIMEOUT:-300} python3 -m pytest tests -q -rs --maxfail=30 -p no:cacheprovider ${TESTS_ARGS:-} \
         > "$OUT/tests.log" 2>&1 ;;
     conv)
       PLANTOPS_BENCH_TABLE="$OUT/conv_table.md" timeout ${CONV_TIMEOUT:-300} python3 -m pytest \

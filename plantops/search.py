@@ -106,10 +106,11 @@ class Config:
         help="training precision: float32, or bfloat16 (forward passes and losses under "
              "torch.autocast; weights, gradients, optimizer and evaluation stay float32; "
              "meant for GPUs with bfloat16 units)"))
-    channels_last: bool = dataclasses.field(default=True, metadata=dict(
-        help="run the networks in channels-last memory layout (training steps 1.3-1.6x "
-             "faster with oneDNN on a 2-core CPU; sums in another order, so a long run ends "
-             "at slightly different numbers)"))
+    channels_last: Optional[bool] = dataclasses.field(default=None, metadata=dict(
+        help="run the networks in channels-last memory layout; auto: on a CPU (training "
+             "steps 1.3-1.6x faster with oneDNN on 2 cores), not on a GPU (a round's step "
+             "0.84-0.94x in float32 on an H100); sums in another order, so a long run ends "
+             "at slightly different numbers"))
     cache_teacher: bool = dataclasses.field(default=True, metadata=dict(
         help="compute the teacher's logits once per augmented view and reuse them across "
              "candidates (same results, far fewer teacher passes)"))
@@ -192,8 +193,10 @@ def options_table() -> str:
             "|---|---|---|---|"]
     quick, paper = config_from_dict(PRESETS["quick"]), config_from_dict(PRESETS["paper"])
     for f in dataclasses.fields(Config):
-        rows.append(f"| `--{f.name.replace('_', '-')}` | {getattr(quick, f.name)} | "
-                    f"{getattr(paper, f.name)} | {f.metadata['help']} |")
+        shown = ["auto" if v is None and f.type == "Optional[bool]" else v
+                 for v in (getattr(quick, f.name), getattr(paper, f.name))]
+        rows.append(f"| `--{f.name.replace('_', '-')}` | {shown[0]} | {shown[1]} | "
+                    f"{f.metadata['help']} |")
     return "\n".join(rows)
 
 
@@ -211,12 +214,13 @@ def parse_args(argv=None) -> Config:
         flag = "--" + f.name.replace("_", "-")
         kind = {"Optional[str]": str, "str": str, "int": int, "Optional[int]": int,
                 "float": float}.get(str(f.type))
-        if f.type == "bool":
+        default = "auto" if f.default is None and f.type == "Optional[bool]" else f.default
+        if f.type in ("bool", "Optional[bool]"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=f.metadata["help"] + f" (default {f.default})")
+                                help=f.metadata["help"] + f" (default {default})")
         else:
             parser.add_argument(flag, type=kind, default=None,
-                                help=f.metadata["help"] + f" (default {f.default})")
+                                help=f.metadata["help"] + f" (default {default})")
     args = parser.parse_args(argv)
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
              if getattr(args, f.name) is not None}
@@ -263,9 +267,11 @@ def load_network(path: Path, device, memory_format=torch.contiguous_format
     return net.to(device, memory_format=memory_format), payload["meta"]
 
 
-def layout(cfg: Config) -> torch.memory_format:
-    """The memory layout the search's networks run in (--channels-last)."""
-    return torch.channels_last if cfg.channels_last else torch.contiguous_format
+def layout(cfg: Config, device) -> torch.memory_format:
+    """The memory layout the search's networks run in on ``device`` (--channels-last; unset:
+    channels-last on a CPU only, where it was measured faster)."""
+    on = cfg.channels_last if cfg.channels_last is not None else torch.device(device).type == "cpu"
+    return torch.channels_last if on else torch.contiguous_format
 
 
 class Log:
@@ -369,14 +375,14 @@ def run_search(cfg: Config) -> dict:
 
     def trained(path: Path, kind: str, build, loss: str, epochs: int, teacher=None):
         if path.exists():
-            net, meta = load_network(path, device, layout(cfg))
+            net, meta = load_network(path, device, layout(cfg, device))
             print(line(kind, net.describe(), models.count_params(net), meta["val"], meta["seconds"],
                        "(from checkpoint)"))
             return net, meta
         # Seeded here, so a network's initial weights do not depend on whether the ones
         # before it were trained in this process or loaded by --resume.
         torch.manual_seed(cfg.seed)
-        net = build().to(device, memory_format=layout(cfg))
+        net = build().to(device, memory_format=layout(cfg, device))
         seconds = train(net, net.parameters(), train_data, schedule(epochs), loss,
                         cfg.seed, teacher, cfg.temperature, cfg.label_weight, progress=kind)
         val = evaluate(net, val_data, teacher=teacher, temperature=cfg.temperature)
@@ -447,7 +453,7 @@ def plant_rounds(cfg, out, log, current, initial_val, teacher_net, train_data, v
     for rnd in range(1, cfg.max_rounds + 1):
         round_path = out / f"round_{rnd}.pt"
         if round_path.exists():
-            current, meta = load_network(round_path, device, layout(cfg))
+            current, meta = load_network(round_path, device, layout(cfg, device))
             current_val = meta["val"]
             accepted.append(dict(round=rnd, **meta["round"]))
             print(line(f"round {rnd}", current.describe(), models.count_params(current),
@@ -470,7 +476,7 @@ def plant_rounds(cfg, out, log, current, initial_val, teacher_net, train_data, v
                            f"below {current_val[cfg.select_on]:.4f}")
             break
         current, _ = load_network(candidate_stem(out, rnd, best["layer"]).with_suffix(".pt"),
-                                  device, layout(cfg))
+                                  device, layout(cfg, device))
         current_val = best["val"]
         info = dict(layer=name, widths=current.widths, fc_width=current.fc_width,
                     params=models.count_params(current), val=current_val)
@@ -525,7 +531,7 @@ def run_candidates(cfg, out, log, rnd, layers, current, teacher_net, train_data,
         todo[layer] = candidate
     sched = schedule(cfg.plant_epochs)
     if cfg.train_together and len(todo) > 1:
-        together = Round(current, todo, layout(cfg))
+        together = Round(current, todo, layout(cfg, device))
         seconds = train_round(together, train_data, sched, teacher_net, cfg.temperature,
                               cfg.label_weight, cfg.seed, teacher_cache, progress=f"round {rnd}")
         vals = evaluate_round(together, val_data, teacher_net, cfg.temperature, teacher_cache)
@@ -568,7 +574,7 @@ def finish(cfg, out, log, device, teacher_net, test_data, accepted, stop_reason,
     from plantops import report
 
     def test_entry(path, label, loss_fn):
-        net, meta = load_network(path, device, layout(cfg))
+        net, meta = load_network(path, device, layout(cfg, device))
         test = evaluate(net, test_data)
         return dict(network=label, widths=net.widths, fc_width=net.fc_width,
                     params=models.count_params(net), test_loss=test["loss"], test_acc=test["acc"],

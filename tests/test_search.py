@@ -273,3 +273,15 @@ def test_unknown_precision_is_refused():
     from plantops.train import Schedule
     with pytest.raises(ValueError, match="precision must be one of float32, bfloat16, got 'float16'"):
         Schedule(1, 0.1, precision="float16")
+
+
+def test_channels_last_default_follows_the_device_and_a_flag_overrides_it():
+    """Unset, --channels-last is on for CPUs only (measured faster there, slower on an H100);
+    an explicit choice is honoured on either device."""
+    auto = search.config_from_dict({})
+    assert search.layout(auto, "cpu") == torch.channels_last
+    assert search.layout(auto, torch.device("cuda")) == torch.contiguous_format
+    for flag, expected in (("--channels-last", torch.channels_last),
+                           ("--no-channels-last", torch.contiguous_format)):
+        cfg = search.parse_args(["--dataset", "folder", "--data", "x", flag])
+        assert search.layout(cfg, "cpu") == search.layout(cfg, "cuda") == expected
