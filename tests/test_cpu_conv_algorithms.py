@@ -16,7 +16,9 @@ pytestmark = pytest.mark.skipif("cpu" not in plantops.backends("cpu"),
 
 ALGORITHMS = ["direct", "winograd"]
 
-# (N, I_f, I_p, O_f, O_p, H, W, kernel, stride, padding): 3x3, stride 1, the shapes Winograd takes
+# (N, I_f, I_p, O_f, O_p, H, W, kernel, stride, padding): 3x3, stride 1, the shapes Winograd takes.
+# Their weight gradients reduce over 1 to 20 channels, so both register tiles of the Winograd
+# weight gradient run (4x6 for 5 and 12 channels, 4x4 for the others), with partial tiles.
 SHAPES = [
     (17, 5, 3, 7, 2, 9, 11, 3, 1, 1),    # odd map, one full group and one sample more
     (16, 16, 4, 16, 4, 16, 16, 3, 1, 1),  # the search's shape, one group exactly
