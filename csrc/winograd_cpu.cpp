@@ -144,17 +144,17 @@ void interleave(const T* src, int64_t N, int64_t Csrc, int64_t c0, int64_t nc, i
   }
 }
 
-// dst[n0 + s][c][y][x] = src[c][y][x][s] for y < OH, x < OW, s < min(L, N - n0); src is
-// [C][rows][cols][L].
+// dst[n0 + s][c][y0 + y][x] = src[c][y][x][s] for y < ny, x < OW, s < min(L, N - n0), into
+// dst[N][C][OH][OW]; src is [C][rows][cols][L] and holds output rows y0 to y0 + ny.
 template <typename T>
 void deinterleave(const T* src, int64_t rows, int64_t cols, int64_t N, int64_t C, int64_t OH,
-                  int64_t OW, int64_t n0, T* dst) {
+                  int64_t OW, int64_t n0, int64_t y0, int64_t ny, T* dst) {
   constexpr int64_t L = Simd<T>::L;
   const int ns = static_cast<int>(std::min(L, N - n0));
   for (int64_t c = 0; c < C; ++c)
-    for (int64_t y = 0; y < OH; ++y) {
+    for (int64_t y = 0; y < ny; ++y) {
       const T* s_row = src + (c * rows + y) * cols * L;
-      T* d = dst + ((n0 * C + c) * OH + y) * OW;
+      T* d = dst + ((n0 * C + c) * OH + y0 + y) * OW;
       for (int64_t x = 0; x < OW; x += L)
         transpose_block(s_row + x * L, L, static_cast<int>(std::min(L, OW - x)), ns, d + x,
                         C * OH * OW);
@@ -279,39 +279,53 @@ void conv_groups(int64_t N, int64_t Cin, const Tiles& tl, int64_t ph, int64_t pw
       filter_transform(weight + (o * Cin + c) * 9, U.data() + c * Opad + o, Cin * Opad);
   std::vector<T> b(Cout, T(0));
   for (int64_t o = 0; o < Cout && bias; ++o) b[o] = bias[o];
-  const int64_t groups = (N + L - 1) / L, OHp = 2 * tl.TH, OWp = 2 * tl.TW;
+  // A group is computed in bands of tile rows whose interleaved input and output stay in L2
+  // (1 MB together; at least 4 tile rows, since each band interleaves 2 input rows twice): a
+  // whole group of 16 samples of 32 channels on 32x32 maps is 2.4 MB each way, and on
+  // STL-10's 96x96 maps tens of MB per thread.
+  const int64_t groups = (N + L - 1) / L, OWp = 2 * tl.TW;
+  const int64_t row_bytes = 2 * (Cin * tl.Wp + Cout * OWp) * L * sizeof(T);  // per tile row
+  const int64_t band = std::min(tl.TH, std::max<int64_t>((1 << 20) / row_bytes, 4));
+  const int64_t band_in = 2 * band + 2, band_out = 2 * band;  // rows of xs and ys
 #pragma omp parallel num_threads(nthreads)
   {
     // One tile's transformed values, V[c][xi] and M[o][xi]: a transform touches 16 adjacent
     // vectors. Every element is written before it is read, so none is zeroed first (zeroing
     // them took 3% of a forward+backward at 16 channels).
     const auto scratch = [](int64_t n) { return std::unique_ptr<T[]>(new T[n]); };
-    const auto xs = scratch(Cin * tl.Hp * tl.Wp * L), V = scratch(Cin * 16 * L),
-               M = scratch(Opad * 16 * L), ys = scratch(Cout * OHp * OWp * L);
+    const auto xs = scratch(Cin * band_in * tl.Wp * L), V = scratch(Cin * 16 * L),
+               M = scratch(Opad * 16 * L), ys = scratch(Cout * band_out * OWp * L);
 #pragma omp for schedule(static)
-    for (int64_t grp = 0; grp < groups; ++grp) {
-      interleave(x, N, Cin, 0, Cin, tl.H, tl.W, grp * L, ph, pw, tl.Hp, tl.Wp, xs.get());
-      for (int64_t ty = 0; ty < tl.TH; ++ty)
-        for (int64_t tx = 0; tx < tl.TW; ++tx) {
-          for (int64_t c = 0; c < Cin; ++c) {
-            vec v[16];
-            input_tile<T>(xs.get() + ((c * tl.Hp + 2 * ty) * tl.Wp + 2 * tx) * L, tl.Wp * L, v);
-            for (int xi = 0; xi < 16; ++xi) S::store(V.get() + (c * 16 + xi) * L, v[xi]);
+    for (int64_t grp = 0; grp < groups; ++grp)
+      for (int64_t ty0 = 0; ty0 < tl.TH; ty0 += band) {
+        const int64_t ty1 = std::min(tl.TH, ty0 + band), rows_in = 2 * (ty1 - ty0) + 2;
+        // Padded input rows 2 ty0 to 2 ty1 + 2: row y of xs is input row y + 2 ty0 - ph.
+        interleave(x, N, Cin, 0, Cin, tl.H, tl.W, grp * L, ph - 2 * ty0, pw, rows_in, tl.Wp,
+                   xs.get());
+        for (int64_t ty = ty0; ty < ty1; ++ty)
+          for (int64_t tx = 0; tx < tl.TW; ++tx) {
+            for (int64_t c = 0; c < Cin; ++c) {
+              vec v[16];
+              input_tile<T>(xs.get() + ((c * rows_in + 2 * (ty - ty0)) * tl.Wp + 2 * tx) * L,
+                            tl.Wp * L, v);
+              for (int xi = 0; xi < 16; ++xi) S::store(V.get() + (c * 16 + xi) * L, v[xi]);
+            }
+            for (int xi = 0; xi < 16; ++xi)
+              multiply<T, OB>(V.get() + xi * L, 16 * L, U.data() + xi * Cin * Opad, Cin, Opad,
+                              M.get() + xi * L, 16 * L);
+            for (int64_t o = 0; o < Cout; ++o) {
+              vec m[16], y[2][2];
+              for (int xi = 0; xi < 16; ++xi) m[xi] = S::load(M.get() + (o * 16 + xi) * L);
+              output_tile(m, y);
+              T* dst = ys.get() + ((o * band_out + 2 * (ty - ty0)) * OWp + 2 * tx) * L;
+              for (int a = 0; a < 2; ++a)
+                for (int bb = 0; bb < 2; ++bb)
+                  S::store(dst + (a * OWp + bb) * L, y[a][bb] + b[o]);
+            }
           }
-          for (int xi = 0; xi < 16; ++xi)
-            multiply<T, OB>(V.get() + xi * L, 16 * L, U.data() + xi * Cin * Opad, Cin, Opad,
-                            M.get() + xi * L, 16 * L);
-          for (int64_t o = 0; o < Cout; ++o) {
-            vec m[16], y[2][2];
-            for (int xi = 0; xi < 16; ++xi) m[xi] = S::load(M.get() + (o * 16 + xi) * L);
-            output_tile(m, y);
-            T* dst = ys.get() + ((o * OHp + 2 * ty) * OWp + 2 * tx) * L;
-            for (int a = 0; a < 2; ++a)
-              for (int bb = 0; bb < 2; ++bb) S::store(dst + (a * OWp + bb) * L, y[a][bb] + b[o]);
-          }
-        }
-      deinterleave(ys.get(), OHp, OWp, N, Cout, tl.OH, tl.OW, grp * L, out);
-    }
+        deinterleave(ys.get(), band_out, OWp, N, Cout, tl.OH, tl.OW, grp * L, 2 * ty0,
+                     std::min(tl.OH, 2 * ty1) - 2 * ty0, out);
+      }
   }
 }
 
