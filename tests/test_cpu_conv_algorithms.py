@@ -26,6 +26,9 @@ SHAPES = [
     (9, 4, 3, 6, 5, 6, 5, 3, 1, 2),      # padding 2: input gradient with padding 0
     (33, 8, 4, 13, 4, 8, 8, 3, 1, 1),    # three groups, 17 output channels
     (16, 2, 1, 3, 1, 1, 1, 3, 1, 1),     # 1x1 map
+    # wide enough that the Winograd forward and input gradient run in several bands of tile
+    # rows (1 MB of interleaved rows per band: bands of 4, 4 and 2 tile rows here)
+    (17, 36, 4, 36, 4, 19, 20, 3, 1, 1),
 ]
 
 
