@@ -290,8 +290,7 @@ void bias_grad(const Geometry& g, const T* grad_out, int64_t o_begin, int64_t o_
       typename S::vec lanes = {};
       int64_t i = 0;
       for (; i + L <= hw; i += L) lanes += S::load(go + i);
-      T s = 0;
-      for (int64_t l = 0; l < L; ++l) s += lanes[l];
+      T s = S::sum(lanes);
       for (; i < hw; ++i) s += go[i];
       sum += s;
     }
@@ -360,9 +359,7 @@ void weight_grad(const Geometry& g, const T* grad_out, const T* x, int64_t o_beg
                   }
                 }
                 for (int64_t t = 0; t < OT && ot + t < no; ++t) {
-                  T sum = 0;
-                  for (int64_t l = 0; l < L; ++l) sum += lanes[t][l];
-                  acc[((ot + t) * nc + c) * kk + kh * g.KW + kw] += sum;
+                  acc[((ot + t) * nc + c) * kk + kh * g.KW + kw] += S::sum(lanes[t]);
                 }
               }
         }

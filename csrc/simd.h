@@ -25,6 +25,12 @@ struct Simd {
     return v;
   }
   static void store(T* p, vec v) { __builtin_memcpy(p, &v, sizeof(vec)); }
+  // The sum of the lanes, first to last (a fixed order: results do not depend on threads).
+  static T sum(vec v) {
+    T s = 0;
+    for (int64_t l = 0; l < L; ++l) s += v[l];
+    return s;
+  }
 };
 
 inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }

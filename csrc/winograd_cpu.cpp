@@ -266,8 +266,8 @@ int pick_filters_per_tile(int64_t Cout) {
 }
 
 template <typename T, int OB>
-void conv_groups(int64_t N, int64_t Cin, const Tiles& tl, int64_t ph, int64_t pw, int64_t Cout,
-                 const T* x, const T* weight, const T* bias, T* out, int nthreads) {
+void conv_groups(int64_t N, int64_t Cin, const Tiles& tl, int64_t Cout, const T* x,
+                 const T* weight, const T* bias, T* out, int nthreads) {
   using S = Simd<T>;
   using vec = typename S::vec;
   constexpr int64_t L = S::L;
@@ -300,8 +300,8 @@ void conv_groups(int64_t N, int64_t Cin, const Tiles& tl, int64_t ph, int64_t pw
       for (int64_t ty0 = 0; ty0 < tl.TH; ty0 += band) {
         const int64_t ty1 = std::min(tl.TH, ty0 + band), rows_in = 2 * (ty1 - ty0) + 2;
         // Padded input rows 2 ty0 to 2 ty1 + 2: row y of xs is input row y + 2 ty0 - ph.
-        interleave(x, N, Cin, 0, Cin, tl.H, tl.W, grp * L, ph - 2 * ty0, pw, rows_in, tl.Wp,
-                   xs.get());
+        interleave(x, N, Cin, 0, Cin, tl.H, tl.W, grp * L, tl.ph - 2 * ty0, tl.pw, rows_in,
+                   tl.Wp, xs.get());
         for (int64_t ty = ty0; ty < ty1; ++ty)
           for (int64_t tx = 0; tx < tl.TW; ++tx) {
             for (int64_t c = 0; c < Cin; ++c) {
@@ -347,15 +347,15 @@ void conv(int64_t N, int64_t Cin, int64_t H, int64_t W, int64_t ph, int64_t pw, 
   if (N == 0 || Cout == 0 || tl.OH <= 0 || tl.OW <= 0) return;
   switch (pick_filters_per_tile(Cout)) {
     case 8:
-      return conv_groups<T, 8>(N, Cin, tl, ph, pw, Cout, x, weight, bias, out, nthreads);
+      return conv_groups<T, 8>(N, Cin, tl, Cout, x, weight, bias, out, nthreads);
     case 12:
-      return conv_groups<T, 12>(N, Cin, tl, ph, pw, Cout, x, weight, bias, out, nthreads);
+      return conv_groups<T, 12>(N, Cin, tl, Cout, x, weight, bias, out, nthreads);
     case 16:
-      return conv_groups<T, 16>(N, Cin, tl, ph, pw, Cout, x, weight, bias, out, nthreads);
+      return conv_groups<T, 16>(N, Cin, tl, Cout, x, weight, bias, out, nthreads);
     case 20:
-      return conv_groups<T, 20>(N, Cin, tl, ph, pw, Cout, x, weight, bias, out, nthreads);
+      return conv_groups<T, 20>(N, Cin, tl, Cout, x, weight, bias, out, nthreads);
     default:
-      return conv_groups<T, 24>(N, Cin, tl, ph, pw, Cout, x, weight, bias, out, nthreads);
+      return conv_groups<T, 24>(N, Cin, tl, Cout, x, weight, bias, out, nthreads);
   }
 }
 
@@ -416,7 +416,6 @@ void weight_grad_tiled(int64_t N, int64_t C, const Tiles& tl, int64_t O, const T
                        const T* grad_out, int64_t o_begin, int64_t o_end, int64_t c_begin,
                        int64_t c_end, T* grad_w, int nthreads) {
   using S = Simd<T>;
-  using vec = typename S::vec;
   constexpr int64_t L = S::L;
   const int64_t H = tl.H, W = tl.W, ph = tl.ph, pw = tl.pw;
   const int64_t no = o_end - o_begin, nc = c_end - c_begin;
@@ -452,11 +451,9 @@ void weight_grad_tiled(int64_t N, int64_t C, const Tiles& tl, int64_t O, const T
         for (int64_t o = 0; o < no; ++o)
           for (int64_t c = 0; c < nc; ++c) {
             const int64_t ob = o / OT * OT, cb = c / CT * CT;
-            const vec lanes = S::load(dU.data() + xi * nop * ncp * L + (ob * ncp + cb * OT) * L +
-                                      ((o - ob) * CT + (c - cb)) * L);
-            T sum = 0;
-            for (int64_t l = 0; l < L; ++l) sum += lanes[l];
-            p[(o * nc + c) * 16 + xi] = sum;
+            p[(o * nc + c) * 16 + xi] =
+                S::sum(S::load(dU.data() + xi * nop * ncp * L + (ob * ncp + cb * OT) * L +
+                               ((o - ob) * CT + (c - cb)) * L));
           }
     }
   }
