@@ -147,12 +147,10 @@ class Config:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         for name in ("teacher_epochs", "init_epochs", "plant_epochs", "max_rounds",
-                     "train_subset", "max_params"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        for name in ("seed", "split_seed"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+                     "train_subset", "max_params", "seed", "split_seed"):
+            value = getattr(self, name)
+            if value is not None and value < 0:  # split_seed None: --seed's
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
         if not 0 <= self.label_weight <= 1:
             raise ValueError(f"--label-weight must be in [0, 1], got {self.label_weight}")
         try:
@@ -187,16 +185,19 @@ def config_from_dict(values: dict, base: Config | None = None) -> Config:
     return dataclasses.replace(base or Config(), **values)
 
 
+def shown(f: dataclasses.Field, value):
+    """An option's value as --help and the README show it: an unset on/off option is auto."""
+    return "auto" if value is None and f.type == "Optional[bool]" else value
+
+
 def options_table() -> str:
     """The README's table of options, from Config (tests/test_search.py keeps them equal)."""
     rows = ["| option | default (`--preset quick`) | `--preset paper` | meaning |",
             "|---|---|---|---|"]
     quick, paper = config_from_dict(PRESETS["quick"]), config_from_dict(PRESETS["paper"])
     for f in dataclasses.fields(Config):
-        shown = ["auto" if v is None and f.type == "Optional[bool]" else v
-                 for v in (getattr(quick, f.name), getattr(paper, f.name))]
-        rows.append(f"| `--{f.name.replace('_', '-')}` | {shown[0]} | {shown[1]} | "
-                    f"{f.metadata['help']} |")
+        rows.append(f"| `--{f.name.replace('_', '-')}` | {shown(f, getattr(quick, f.name))} | "
+                    f"{shown(f, getattr(paper, f.name))} | {f.metadata['help']} |")
     return "\n".join(rows)
 
 
@@ -214,13 +215,12 @@ def parse_args(argv=None) -> Config:
         flag = "--" + f.name.replace("_", "-")
         kind = {"Optional[str]": str, "str": str, "int": int, "Optional[int]": int,
                 "float": float}.get(str(f.type))
-        default = "auto" if f.default is None and f.type == "Optional[bool]" else f.default
         if f.type in ("bool", "Optional[bool]"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=f.metadata["help"] + f" (default {default})")
+                                help=f.metadata["help"] + f" (default {shown(f, f.default)})")
         else:
             parser.add_argument(flag, type=kind, default=None,
-                                help=f.metadata["help"] + f" (default {default})")
+                                help=f.metadata["help"] + f" (default {shown(f, f.default)})")
     args = parser.parse_args(argv)
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
              if getattr(args, f.name) is not None}
