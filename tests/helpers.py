@@ -90,6 +90,22 @@ def run_split(backend, tensors, conv_args, grad_out, frozen_needs_grad):
     return out, dict(zip(names, grads)), (x_frozen, x_planted)
 
 
+def reference_case(shape, rounded_to=None):
+    """make_inputs(shape), a random output gradient, and the float64 reference's output and
+    gradients (run's). With ``rounded_to``, the inputs and the output gradient are first
+    rounded to that dtype (and kept in float64)."""
+    tensors64, conv_args = make_inputs(shape)
+    if rounded_to is not None:
+        tensors64 = {k: (None if v is None else v.to(rounded_to).double())
+                     for k, v in tensors64.items()}
+    out, _ = run(reference_planted_conv2d, tensors64, conv_args)
+    grad_out = torch.randn_like(out)
+    if rounded_to is not None:
+        grad_out = grad_out.to(rounded_to).double()
+    ref_out, ref_grads = run(reference_planted_conv2d, tensors64, conv_args, grad_out)
+    return tensors64, conv_args, grad_out, ref_out, ref_grads
+
+
 def check_against_reference(backend, shape, dtype, device, rel_tol, split=False):
     """Output and every gradient of ``backend`` on ``device`` in ``dtype`` against the
     float64 reference, within ``rel_tol`` of each tensor's largest reference value. With
@@ -100,11 +116,7 @@ def check_against_reference(backend, shape, dtype, device, rel_tol, split=False)
     backend's own error (accumulation, output rounding), not the inputs' rounding: in float16
     a bias gradient over 2,178 rounded output gradients is off by 0.01 from the unrounded sum
     whatever the kernel does."""
-    tensors64, conv_args = make_inputs(shape)
-    tensors64 = {k: (None if v is None else v.to(dtype).double()) for k, v in tensors64.items()}
-    ref_out, _ = run(reference_planted_conv2d, tensors64, conv_args)
-    grad_out = torch.randn_like(ref_out).to(dtype).double()
-    ref_out, ref_grads = run(reference_planted_conv2d, tensors64, conv_args, grad_out)
+    tensors64, conv_args, grad_out, ref_out, ref_grads = reference_case(shape, dtype)
     low = {k: (None if v is None else v.to(device, dtype)) for k, v in tensors64.items()}
     if split:
         out, grads, _ = run_split(backend, low, conv_args, grad_out.to(device, dtype), False)
@@ -128,10 +140,7 @@ def check_against_reference(backend, shape, dtype, device, rel_tol, split=False)
 def check_backend(backend, shape, dtype, transform=lambda t: t):
     """Output and every gradient of ``backend`` in ``dtype`` against the float64 reference,
     within twice the error PyTorch's own ``dtype`` result makes (assert_close_to_reference)."""
-    tensors64, conv_args = make_inputs(shape)
-    ref_out, _ = run(reference_planted_conv2d, tensors64, conv_args)
-    grad_out = torch.randn_like(ref_out)
-    ref_out, ref_grads = run(reference_planted_conv2d, tensors64, conv_args, grad_out)
+    tensors64, conv_args, grad_out, ref_out, ref_grads = reference_case(shape)
     low = {k: (None if v is None else v.to(dtype)) for k, v in tensors64.items()}
     base_out, base_grads = run(reference_planted_conv2d, low, conv_args, grad_out.to(dtype))
     low["x"] = transform(low["x"])
@@ -148,11 +157,8 @@ def check_backend(backend, shape, dtype, transform=lambda t: t):
 def check_split(backend, shape, dtype, frozen_needs_grad):
     """x_planted: the same output and gradients as the float64 reference on
     cat([x, x_planted]), within twice PyTorch's own error in ``dtype``."""
-    tensors64, conv_args = make_inputs(shape)
+    tensors64, conv_args, grad_out, ref_out, ref = reference_case(shape)
     i_f = shape[1]
-    ref_out, _ = run(reference_planted_conv2d, tensors64, conv_args)
-    grad_out = torch.randn_like(ref_out)
-    ref_out, ref = run(reference_planted_conv2d, tensors64, conv_args, grad_out)
     low = {k: (None if v is None else v.to(dtype)) for k, v in tensors64.items()}
     base_out, base = run(reference_planted_conv2d, low, conv_args, grad_out.to(dtype))
     out, grads, _ = run_split(backend, low, conv_args, grad_out.to(dtype), frozen_needs_grad)
