@@ -2,7 +2,10 @@
 // instruction set the module is compiled for (-march=native by default, see setup.py).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <memory>
+#include <new>
 
 namespace plantops::cpu {
 
@@ -32,6 +35,22 @@ struct Simd {
     return s;
   }
 };
+
+// n elements aligned to 64 bytes, uninitialized (or zeroed): aligned so that no SIMD vector
+// straddles two cache lines. malloc aligns to 16 bytes only, and vector loads that split
+// cache lines made the Winograd kernels 1.1-1.4x slower (benchmarks/RESULTS.md).
+template <typename T>
+struct AlignedFree {
+  void operator()(T* p) const { ::operator delete[](p, std::align_val_t(64)); }
+};
+template <typename T>
+using AlignedBuffer = std::unique_ptr<T[], AlignedFree<T>>;
+template <typename T>
+AlignedBuffer<T> aligned_buffer(int64_t n, bool zero = false) {
+  T* p = static_cast<T*>(::operator new[](n * sizeof(T), std::align_val_t(64)));
+  if (zero) std::fill(p, p + n, T(0));
+  return AlignedBuffer<T>(p);
+}
 
 inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 

@@ -292,7 +292,7 @@ void conv_groups(int64_t N, int64_t Cin, const Tiles& tl, int64_t Cout, const T*
     // One tile's transformed values, V[c][xi] and M[o][xi]: a transform touches 16 adjacent
     // vectors. Every element is written before it is read, so none is zeroed first (zeroing
     // them took 3% of a forward+backward at 16 channels).
-    const auto scratch = [](int64_t n) { return std::unique_ptr<T[]>(new T[n]); };
+    const auto scratch = [](int64_t n) { return aligned_buffer<T>(n); };
     const auto xs = scratch(Cin * band_in * tl.Wp * L), V = scratch(Cin * 16 * L),
                M = scratch(Opad * 16 * L), ys = scratch(Cout * band_out * OWp * L);
 #pragma omp for schedule(static)
@@ -428,31 +428,31 @@ void weight_grad_tiled(int64_t N, int64_t C, const Tiles& tl, int64_t O, const T
     // Padded channels stay zero, so they add nothing. The transformed values are never
     // stored: each is computed where it is used, from these two interleaved buffers, and the
     // sums stay in registers along a tile row.
-    std::vector<T> xs(ncp * tl.Hp * tl.Wp * L, T(0)), gs(nop * OHp * OWp * L, T(0));
-    std::vector<T> dU(16 * nop * ncp * L);  // [xi][o/OT][c/CT][OT][CT] vectors
+    const auto xs = aligned_buffer<T>(ncp * tl.Hp * tl.Wp * L, true), gs = aligned_buffer<T>(nop * OHp * OWp * L, true);
+    const auto dU = aligned_buffer<T>(16 * nop * ncp * L);  // [xi][o/OT][c/CT][OT][CT] vectors
     // Channel-blocked buffers: [c/CT][y][x][CT][L] and [o/OT][y][x][OT][L].
     const int64_t xrow = tl.Wp * CT * L, grow = OWp * OT * L;
 #pragma omp for schedule(static)
     for (int64_t grp = 0; grp < groups; ++grp) {
-      interleave(x, N, C, c_begin, nc, H, W, grp * L, ph, pw, tl.Hp, tl.Wp, xs.data(), CT);
-      interleave(grad_out, N, O, o_begin, no, tl.OH, tl.OW, grp * L, 0, 0, OHp, OWp, gs.data(),
+      interleave(x, N, C, c_begin, nc, H, W, grp * L, ph, pw, tl.Hp, tl.Wp, xs.get(), CT);
+      interleave(grad_out, N, O, o_begin, no, tl.OH, tl.OW, grp * L, 0, 0, OHp, OWp, gs.get(),
                  OT);
-      std::fill(dU.begin(), dU.end(), T(0));
+      std::fill(dU.get(), dU.get() + 16 * nop * ncp * L, T(0));
       for (int64_t ty = 0; ty < tl.TH; ++ty)
         for (int64_t cb = 0; cb < ncp; cb += CT)
           for (int64_t ob = 0; ob < nop; ob += OT)
             grad_row_all<T, OT, CT>(
                 std::make_integer_sequence<int, 16>{},
-                xs.data() + (cb / CT * tl.Hp + 2 * ty) * xrow, xrow,
-                gs.data() + (ob / OT * OHp + 2 * ty) * grow, grow, tl.TW,
-                dU.data() + (ob * ncp + cb * OT) * L, nop * ncp * L);
+                xs.get() + (cb / CT * tl.Hp + 2 * ty) * xrow, xrow,
+                gs.get() + (ob / OT * OHp + 2 * ty) * grow, grow, tl.TW,
+                dU.get() + (ob * ncp + cb * OT) * L, nop * ncp * L);
       T* p = partial.data() + grp * 16 * no * nc;
       for (int xi = 0; xi < 16; ++xi)
         for (int64_t o = 0; o < no; ++o)
           for (int64_t c = 0; c < nc; ++c) {
             const int64_t ob = o / OT * OT, cb = c / CT * CT;
             p[(o * nc + c) * 16 + xi] =
-                S::sum(S::load(dU.data() + xi * nop * ncp * L + (ob * ncp + cb * OT) * L +
+                S::sum(S::load(dU.get() + xi * nop * ncp * L + (ob * ncp + cb * OT) * L +
                                ((o - ob) * CT + (c - cb)) * L));
           }
     }
