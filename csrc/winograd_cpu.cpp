@@ -375,14 +375,15 @@ inline __attribute__((always_inline)) typename Simd<T>::vec transformed(const T*
   });
 }
 
-// dU[xi][o][c] += sum over the tiles of one tile row of D[xi][o] V[xi][c], for one xi and a
-// register tile of OT filters by CT input channels. xs points at the tile row's first input
-// pixel in a channel-blocked buffer ([y][x][CT][L]: the CT channels side by side), gs at its
-// first output-gradient pixel ([y][x][OT][L]); rows xrow and grow elements apart. Every load
+// dU[xi][o][c] += sum over the tiles of nty tile rows of D[xi][o] V[xi][c], for one xi and a
+// register tile of OT filters by CT input channels. xs points at the first tile row's first
+// input pixel in a channel-blocked buffer ([y][x][CT][L]: the CT channels side by side), gs at
+// its first output-gradient pixel ([y][x][OT][L]); rows xrow and grow elements apart. Every load
 // is then one of 6 row pointers plus a constant, which keeps the loop free of address
 // arithmetic and register spills.
 template <typename T, int XI, int OT, int CT>
-void grad_row(const T* xs, int64_t xrow, const T* gs, int64_t grow, int64_t TW, T* acc_out) {
+void grad_row(const T* xs, int64_t xrow, const T* gs, int64_t grow, int64_t TW, int64_t nty,
+              T* acc_out) {
   using S = Simd<T>;
   using vec = typename S::vec;
   constexpr int64_t L = S::L;
@@ -390,24 +391,25 @@ void grad_row(const T* xs, int64_t xrow, const T* gs, int64_t grow, int64_t TW, 
   vec acc[OT][CT];
   for (int i = 0; i < OT; ++i)
     for (int j = 0; j < CT; ++j) acc[i][j] = S::load(acc_out + (i * CT + j) * L);
-  for (int64_t tx = 0; tx < TW; ++tx) {
-    vec d[OT];
-    for (int i = 0; i < OT; ++i)
-      d[i] = transformed<T, I, J, 2, kA>(gs + 2 * tx * OT * L + i * L, grow, OT * L);
+  for (int64_t r = 0; r < nty; ++r, xs += 2 * xrow, gs += 2 * grow)
+    for (int64_t tx = 0; tx < TW; ++tx) {
+      vec d[OT];
+      for (int i = 0; i < OT; ++i)
+        d[i] = transformed<T, I, J, 2, kA>(gs + 2 * tx * OT * L + i * L, grow, OT * L);
 #pragma GCC unroll 8
-    for (int j = 0; j < CT; ++j) {
-      const vec v = transformed<T, I, J, 4, kBt>(xs + 2 * tx * CT * L + j * L, xrow, CT * L);
-      for (int i = 0; i < OT; ++i) acc[i][j] += d[i] * v;
+      for (int j = 0; j < CT; ++j) {
+        const vec v = transformed<T, I, J, 4, kBt>(xs + 2 * tx * CT * L + j * L, xrow, CT * L);
+        for (int i = 0; i < OT; ++i) acc[i][j] += d[i] * v;
+      }
     }
-  }
   for (int i = 0; i < OT; ++i)
     for (int j = 0; j < CT; ++j) S::store(acc_out + (i * CT + j) * L, acc[i][j]);
 }
 
 template <typename T, int OT, int CT, int... XI>
 void grad_row_all(std::integer_sequence<int, XI...>, const T* xs, int64_t xrow, const T* gs,
-                  int64_t grow, int64_t TW, T* acc, int64_t xi_stride) {
-  (grad_row<T, XI, OT, CT>(xs, xrow, gs, grow, TW, acc + XI * xi_stride), ...);
+                  int64_t grow, int64_t TW, int64_t nty, T* acc, int64_t xi_stride) {
+  (grad_row<T, XI, OT, CT>(xs, xrow, gs, grow, TW, nty, acc + XI * xi_stride), ...);
 }
 
 // weight_grad with a register tile of OT filters by CT input channels.
@@ -427,25 +429,30 @@ void weight_grad_tiled(int64_t N, int64_t C, const Tiles& tl, int64_t O, const T
   {
     // Padded channels stay zero, so they add nothing. The transformed values are never
     // stored: each is computed where it is used, from these two interleaved buffers, and the
-    // sums stay in registers along a tile row.
-    const auto xs = aligned_buffer<T>(ncp * tl.Hp * tl.Wp * L, true), gs = aligned_buffer<T>(nop * OHp * OWp * L, true);
+    // sums stay in registers along one or more tile rows.
+    const auto xs = aligned_buffer<T>(ncp * tl.Hp * tl.Wp * L, true),
+               gs = aligned_buffer<T>(nop * OHp * OWp * L, true);
     const auto dU = aligned_buffer<T>(16 * nop * ncp * L);  // [xi][o/OT][c/CT][OT][CT] vectors
     // Channel-blocked buffers: [c/CT][y][x][CT][L] and [o/OT][y][x][OT][L].
     const int64_t xrow = tl.Wp * CT * L, grow = OWp * OT * L;
+    // Tile rows per pass: at least 16 tiles where the row is shorter, so that on 8x8 maps (4
+    // tiles a row) the sums are not loaded and stored every 4 tiles (1.1-1.16x faster there).
+    const int64_t pass_rows = std::max<int64_t>(1, 16 / tl.TW);
 #pragma omp for schedule(static)
     for (int64_t grp = 0; grp < groups; ++grp) {
       interleave(x, N, C, c_begin, nc, H, W, grp * L, ph, pw, tl.Hp, tl.Wp, xs.get(), CT);
       interleave(grad_out, N, O, o_begin, no, tl.OH, tl.OW, grp * L, 0, 0, OHp, OWp, gs.get(),
                  OT);
       std::fill(dU.get(), dU.get() + 16 * nop * ncp * L, T(0));
-      for (int64_t ty = 0; ty < tl.TH; ++ty)
+      for (int64_t ty = 0; ty < tl.TH; ty += pass_rows)
         for (int64_t cb = 0; cb < ncp; cb += CT)
           for (int64_t ob = 0; ob < nop; ob += OT)
             grad_row_all<T, OT, CT>(
                 std::make_integer_sequence<int, 16>{},
                 xs.get() + (cb / CT * tl.Hp + 2 * ty) * xrow, xrow,
                 gs.get() + (ob / OT * OHp + 2 * ty) * grow, grow, tl.TW,
-                dU.get() + (ob * ncp + cb * OT) * L, nop * ncp * L);
+                std::min(pass_rows, tl.TH - ty), dU.get() + (ob * ncp + cb * OT) * L,
+                nop * ncp * L);
       T* p = partial.data() + grp * 16 * no * nc;
       for (int xi = 0; xi < 16; ++xi)
         for (int64_t o = 0; o < no; ++o)
