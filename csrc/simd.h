@@ -38,7 +38,7 @@ struct Simd {
 
 // n elements aligned to 64 bytes, uninitialized (or zeroed): aligned so that no SIMD vector
 // straddles two cache lines. malloc aligns to 16 bytes only, and vector loads that split
-// cache lines made the Winograd kernels 1.1-1.4x slower (benchmarks/RESULTS.md).
+// cache lines made the Winograd kernels up to 1.4x slower (benchmarks/RESULTS.md).
 template <typename T>
 struct AlignedFree {
   void operator()(T* p) const { ::operator delete[](p, std::align_val_t(64)); }
