@@ -34,13 +34,19 @@ _MODULES = {
 NAMES = tuple(_MODULES)
 
 
+_loaded: dict = {}  # name -> module: import_module costs microseconds on every call
+
+
 def get(name: str):
     """The backend module called ``name``; ValueError for an unknown name."""
-    if name not in _MODULES:
-        raise ValueError(
-            f"unknown backend {name!r}: expected one of {', '.join(('auto',) + NAMES)}"
-        )
-    return importlib.import_module(_MODULES[name])
+    module = _loaded.get(name)
+    if module is None:
+        if name not in _MODULES:
+            raise ValueError(
+                f"unknown backend {name!r}: expected one of {', '.join(('auto',) + NAMES)}"
+            )
+        module = _loaded[name] = importlib.import_module(_MODULES[name])
+    return module
 
 
 def backends(device: str | torch.device | None = None) -> list[str]:
@@ -60,6 +66,19 @@ def resolve(name: str, device_type: str, dtype: torch.dtype, shape_key=None) -> 
     An explicit name is always honoured (ValueError saying why when it cannot run here);
     ``"auto"`` picks the fastest backend that can run.
     """
+    key = (name, device_type, dtype, shape_key)
+    choice = _resolved.get(key)
+    if choice is None:
+        choice = _resolved[key] = _resolve(name, device_type, dtype, shape_key)
+    return choice
+
+
+# Every call of planted_conv2d resolves its backend: the answers are kept (what can run on
+# this machine does not change while it runs, and a layer's shape key recurs every step).
+_resolved: dict = {}
+
+
+def _resolve(name: str, device_type: str, dtype: torch.dtype, shape_key) -> str:
     if name == "auto":
         return _auto(device_type, dtype, shape_key)
     reason = get(name).unavailable_reason(device_type, dtype)

@@ -31,20 +31,29 @@ def dtype_name(dtype: torch.dtype) -> str:
     return _DTYPE_NAMES[dtype]
 
 
-def dims(x, frozen_weight, in_weight, out_weight, stride, padding) -> dict:
-    """Every size of one planted convolution, named as in csrc/planted_conv.h's Geometry
-    (plus C and O, the total input and output channels)."""
-    n, c, h, w = x.shape
-    o_f, i_f, kh, kw = frozen_weight.shape
-    o_p = out_weight.shape[0]
-    return dict(N=n, C=c, O=o_f + o_p, H=h, W=w, I_f=i_f, I_p=in_weight.shape[1], O_f=o_f,
+def dims(x_shape, frozen_shape, in_shape, out_shape, stride, padding) -> dict:
+    """Every size of one planted convolution, from the shapes of x and the three weight
+    blocks, named as in csrc/planted_conv.h's Geometry (plus C and O, the total input and
+    output channels)."""
+    n, c, h, w = x_shape
+    o_f, i_f, kh, kw = frozen_shape
+    o_p = out_shape[0]
+    return dict(N=n, C=c, O=o_f + o_p, H=h, W=w, I_f=i_f, I_p=in_shape[1], O_f=o_f,
                 O_p=o_p, KH=kh, KW=kw, SH=stride[0], SW=stride[1], PH=padding[0],
                 PW=padding[1], OH=(h + 2 * padding[0] - kh) // stride[0] + 1,
                 OW=(w + 2 * padding[1] - kw) // stride[1] + 1)
 
 
 def geometry(module, x, frozen_weight, in_weight, out_weight, stride, padding):
-    sizes = dims(x, frozen_weight, in_weight, out_weight, stride, padding)
+    return _geometry(module, x.shape, frozen_weight.shape, in_weight.shape, out_weight.shape,
+                     tuple(stride), tuple(padding))
+
+
+# A forward and its backward, and every step of a training loop, ask for the same few
+# geometries: built once each (building one took about 10 us of a 0.8 ms layer).
+@functools.lru_cache(maxsize=1024)
+def _geometry(module, x_shape, fw_shape, iw_shape, ow_shape, stride, padding):
+    sizes = dims(x_shape, fw_shape, iw_shape, ow_shape, stride, padding)
     del sizes["C"], sizes["O"]  # derived in C++
     return module.Geometry(**sizes)
 

@@ -80,7 +80,7 @@ def _device_ctx(t):
 def forward(x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride, padding):
     triton, forward_kernel, _, _ = _kernels()
     x, fw, iw, ow = (t.contiguous() for t in (x, frozen_weight, in_weight, out_weight))
-    d = _dims(x, fw, iw, ow, stride, padding)
+    d = _dims(x.shape, fw.shape, iw.shape, ow.shape, stride, padding)
     from plantops.kernels.torch_composite import assemble_bias
     bias = assemble_bias(frozen_bias, out_bias, d["O_f"], d["O"] - d["O_f"], x)
     out = x.new_empty((d["N"], d["O"], d["OH"], d["OW"]))
@@ -146,7 +146,7 @@ def backward(grad_out, x, frozen_weight, in_weight, out_weight, stride, padding,
              x_channels, need_in_weight, need_out_weight, need_out_bias):
     grad_out, x, fw, iw, ow = (t.contiguous() for t in
                                (grad_out, x, frozen_weight, in_weight, out_weight))
-    d = _dims(x, fw, iw, ow, stride, padding)
+    d = _dims(x.shape, fw.shape, iw.shape, ow.shape, stride, padding)
     grad_x = grad_in = grad_out_w = grad_out_b = None
     if x_channels[1] > x_channels[0]:
         grad_x = _input_grad(grad_out, fw, iw if iw.numel() else fw, ow if ow.numel() else fw,
