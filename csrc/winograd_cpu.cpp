@@ -484,39 +484,52 @@ void weight_grad_tiled(int64_t N, int64_t C, const Tiles& tl, int64_t O, const T
   const int64_t H = tl.H, W = tl.W, ph = tl.ph, pw = tl.pw;
   const int64_t no = o_end - o_begin, nc = c_end - c_begin;
   const int64_t nop = round_up(no, OT), ncp = round_up(nc, CT);
-  const int64_t groups = (N + L - 1) / L, OHp = 2 * tl.TH, OWp = 2 * tl.TW;
+  const int64_t groups = (N + L - 1) / L, OWp = 2 * tl.TW;
   // Per group, dL/dU summed over its samples, in a fixed order.
   std::vector<T> partial(groups * 16 * no * nc);
+  // Channel-blocked buffers: [c/CT][y][x][CT][L] and [o/OT][y][x][OT][L].
+  const int64_t xrow = tl.Wp * CT * L, grow = OWp * OT * L;
+  // Tile rows per pass: at least 16 tiles where the row is shorter, so that on 8x8 maps (4
+  // tiles a row) the sums are not loaded and stored every 4 tiles (1.10-1.17x faster there).
+  const int64_t pass_rows = std::max<int64_t>(1, 16 / tl.TW);
+  // A group is interleaved in bands of tile rows (whole passes) whose buffers fit in L2
+  // (1 MB), as in the forward: at 32 channels of 32x32 maps a whole group is 3 MB, which
+  // the products then read back from L3.
+  const int64_t row_bytes = 2 * (ncp * xrow / CT + nop * grow / OT) * sizeof(T);
+  const int64_t band = std::min(
+      round_up(tl.TH, pass_rows),
+      std::max<int64_t>(1, (1 << 20) / row_bytes / pass_rows) * pass_rows);
 #pragma omp parallel num_threads(nthreads)
   {
     // Padded channels stay zero, so they add nothing. The transformed values are never
     // stored: each is computed where it is used, from these two interleaved buffers, and the
     // sums stay in registers along one or more tile rows.
-    const auto xs = aligned_buffer<T>(ncp * tl.Hp * tl.Wp * L, true),
-               gs = aligned_buffer<T>(nop * OHp * OWp * L, true);
+    const auto xs = aligned_buffer<T>(ncp * (2 * band + 2) * xrow / CT, true),
+               gs = aligned_buffer<T>(nop * 2 * band * grow / OT, true);
     const int64_t xi_stride = nop * ncp * L;
     const auto dU = aligned_buffer<T>(16 * xi_stride);  // [xi][o/OT][c/CT][OT][CT] vectors
     const auto sums = aligned_buffer<T>(16 * nop * ncp);  // their lane sums
-    // Channel-blocked buffers: [c/CT][y][x][CT][L] and [o/OT][y][x][OT][L].
-    const int64_t xrow = tl.Wp * CT * L, grow = OWp * OT * L;
-    // Tile rows per pass: at least 16 tiles where the row is shorter, so that on 8x8 maps (4
-    // tiles a row) the sums are not loaded and stored every 4 tiles (1.10-1.17x faster there).
-    const int64_t pass_rows = std::max<int64_t>(1, 16 / tl.TW);
 #pragma omp for schedule(static)
     for (int64_t grp = 0; grp < groups; ++grp) {
-      interleave(x, N, C, c_begin, nc, H, W, grp * L, ph, pw, tl.Hp, tl.Wp, xs.get(), CT);
-      interleave(grad_out, N, O, o_begin, no, tl.OH, tl.OW, grp * L, 0, 0, OHp, OWp, gs.get(),
-                 OT);
       std::fill(dU.get(), dU.get() + 16 * xi_stride, T(0));
-      for (int64_t ty = 0; ty < tl.TH; ty += pass_rows)
-        for (int64_t cb = 0; cb < ncp; cb += CT)
-          for (int64_t ob = 0; ob < nop; ob += OT)
-            grad_row_all<T, OT, CT>(
-                std::make_integer_sequence<int, 16>{},
-                xs.get() + (cb / CT * tl.Hp + 2 * ty) * xrow, xrow,
-                gs.get() + (ob / OT * OHp + 2 * ty) * grow, grow, tl.TW,
-                std::min(pass_rows, tl.TH - ty), dU.get() + (ob * ncp + cb * OT) * L,
-                xi_stride);
+      for (int64_t ty0 = 0; ty0 < tl.TH; ty0 += band) {
+        const int64_t ty1 = std::min(tl.TH, ty0 + band);
+        const int64_t rows_x = 2 * (ty1 - ty0) + 2, rows_g = 2 * (ty1 - ty0);
+        // Row y of xs is padded input row y + 2 ty0, of gs output row y + 2 ty0.
+        interleave(x, N, C, c_begin, nc, H, W, grp * L, ph - 2 * ty0, pw, rows_x, tl.Wp,
+                   xs.get(), CT);
+        interleave(grad_out, N, O, o_begin, no, tl.OH, tl.OW, grp * L, -2 * ty0, 0, rows_g, OWp,
+                   gs.get(), OT);
+        for (int64_t ty = ty0; ty < ty1; ty += pass_rows)
+          for (int64_t cb = 0; cb < ncp; cb += CT)
+            for (int64_t ob = 0; ob < nop; ob += OT)
+              grad_row_all<T, OT, CT>(
+                  std::make_integer_sequence<int, 16>{},
+                  xs.get() + (cb / CT * rows_x + 2 * (ty - ty0)) * xrow, xrow,
+                  gs.get() + (ob / OT * rows_g + 2 * (ty - ty0)) * grow, grow, tl.TW,
+                  std::min(pass_rows, ty1 - ty), dU.get() + (ob * ncp + cb * OT) * L,
+                  xi_stride);
+      }
       lane_sums(dU.get(), 16 * nop * ncp, sums.get());
       T* p = partial.data() + grp * 16 * no * nc;
       for (int xi = 0; xi < 16; ++xi)

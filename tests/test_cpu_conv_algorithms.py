@@ -27,7 +27,8 @@ SHAPES = [
     (33, 8, 4, 13, 4, 8, 8, 3, 1, 1),    # three groups, 17 output channels
     (16, 2, 1, 3, 1, 1, 1, 3, 1, 1),     # 1x1 map
     # wide enough that the Winograd forward and input gradient run in several bands of tile
-    # rows (1 MB of interleaved rows per band: bands of 4, 4 and 2 tile rows here)
+    # rows (1 MB of interleaved rows per band: bands of 4, 4 and 2 tile rows here), and the
+    # weight gradient of the planted filters in two (8 and 2 tile rows)
     (17, 36, 4, 36, 4, 19, 20, 3, 1, 1),
 ]
 
