@@ -501,9 +501,11 @@ void weight_grad_tiled(int64_t N, int64_t C, const Tiles& tl, int64_t O, const T
       std::max<int64_t>(1, (1 << 20) / row_bytes / pass_rows) * pass_rows);
 #pragma omp parallel num_threads(nthreads)
   {
-    // Padded channels stay zero, so they add nothing. The transformed values are never
-    // stored: each is computed where it is used, from these two interleaved buffers, and the
-    // sums stay in registers along one or more tile rows.
+    // The transformed values are never stored: each is computed where it is used, from these
+    // two interleaved buffers, and the sums stay in registers along one or more tile rows.
+    // Padded channels and filters are zero, or in a shorter last band stale values of others
+    // (its rows are laid out closer together): only their own sums see them, and those are
+    // dropped.
     const auto xs = aligned_buffer<T>(ncp * (2 * band + 2) * xrow / CT, true),
                gs = aligned_buffer<T>(nop * 2 * band * grow / OT, true);
     const int64_t xi_stride = nop * ncp * L;

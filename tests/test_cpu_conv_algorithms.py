@@ -30,6 +30,10 @@ SHAPES = [
     # rows (1 MB of interleaved rows per band: bands of 4, 4 and 2 tile rows here), and the
     # weight gradient of the planted filters in two (8 and 2 tile rows)
     (17, 36, 4, 36, 4, 19, 20, 3, 1, 1),
+    # weight gradients in bands with a shorter last one, over channel counts that leave
+    # padded channels in the register tiles (39 and 3 of 40 and 4): bands of 4, 4, 4, 4 and
+    # 3 tile rows for the planted filters, 5, 5, 5 and 4 for the planted input slices
+    (17, 36, 3, 36, 2, 38, 40, 3, 1, 1),
 ]
 
 

@@ -50,7 +50,8 @@ def geometry(module, x, frozen_weight, in_weight, out_weight, stride, padding):
 
 
 # A forward and its backward, and every step of a training loop, ask for the same few
-# geometries: built once each (building one took about 10 us of a 0.8 ms layer).
+# geometries: built once each (4.5 us to build one, 0.9 us to look it up; twice per forward
+# and backward of a layer that takes 0.8 ms).
 @functools.lru_cache(maxsize=1024)
 def _geometry(module, x_shape, fw_shape, iw_shape, ow_shape, stride, padding):
     sizes = dims(x_shape, fw_shape, iw_shape, ow_shape, stride, padding)
