@@ -172,21 +172,15 @@ void interleave(const T* src, int64_t N, int64_t Csrc, int64_t c0, int64_t nc, i
       }
     }
     const T* r = src + ((n0 * Csrc + c0 + c) * H + y0 - top) * W;
-    T* at[L];  // where the pixels of one run go, where they span two rows or more
+    T* at[L];  // where the pixels of one run go
     for (int64_t q = 0, y = y0, x = 0; q < run; q += L) {
       const int nj = static_cast<int>(std::min(L, run - q));
-      const auto in = [&](int i) { return r + i * plane + q; };
-      if (x + nj <= W) {  // within one row: the columns are step apart
-        T* d = dc + (y * cols + x + left) * step;
-        transpose<T>(in, ns, nj, [&](int j) { return d + j * step; });
-        if ((x += nj) == W) x = 0, ++y;
-        continue;
-      }
       for (int j = 0; j < nj; ++j) {
         at[j] = dc + (y * cols + x + left) * step;
         if (++x == W) x = 0, ++y;
       }
-      transpose<T>(in, ns, nj, [&](int j) { return at[j]; });
+      transpose<T>([&](int i) { return r + i * plane + q; }, ns, nj,
+                   [&](int j) { return at[j]; });
     }
   }
 }
@@ -204,21 +198,15 @@ void deinterleave(const T* src, int64_t rows, int64_t cols, int64_t N, int64_t C
   for (int64_t c = 0; c < C; ++c) {
     const T* sc = src + c * rows * cols * L;
     T* d = dst + ((n0 * C + c) * OH + y0) * OW;
-    const T* at[L];  // where the pixels of one run come from, where they span two rows or more
+    const T* at[L];  // where the pixels of one run come from
     for (int64_t q = 0, y = 0, x = 0; q < run; q += L) {
       const int ni = static_cast<int>(std::min(L, run - q));
-      const auto out = [&](int j) { return d + j * plane + q; };
-      if (x + ni <= OW) {  // within one row: the pixels are L apart
-        const T* s_at = sc + (y * cols + x) * L;
-        transpose<T>([&](int i) { return s_at + i * L; }, ni, ns, out);
-        if ((x += ni) == OW) x = 0, ++y;
-        continue;
-      }
       for (int i = 0; i < ni; ++i) {
         at[i] = sc + (y * cols + x) * L;
         if (++x == OW) x = 0, ++y;
       }
-      transpose<T>([&](int i) { return at[i]; }, ni, ns, out);
+      transpose<T>([&](int i) { return at[i]; }, ni, ns,
+                   [&](int j) { return d + j * plane + q; });
     }
   }
 }
