@@ -53,6 +53,39 @@ def test_gradcheck(backend):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_second_backward_fails_instead_of_missing_terms(backend):
+    """With create_graph=True the first gradients are the same, but differentiating them again
+    raises: the kernels' gradients carry no graph, and a silent second backward would drop
+    their terms."""
+    tensors, conv_args = make_inputs((2, 3, 2, 4, 2, 5, 5, 3, 1, 1))
+    out_weight = tensors["out_weight"].requires_grad_(True)
+
+    def loss():  # not linear in out_weight, so its gradient has a gradient
+        return planted_conv2d(**tensors, **conv_args, backend=backend).square().sum()
+
+    plain, = torch.autograd.grad(loss(), out_weight)
+    first, = torch.autograd.grad(loss(), out_weight, create_graph=True)
+    assert torch.equal(first.detach(), plain)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        first.sum().backward()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_empty_batch_gives_zero_gradients(backend, dtype):
+    """Batch 0: an empty output, and gradients that are zeros, not uninitialized memory."""
+    for shape in [(0, 4, 3, 5, 2, 9, 11, 3, 1, 1), (0, 3, 2, 4, 2, 8, 8, 3, 1, 1)]:
+        tensors, conv_args = make_inputs(shape, dtype)
+        for k in TRAINABLE:
+            tensors[k].requires_grad_(True)
+        out = planted_conv2d(**tensors, **conv_args, backend=backend)
+        assert out.shape[0] == 0
+        grads = torch.autograd.grad(out, [tensors[k] for k in TRAINABLE], torch.ones_like(out))
+        for k, g in zip(TRAINABLE, grads):
+            assert g.shape == tensors[k].shape and not g.any(), k
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_frozen_block_gets_no_gradient(backend):
     tensors, conv_args = make_inputs((2, 3, 2, 4, 2, 5, 5, 3, 1, 1))
     tensors["frozen_weight"].requires_grad_(True)

@@ -27,10 +27,6 @@ def load(module_name: str):
                       "build it with `pip install -e .` from the plantops checkout")
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    return _DTYPE_NAMES[dtype]
-
-
 def dims(x_shape, frozen_shape, in_shape, out_shape, stride, padding) -> dict:
     """Every size of one planted convolution, from the shapes of x and the three weight
     blocks, named as in csrc/planted_conv.h's Geometry (plus C and O, the total input and
@@ -42,11 +38,6 @@ def dims(x_shape, frozen_shape, in_shape, out_shape, stride, padding) -> dict:
                 O_p=o_p, KH=kh, KW=kw, SH=stride[0], SW=stride[1], PH=padding[0],
                 PW=padding[1], OH=(h + 2 * padding[0] - kh) // stride[0] + 1,
                 OW=(w + 2 * padding[1] - kw) // stride[1] + 1)
-
-
-def geometry(module, x, frozen_weight, in_weight, out_weight, stride, padding):
-    return _geometry(module, x.shape, frozen_weight.shape, in_weight.shape, out_weight.shape,
-                     tuple(stride), tuple(padding))
 
 
 # A forward and its backward, and every step of a training loop, ask for the same few
@@ -64,47 +55,55 @@ def ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None or t.numel() == 0 else t.data_ptr()
 
 
-def contiguous(*tensors):
-    return [None if t is None else t.contiguous() for t in tensors]
-
+# forward and backward run on every call of every planted layer: they call .contiguous() (free
+# when it already is) and ptr() one tensor at a time rather than through loops and containers,
+# and allocate with empty_like where the kernel writes every element.
 
 def forward(module, extra, x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias,
             stride, padding):
     """Runs ``module.forward``; ``extra`` is the trailing argument (threads or stream)."""
-    x, fw, fb, iw, ow, ob = contiguous(x, frozen_weight, frozen_bias, in_weight, out_weight,
-                                       out_bias)
-    g = geometry(module, x, fw, iw, ow, stride, padding)
+    x, fw, iw, ow = (x.contiguous(), frozen_weight.contiguous(), in_weight.contiguous(),
+                     out_weight.contiguous())
+    fb = None if frozen_bias is None else frozen_bias.contiguous()
+    ob = None if out_bias is None else out_bias.contiguous()
+    g = _geometry(module, x.shape, fw.shape, iw.shape, ow.shape, stride, padding)
     out = x.new_empty((g.N, g.O_f + g.O_p, g.OH, g.OW))
     if out.numel():
-        module.forward(g, dtype_name(x.dtype), ptr(x), ptr(fw), ptr(fb), ptr(iw), ptr(ow),
-                       ptr(ob), ptr(out), extra)
+        module.forward(g, _DTYPE_NAMES[x.dtype], ptr(x), ptr(fw), ptr(fb), ptr(iw), ptr(ow),
+                       ptr(ob), out.data_ptr(), extra)
     return out
 
 
 def backward(module, extra, grad_out, x, frozen_weight, in_weight, out_weight, stride, padding,
              x_channels, need_in_weight, need_out_weight, need_out_bias):
-    grad_out, x, fw, iw, ow = contiguous(grad_out, x, frozen_weight, in_weight, out_weight)
-    g = geometry(module, x, fw, iw, ow, stride, padding)
-    dtype = dtype_name(x.dtype)
+    grad_out, x, fw, iw, ow = (grad_out.contiguous(), x.contiguous(),
+                               frozen_weight.contiguous(), in_weight.contiguous(),
+                               out_weight.contiguous())
+    g = _geometry(module, x.shape, fw.shape, iw.shape, ow.shape, stride, padding)
+    dtype = _DTYPE_NAMES[x.dtype]
     grad_x = grad_in = grad_out_w = grad_out_b = None
     begin, end = x_channels
     if end > begin:
         grad_x = x.new_empty((g.N, end - begin, g.H, g.W))
         if grad_x.numel():
             module.input_grad(g, dtype, ptr(grad_out), ptr(fw), ptr(iw), ptr(ow), begin, end,
-                              ptr(grad_x), extra)
+                              grad_x.data_ptr(), extra)
+    # The weight-gradient kernels write every element of their outputs; where they do not run
+    # (no samples, or an empty block) the gradients are zeros.
     if need_out_weight or need_out_bias:
         # Planted filters: output rows [O_f, O), every input channel.
-        grad_out_w = torch.zeros_like(ow)
-        grad_out_b = ow.new_zeros(g.O_p) if need_out_bias else None
-        if ow.numel() and g.N:
+        runs = g.N > 0 and ow.numel() > 0
+        grad_out_w = torch.empty_like(ow) if runs else torch.zeros_like(ow)
+        grad_out_b = (ow.new_empty if runs else ow.new_zeros)(g.O_p) if need_out_bias else None
+        if runs:
             module.weight_grad(g, dtype, ptr(grad_out), ptr(x), g.O_f, g.O_f + g.O_p, 0,
                                g.I_f + g.I_p, ptr(grad_out_w), ptr(grad_out_b), extra)
         grad_out_w = grad_out_w if need_out_weight else None
     if need_in_weight:
         # Planted input slices: frozen filters [0, O_f), planted input channels [I_f, C).
-        grad_in = torch.zeros_like(iw)
-        if iw.numel() and g.N:
+        runs = g.N > 0 and iw.numel() > 0
+        grad_in = torch.empty_like(iw) if runs else torch.zeros_like(iw)
+        if runs:
             module.weight_grad(g, dtype, ptr(grad_out), ptr(x), 0, g.O_f, g.I_f, g.I_f + g.I_p,
                                ptr(grad_in), 0, extra)
     return grad_x, grad_in, grad_out_w, grad_out_b
