@@ -34,12 +34,12 @@ void by_dtype(const std::string& dtype, Fn&& fn) {
 }
 
 void forward(const Geometry& g, const std::string& dtype, std::uintptr_t x,
-             std::uintptr_t w_frozen, std::uintptr_t b_frozen, std::uintptr_t w_in,
+             std::uintptr_t x_planted, std::uintptr_t w_frozen, std::uintptr_t b_frozen, std::uintptr_t w_in,
              std::uintptr_t w_out, std::uintptr_t b_out, std::uintptr_t out, int nthreads) {
   check(g);
   by_dtype(dtype, [&](auto zero) {
     using T = decltype(zero);
-    plantops::cpu::forward<T>(g, in_ptr<T>(x), in_ptr<T>(w_frozen), in_ptr<T>(b_frozen),
+    plantops::cpu::forward<T>(g, in_ptr<T>(x), in_ptr<T>(x_planted), in_ptr<T>(w_frozen), in_ptr<T>(b_frozen),
                               in_ptr<T>(w_in), in_ptr<T>(w_out), in_ptr<T>(b_out),
                               out_ptr<T>(out), nthreads);
   });
@@ -58,15 +58,17 @@ void input_grad(const Geometry& g, const std::string& dtype, std::uintptr_t grad
 }
 
 void weight_grad(const Geometry& g, const std::string& dtype, std::uintptr_t grad_out,
-                 std::uintptr_t x, int64_t o_begin, int64_t o_end, int64_t c_begin,
-                 int64_t c_end, std::uintptr_t grad_w, std::uintptr_t grad_b, int nthreads) {
+                 std::uintptr_t x, std::uintptr_t x_planted, int64_t o_begin, int64_t o_end,
+                 int64_t c_begin, int64_t c_end, std::uintptr_t grad_w, std::uintptr_t grad_b,
+                 int nthreads) {
   check(g);
   check_outputs(g, o_begin, o_end);
   check_channels(g, c_begin, c_end);
   by_dtype(dtype, [&](auto zero) {
     using T = decltype(zero);
-    plantops::cpu::weight_grad<T>(g, in_ptr<T>(grad_out), in_ptr<T>(x), o_begin, o_end, c_begin,
-                                  c_end, out_ptr<T>(grad_w), out_ptr<T>(grad_b), nthreads);
+    plantops::cpu::weight_grad<T>(g, in_ptr<T>(grad_out), in_ptr<T>(x), in_ptr<T>(x_planted),
+                                  o_begin, o_end, c_begin, c_end, out_ptr<T>(grad_w),
+                                  out_ptr<T>(grad_b), nthreads);
   });
 }
 

@@ -18,11 +18,19 @@ using namespace plantops::binding;
 
 namespace {
 
+// The CUDA kernels read the input channels from one tensor: plantops/kernels/cuda.py joins
+// x_planted to x before calling them.
+void check_joined(std::uintptr_t x_planted) {
+  PLANTOPS_CHECK(x_planted == 0, "the CUDA kernels take every input channel in x; join "
+                                 "x_planted to it (torch.cat along dim 1) first");
+}
+
 void forward(const Geometry& g, const std::string& dtype, std::uintptr_t x,
-             std::uintptr_t w_frozen, std::uintptr_t b_frozen, std::uintptr_t w_in,
+             std::uintptr_t x_planted, std::uintptr_t w_frozen, std::uintptr_t b_frozen, std::uintptr_t w_in,
              std::uintptr_t w_out, std::uintptr_t b_out, std::uintptr_t out,
              std::uintptr_t stream) {
   check(g);
+  check_joined(x_planted);
   Pointers p;
   p.x = x, p.w_frozen = w_frozen, p.b_frozen = b_frozen, p.w_in = w_in, p.w_out = w_out;
   p.b_out = b_out, p.result = out;
@@ -41,10 +49,11 @@ void input_grad(const Geometry& g, const std::string& dtype, std::uintptr_t grad
 }
 
 void weight_grad(const Geometry& g, const std::string& dtype, std::uintptr_t grad_out,
-                 std::uintptr_t x, int64_t o_begin, int64_t o_end, int64_t c_begin,
-                 int64_t c_end, std::uintptr_t grad_w, std::uintptr_t grad_b,
+                 std::uintptr_t x, std::uintptr_t x_planted, int64_t o_begin, int64_t o_end,
+                 int64_t c_begin, int64_t c_end, std::uintptr_t grad_w, std::uintptr_t grad_b,
                  std::uintptr_t stream) {
   check(g);
+  check_joined(x_planted);
   check_outputs(g, o_begin, o_end);
   check_channels(g, c_begin, c_end);
   Pointers p;

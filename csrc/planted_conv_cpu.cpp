@@ -133,12 +133,16 @@ struct DenseConv {
     for (int64_t o = 0; o < Cout && b; ++o) bias[o] = b[o];
   }
 
-  // Copies plane [Cin, H, W] into the padded scratch [Cin, Hp, Wp] at offset (top, left).
-  void pad(const T* in, int64_t H, int64_t W, int64_t top, int64_t left, T* scratch) const {
+  // Copies sample n of in [N, Cin, H, W] into the padded scratch [Cin, Hp, Wp] at offset
+  // (top, left).
+  void pad(const Planes<T>& in, int64_t n, int64_t H, int64_t W, int64_t top, int64_t left,
+           T* scratch) const {
     std::fill(scratch, scratch + Cin * Hp * Wp, T(0));
-    for (int64_t c = 0; c < Cin; ++c)
+    for (int64_t c = 0; c < Cin; ++c) {
+      const T* plane = in.plane(n, c);
       for (int64_t y = 0; y < H; ++y)
-        std::memcpy(scratch + (c * Hp + y + top) * Wp + left, in + (c * H + y) * W, W * sizeof(T));
+        std::memcpy(scratch + (c * Hp + y + top) * Wp + left, plane + y * W, W * sizeof(T));
+    }
   }
 
   template <int NV>
@@ -184,10 +188,10 @@ struct DenseConv {
     }
   }
 
-  // One sample: in [Cin, H, W] -> out [Cout, OH, OW], zero padding (top, left) on the input.
-  void sample(const T* in, int64_t H, int64_t W, int64_t top, int64_t left, T* scratch,
-              T* out) const {
-    pad(in, H, W, top, left, scratch);
+  // Sample n: in [N, Cin, H, W] -> out [Cout, OH, OW], zero padding (top, left) on the input.
+  void sample(const Planes<T>& in, int64_t n, int64_t H, int64_t W, int64_t top, int64_t left,
+              T* scratch, T* out) const {
+    pad(in, n, H, W, top, left, scratch);
     if (nv == 1)
       run_tiles<1>(scratch, out);
     else if (nv == 2)
@@ -197,14 +201,14 @@ struct DenseConv {
   }
 
   // Every sample of a batch, in parallel.
-  void batch(int64_t N, const T* in, int64_t H, int64_t W, int64_t top, int64_t left, T* out,
-             int nthreads) const {
+  void batch(int64_t N, const Planes<T>& in, int64_t H, int64_t W, int64_t top, int64_t left,
+             T* out, int nthreads) const {
 #pragma omp parallel num_threads(nthreads)
     {
       std::vector<T> scratch(Cin * Hp * Wp);
 #pragma omp for schedule(static)
       for (int64_t n = 0; n < N; ++n)
-        sample(in + n * Cin * H * W, H, W, top, left, scratch.data(), out + n * Cout * OH * OW);
+        sample(in, n, H, W, top, left, scratch.data(), out + n * Cout * OH * OW);
     }
   }
 };
@@ -212,21 +216,23 @@ struct DenseConv {
 }  // namespace
 
 template <typename T>
-void forward(const Geometry& g, const T* x, const T* w_frozen, const T* b_frozen, const T* w_in,
+void forward(const Geometry& g, const T* x, const T* x_planted, const T* w_frozen, const T* b_frozen, const T* w_in,
              const T* w_out, const T* b_out, T* out, int nthreads) {
   const BlockWeight<T> weight{g, w_frozen, w_in, w_out};
   const std::vector<T> w = dense_weight(g, weight, 0, g.C(), false);
   std::vector<T> b(g.O(), T(0));
   for (int64_t o = 0; o < g.O_f && b_frozen; ++o) b[o] = b_frozen[o];
   for (int64_t o = 0; o < g.O_p && b_out; ++o) b[g.O_f + o] = b_out[o];
+  const Planes<T> in(x, x_planted, g.C(), g.I_f, g.H * g.W);
   if (use_winograd<T>(g, g.PH, g.PW)) {
-    winograd::conv(g.N, g.C(), g.H, g.W, g.PH, g.PW, g.O(), x, w.data(), b.data(), out, nthreads);
+    winograd::conv(g.N, g.C(), g.H, g.W, g.PH, g.PW, g.O(), in, w.data(), b.data(), out,
+                   nthreads);
     return;
   }
   DenseConv<T> conv(g.C(), g.O(), g.KH, g.KW, g.SH, g.SW, g.OH, g.OW, g.H + 2 * g.PH,
                     g.W + 2 * g.PW);
   conv.load(w.data(), b.data());
-  conv.batch(g.N, x, g.H, g.W, g.PH, g.PW, out, nthreads);
+  conv.batch(g.N, in, g.H, g.W, g.PH, g.PW, out, nthreads);
 }
 
 template <typename T>
@@ -239,13 +245,14 @@ void input_grad(const Geometry& g, const T* grad_out, const T* w_frozen, const T
     const int64_t th = g.KH - 1 - g.PH, tw = g.KW - 1 - g.PW;
     const std::vector<T> w = dense_weight(g, weight, c_begin, c_end, true);
     if (use_winograd<T>(g, th, tw)) {
-      winograd::conv(g.N, g.O(), g.OH, g.OW, th, tw, nc, grad_out, w.data(), (const T*)nullptr,
-                     grad_x, nthreads);
+      winograd::conv(g.N, g.O(), g.OH, g.OW, th, tw, nc, Planes<T>(grad_out, g.O(), g.OH * g.OW),
+                     w.data(), (const T*)nullptr, grad_x, nthreads);
       return;
     }
     DenseConv<T> conv(g.O(), nc, g.KH, g.KW, 1, 1, g.H, g.W, g.OH + 2 * th, g.OW + 2 * tw);
     conv.load(w.data(), nullptr);
-    conv.batch(g.N, grad_out, g.OH, g.OW, th, tw, grad_x, nthreads);
+    conv.batch(g.N, Planes<T>(grad_out, g.O(), g.OH * g.OW), g.OH, g.OW, th, tw, grad_x,
+               nthreads);
     return;
   }
   // Any stride: scatter each output gradient back onto the inputs it read.
@@ -299,8 +306,9 @@ void bias_grad(const Geometry& g, const T* grad_out, int64_t o_begin, int64_t o_
 }
 
 template <typename T>
-void weight_grad(const Geometry& g, const T* grad_out, const T* x, int64_t o_begin, int64_t o_end,
-                 int64_t c_begin, int64_t c_end, T* grad_w, T* grad_b, int nthreads) {
+void weight_grad(const Geometry& g, const T* grad_out, const T* x, const T* x_planted,
+                 int64_t o_begin, int64_t o_end, int64_t c_begin, int64_t c_end, T* grad_w,
+                 T* grad_b, int nthreads) {
   using S = Simd<T>;
   using vec = typename S::vec;
   constexpr int64_t L = S::L;
@@ -309,8 +317,9 @@ void weight_grad(const Geometry& g, const T* grad_out, const T* x, int64_t o_beg
   const int64_t block = no * nc * kk;
   if (no == 0) return;
   if (grad_b) bias_grad(g, grad_out, o_begin, o_end, grad_b);
+  const Planes<T> in(x, x_planted, g.C(), g.I_f, g.H * g.W);
   if (use_winograd<T>(g, g.PH, g.PW)) {
-    winograd::weight_grad(g.N, g.C(), g.H, g.W, g.PH, g.PW, g.O(), x, grad_out, o_begin, o_end,
+    winograd::weight_grad(g.N, g.H, g.W, g.PH, g.PW, g.O(), in, grad_out, o_begin, o_end,
                           c_begin, c_end, grad_w, nthreads);
     return;
   }
@@ -329,10 +338,12 @@ void weight_grad(const Geometry& g, const T* grad_out, const T* x, int64_t o_beg
     for (int64_t chunk = 0; chunk < nchunks; ++chunk) {
       T* acc = partial.data() + chunk * block;
       for (int64_t n = chunk * g.N / nchunks; n < (chunk + 1) * g.N / nchunks; ++n) {
-        for (int64_t c = 0; c < nc; ++c)
+        for (int64_t c = 0; c < nc; ++c) {
+          const T* plane = in.plane(n, c_begin + c);
           for (int64_t y = 0; y < g.H; ++y)
-            std::memcpy(xpad.data() + (c * Hp + y + g.PH) * Wp + g.PW,
-                        x + ((n * g.C() + c_begin + c) * g.H + y) * g.W, g.W * sizeof(T));
+            std::memcpy(xpad.data() + (c * Hp + y + g.PH) * Wp + g.PW, plane + y * g.W,
+                        g.W * sizeof(T));
+        }
         for (int64_t o = 0; o < no; ++o)
           for (int64_t y = 0; y < g.OH; ++y)
             std::memcpy(gpad.data() + (o * g.OH + y) * Owp,
@@ -375,11 +386,11 @@ void weight_grad(const Geometry& g, const T* grad_out, const T* x, int64_t o_beg
 
 #define PLANTOPS_INSTANTIATE(T)                                                              \
   template void forward<T>(const Geometry&, const T*, const T*, const T*, const T*, const T*,  \
-                           const T*, T*, int);                                                \
+                           const T*, const T*, T*, int);                                      \
   template void input_grad<T>(const Geometry&, const T*, const T*, const T*, const T*, int64_t, \
                               int64_t, T*, int);                                              \
-  template void weight_grad<T>(const Geometry&, const T*, const T*, int64_t, int64_t, int64_t,  \
-                               int64_t, T*, T*, int);
+  template void weight_grad<T>(const Geometry&, const T*, const T*, const T*, int64_t, int64_t, \
+                               int64_t, int64_t, T*, T*, int);
 PLANTOPS_INSTANTIATE(float)
 PLANTOPS_INSTANTIATE(double)
 #undef PLANTOPS_INSTANTIATE

@@ -1,15 +1,19 @@
 // CPU kernels of the planted convolution (see planted_conv.h for the weight blocks).
 #pragma once
 
+#include "planes.h"
 #include "planted_conv.h"
 
 namespace plantops::cpu {
 
 // out[N, O_f+O_p, OH, OW] = conv(x, [[frozen, in], [out]]) + [frozen_bias, out_bias].
 // Any of the bias pointers may be null (no bias); w_in is unused when I_p == 0, w_out when O_p == 0.
+// x is [N, I_f+I_p, H, W], or with x_planted not null [N, I_f, H, W] and x_planted the planted
+// channels [N, I_p, H, W] (planes.h); likewise in weight_grad.
 template <typename T>
-void forward(const Geometry& g, const T* x, const T* w_frozen, const T* b_frozen, const T* w_in,
-             const T* w_out, const T* b_out, T* out, int nthreads);
+void forward(const Geometry& g, const T* x, const T* x_planted, const T* w_frozen,
+             const T* b_frozen, const T* w_in, const T* w_out, const T* b_out, T* out,
+             int nthreads);
 
 // grad_x[N, c_end-c_begin, H, W]: the input gradient for input channels [c_begin, c_end) only.
 template <typename T>
@@ -22,7 +26,8 @@ void input_grad(const Geometry& g, const T* grad_out, const T* w_frozen, const T
 // (o in [O_f, O), every c) and the planted input slices (o in [0, O_f), c in [I_f, C)).
 // The result does not depend on nthreads: samples are summed in fixed chunks, in a fixed order.
 template <typename T>
-void weight_grad(const Geometry& g, const T* grad_out, const T* x, int64_t o_begin, int64_t o_end,
-                 int64_t c_begin, int64_t c_end, T* grad_w, T* grad_b, int nthreads);
+void weight_grad(const Geometry& g, const T* grad_out, const T* x, const T* x_planted,
+                 int64_t o_begin, int64_t o_end, int64_t c_begin, int64_t c_end, T* grad_w,
+                 T* grad_b, int nthreads);
 
 }  // namespace plantops::cpu

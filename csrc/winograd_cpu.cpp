@@ -143,11 +143,11 @@ void lane_sums(const T* v, int64_t n, T* out) {
 }
 
 // dst[c / B][y][x][c % B][s] = src[n0 + s][c0 + c][y - top][x - left] where that lies inside
-// src[N][Csrc][H][W], else 0; for c < nc, y < rows, x < cols, s < L. B = 1 is [c][y][x][s].
+// src[N][C][H][W], else 0; for c < nc, y < rows, x < cols, s < L. B = 1 is [c][y][x][s].
 // With B > 1 the B channels of a block lie side by side at each pixel, so that a kernel
 // reading all of them addresses them at constant offsets from one pointer.
 template <typename T>
-void interleave(const T* src, int64_t N, int64_t Csrc, int64_t c0, int64_t nc, int64_t H,
+void interleave(const Planes<T>& src, int64_t N, int64_t c0, int64_t nc, int64_t H,
                 int64_t W, int64_t n0, int64_t top, int64_t left, int64_t rows, int64_t cols,
                 T* dst, int64_t B = 1) {
   constexpr int64_t L = Simd<T>::L;
@@ -156,7 +156,7 @@ void interleave(const T* src, int64_t N, int64_t Csrc, int64_t c0, int64_t nc, i
   // Rows [y0, y1) of dst hold source rows [y0 - top, y1 - top), which follow one another in
   // each sample's plane: they are transposed as one run of pixels, L at a time.
   const int64_t y0 = std::clamp<int64_t>(top, 0, rows), y1 = std::clamp<int64_t>(top + H, y0, rows);
-  const int64_t run = (y1 - y0) * W, plane = Csrc * H * W;
+  const int64_t run = (y1 - y0) * W;
   for (int64_t c = 0; c < nc; ++c) {
     T* dc = dst + ((c / B) * rows * cols * B + c % B) * L;  // pixel (y, x) at + (y cols + x) step
     for (int64_t y = 0; y < rows; ++y) {
@@ -171,7 +171,8 @@ void interleave(const T* src, int64_t N, int64_t Csrc, int64_t c0, int64_t nc, i
         zero(left + W, cols);
       }
     }
-    const T* r = src + ((n0 * Csrc + c0 + c) * H + y0 - top) * W;
+    const T* r = src.plane(n0, c0 + c) + (y0 - top) * W;
+    const int64_t plane = src.sample_stride(c0 + c);
     T* at[L];  // where the pixels of one run go
     for (int64_t q = 0, y = y0, x = 0; q < run; q += L) {
       const int nj = static_cast<int>(std::min(L, run - q));
@@ -316,7 +317,7 @@ int pick_filters_per_tile(int64_t Cout) {
 }
 
 template <typename T, int OB>
-void conv_groups(int64_t N, int64_t Cin, const Tiles& tl, int64_t Cout, const T* x,
+void conv_groups(int64_t N, int64_t Cin, const Tiles& tl, int64_t Cout, const Planes<T>& x,
                  const T* weight, const T* bias, T* out, int nthreads) {
   using S = Simd<T>;
   using vec = typename S::vec;
@@ -350,7 +351,7 @@ void conv_groups(int64_t N, int64_t Cin, const Tiles& tl, int64_t Cout, const T*
       for (int64_t ty0 = 0; ty0 < tl.TH; ty0 += band) {
         const int64_t ty1 = std::min(tl.TH, ty0 + band), rows_in = 2 * (ty1 - ty0) + 2;
         // Padded input rows 2 ty0 to 2 ty1 + 2: row y of xs is input row y + 2 ty0 - ph.
-        interleave(x, N, Cin, 0, Cin, tl.H, tl.W, grp * L, tl.ph - 2 * ty0, tl.pw, rows_in,
+        interleave(x, N, 0, Cin, tl.H, tl.W, grp * L, tl.ph - 2 * ty0, tl.pw, rows_in,
                    tl.Wp, xs.get());
         for (int64_t ty = ty0; ty < ty1; ++ty)
           for (int64_t tx = 0; tx < tl.TW; ++tx) {
@@ -392,7 +393,7 @@ int64_t group_size() {
 
 template <typename T>
 void conv(int64_t N, int64_t Cin, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t Cout,
-          const T* x, const T* weight, const T* bias, T* out, int nthreads) {
+          const Planes<T>& x, const T* weight, const T* bias, T* out, int nthreads) {
   const Tiles tl(H, W, ph, pw);
   if (N == 0 || Cout == 0 || tl.OH <= 0 || tl.OW <= 0) return;
   switch (pick_filters_per_tile(Cout)) {
@@ -466,7 +467,7 @@ void grad_row_all(std::integer_sequence<int, XI...>, const T* xs, int64_t xrow, 
 
 // weight_grad with a register tile of OT filters by CT input channels.
 template <typename T, int OT, int CT>
-void weight_grad_tiled(int64_t N, int64_t C, const Tiles& tl, int64_t O, const T* x,
+void weight_grad_tiled(int64_t N, const Tiles& tl, int64_t O, const Planes<T>& x,
                        const T* grad_out, int64_t o_begin, int64_t o_end, int64_t c_begin,
                        int64_t c_end, T* grad_w, int nthreads) {
   using S = Simd<T>;
@@ -509,9 +510,9 @@ void weight_grad_tiled(int64_t N, int64_t C, const Tiles& tl, int64_t O, const T
         const int64_t ty1 = std::min(tl.TH, ty0 + band);
         const int64_t rows_x = 2 * (ty1 - ty0) + 2, rows_g = 2 * (ty1 - ty0);
         // Row y of xs is padded input row y + 2 ty0, of gs output row y + 2 ty0.
-        interleave(x, N, C, c_begin, nc, H, W, grp * L, ph - 2 * ty0, pw, rows_x, tl.Wp,
+        interleave(x, N, c_begin, nc, H, W, grp * L, ph - 2 * ty0, pw, rows_x, tl.Wp,
                    xs.get(), CT);
-        interleave(grad_out, N, O, o_begin, no, tl.OH, tl.OW, grp * L, -2 * ty0, 0, rows_g, OWp,
+        interleave(Planes<T>(grad_out, O, tl.OH * tl.OW), N, o_begin, no, tl.OH, tl.OW, grp * L, -2 * ty0, 0, rows_g, OWp,
                    gs.get(), OT);
         for (int64_t ty = ty0; ty < ty1; ty += pass_rows)
           for (int64_t cb = 0; cb < ncp; cb += CT)
@@ -541,8 +542,8 @@ void weight_grad_tiled(int64_t N, int64_t C, const Tiles& tl, int64_t O, const T
 }
 
 template <typename T>
-void weight_grad(int64_t N, int64_t C, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t O,
-                 const T* x, const T* grad_out, int64_t o_begin, int64_t o_end, int64_t c_begin,
+void weight_grad(int64_t N, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t O,
+                 const Planes<T>& x, const T* grad_out, int64_t o_begin, int64_t o_end, int64_t c_begin,
                  int64_t c_end, T* grad_w, int nthreads) {
   const Tiles tl(H, W, ph, pw);
   const int64_t no = o_end - o_begin, nc = c_end - c_begin;
@@ -552,18 +553,19 @@ void weight_grad(int64_t N, int64_t C, int64_t H, int64_t W, int64_t ph, int64_t
   // 4, 8, 16 or 32 channels (the planted input slices, and many layers) by a third or an
   // eighth: those take 4 by 4, which pads nothing (24 and 16 registers of sums, no spills).
   if (round_up(nc, 4) < round_up(nc, 6))
-    return weight_grad_tiled<T, 4, 4>(N, C, tl, O, x, grad_out, o_begin, o_end, c_begin, c_end,
+    return weight_grad_tiled<T, 4, 4>(N, tl, O, x, grad_out, o_begin, o_end, c_begin, c_end,
                                       grad_w, nthreads);
-  weight_grad_tiled<T, 4, 6>(N, C, tl, O, x, grad_out, o_begin, o_end, c_begin, c_end, grad_w,
+  weight_grad_tiled<T, 4, 6>(N, tl, O, x, grad_out, o_begin, o_end, c_begin, c_end, grad_w,
                              nthreads);
 }
 
 #define PLANTOPS_INSTANTIATE(T)                                                                 \
   template int64_t group_size<T>();                                                            \
   template void conv<T>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,         \
-                        const T*, const T*, const T*, T*, int);                                \
-  template void weight_grad<T>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,  \
-                               const T*, const T*, int64_t, int64_t, int64_t, int64_t, T*, int);
+                        const Planes<T>&, const T*, const T*, T*, int);                        \
+  template void weight_grad<T>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,           \
+                               const Planes<T>&, const T*, int64_t, int64_t, int64_t, int64_t, \
+                               T*, int);
 PLANTOPS_INSTANTIATE(float)
 PLANTOPS_INSTANTIATE(double)
 #undef PLANTOPS_INSTANTIATE

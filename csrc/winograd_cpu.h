@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "planes.h"
+
 namespace plantops::cpu::winograd {
 
 // Whether these kernels compute a convolution of this shape: 3x3 kernel, stride 1, zero
@@ -23,15 +25,15 @@ int64_t group_size();
 // padding (ph, pw) and stride 1: OH = H + 2 ph - 2, OW = W + 2 pw - 2. bias may be null.
 template <typename T>
 void conv(int64_t N, int64_t Cin, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t Cout,
-          const T* x, const T* weight, const T* bias, T* out, int nthreads);
+          const Planes<T>& x, const T* weight, const T* bias, T* out, int nthreads);
 
 // grad_w[o_end-o_begin, c_end-c_begin, 3, 3]: the weight gradient of that convolution for
 // output channels [o_begin, o_end) of grad_out[N, O, OH, OW] and input channels
 // [c_begin, c_end) of x[N, C, H, W]. Samples are summed in fixed groups in a fixed order, so
 // the result does not depend on nthreads.
 template <typename T>
-void weight_grad(int64_t N, int64_t C, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t O,
-                 const T* x, const T* grad_out, int64_t o_begin, int64_t o_end, int64_t c_begin,
+void weight_grad(int64_t N, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t O,
+                 const Planes<T>& x, const T* grad_out, int64_t o_begin, int64_t o_end, int64_t c_begin,
                  int64_t c_end, T* grad_w, int nthreads);
 
 }  // namespace plantops::cpu::winograd

@@ -124,15 +124,11 @@ def check_planted_conv_args(x, frozen_weight, frozen_bias, out_weight, out_bias,
 
 # ----------------------------------------------------------------------------- custom ops
 
-def _joined(x: Tensor, x_planted: Optional[Tensor]) -> Tensor:
-    return x if x_planted is None else torch.cat([x, x_planted], 1)
-
-
 def _forward_impl(x, x_planted, frozen_weight, frozen_bias, in_weight, out_weight, out_bias,
                   stride, padding, backend) -> Tensor:
-    out = _backends.get(backend).forward(_joined(x, x_planted), frozen_weight, frozen_bias,
-                                         in_weight, out_weight, out_bias, tuple(stride),
-                                         tuple(padding))
+    out = _backends.get(backend).forward(x, frozen_weight, frozen_bias, in_weight, out_weight,
+                                         out_bias, tuple(stride), tuple(padding),
+                                         x_planted=x_planted)
     return out.contiguous()
 
 
@@ -154,13 +150,13 @@ def _(x, x_planted, frozen_weight, frozen_bias, in_weight, out_weight, out_bias,
     return x.new_empty((x.shape[0], frozen_weight.shape[0] + out_weight.shape[0], oh, ow))
 
 
-def _backward_impl(grad_out, x, frozen_weight, in_weight, out_weight, stride, padding, backend,
-                   x_begin, x_end, need_in_weight, need_out_weight, need_out_bias):
-    """(grad_x for channels [x_begin, x_end), grad_in, grad_out_w, grad_out_b); None where
-    not asked for."""
+def _backward_impl(grad_out, x, x_planted, frozen_weight, in_weight, out_weight, stride, padding,
+                   backend, x_begin, x_end, need_in_weight, need_out_weight, need_out_bias):
+    """(grad_x for channels [x_begin, x_end) of x and x_planted joined, grad_in, grad_out_w,
+    grad_out_b); None where not asked for."""
     grad_x, grad_in, grad_out_w, grad_out_b = _backends.get(backend).backward(
         grad_out, x, frozen_weight, in_weight, out_weight, tuple(stride), tuple(padding),
-        (x_begin, x_end), need_in_weight, need_out_weight, need_out_bias)
+        (x_begin, x_end), need_in_weight, need_out_weight, need_out_bias, x_planted=x_planted)
     return (None if grad_x is None else grad_x.contiguous(),
             None if grad_in is None else grad_in.contiguous(),
             None if grad_out_w is None else grad_out_w.contiguous(),
@@ -169,20 +165,20 @@ def _backward_impl(grad_out, x, frozen_weight, in_weight, out_weight, stride, pa
 
 @torch.library.custom_op("plantops::planted_conv2d_backward", mutates_args=())
 def _planted_conv2d_backward_op(
-        grad_out: Tensor, x: Tensor, frozen_weight: Tensor, in_weight: Tensor,
-        out_weight: Tensor, stride: List[int], padding: List[int], backend: str,
+        grad_out: Tensor, x: Tensor, x_planted: Optional[Tensor], frozen_weight: Tensor,
+        in_weight: Tensor, out_weight: Tensor, stride: List[int], padding: List[int], backend: str,
         x_begin: int, x_end: int, need_in_weight: bool, need_out_weight: bool,
         need_out_bias: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    grads = _backward_impl(grad_out, x, frozen_weight, in_weight, out_weight, stride, padding,
-                           backend, x_begin, x_end, need_in_weight, need_out_weight,
+    grads = _backward_impl(grad_out, x, x_planted, frozen_weight, in_weight, out_weight, stride,
+                           padding, backend, x_begin, x_end, need_in_weight, need_out_weight,
                            need_out_bias)
     # A custom op cannot return None: an empty tensor stands for "not asked for".
     return tuple(x.new_empty(0) if g is None else g for g in grads)
 
 
 @_planted_conv2d_backward_op.register_fake
-def _(grad_out, x, frozen_weight, in_weight, out_weight, stride, padding, backend,
+def _(grad_out, x, x_planted, frozen_weight, in_weight, out_weight, stride, padding, backend,
       x_begin, x_end, need_in_weight, need_out_weight, need_out_bias):
     def like(t, needed):
         return t.new_empty(t.shape) if needed else x.new_empty(0)
@@ -216,7 +212,7 @@ def _backward(ctx, grad_out, backward_fn=_planted_conv2d_backward_op):
     if not (need_x or need_x_planted):
         begin = end = 0
     grad_x, grad_in, grad_out_w, grad_out_b = backward_fn(
-        grad_out, _joined(x, x_planted), frozen_weight, in_weight, out_weight, ctx.stride,
+        grad_out, x, x_planted, frozen_weight, in_weight, out_weight, ctx.stride,
         ctx.padding, ctx.backend, begin, end, need_in, need_out_w, need_out_b)
     if end == begin and (need_x or need_x_planted):  # a tensor with 0 channels asks for one
         grad_x = x.new_zeros((x.shape[0], 0, *x.shape[2:]))

@@ -18,7 +18,14 @@ def test_module_loads_and_rejects_bad_geometry_without_a_gpu():
     g = cuda_module.Geometry()
     g.N, g.I_f, g.O_f, g.H, g.W, g.KH, g.KW, g.OH, g.OW = 1, 1, 1, 4, 4, 3, 3, 5, 5  # wrong OH
     with pytest.raises(ValueError, match="output size does not match"):
-        cuda_module.forward(g, "float32", 0, 0, 0, 0, 0, 0, 0, 0)
+        cuda_module.forward(g, "float32", 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    # The CUDA kernels read one input tensor: plantops/kernels/cuda.py joins x_planted first,
+    # and a planted-channel pointer that reaches them anyway is refused, not ignored.
+    g.OH = g.OW = 2
+    with pytest.raises(ValueError, match="join x_planted"):
+        cuda_module.forward(g, "float32", 0, 8, 0, 0, 0, 0, 0, 0, 0)
+    with pytest.raises(ValueError, match="join x_planted"):
+        cuda_module.weight_grad(g, "float32", 0, 0, 8, 0, 1, 0, 1, 0, 0, 0)
 
 
 TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}

@@ -112,8 +112,8 @@ def test_split_input_computes_only_the_planted_input_gradient(monkeypatch):
     seen = []
     original = torch_composite.backward
 
-    def spy(*args):
-        result = original(*args)
+    def spy(*args, **kwargs):
+        result = original(*args, **kwargs)
         seen.append((args[7], tuple(result[0].shape)))
         return result
 
@@ -155,9 +155,9 @@ def test_backward_skips_what_is_not_needed(monkeypatch):
     seen = []
     original = torch_composite.backward
 
-    def spy(*args):
+    def spy(*args, **kwargs):
         seen.append(args[-4:])
-        return original(*args)
+        return original(*args, **kwargs)
 
     monkeypatch.setattr(torch_composite, "backward", spy)
     tensors, conv_args = make_inputs((2, 3, 2, 4, 2, 5, 5, 3, 1, 1))

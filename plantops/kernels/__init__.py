@@ -5,14 +5,16 @@ Every backend module exposes the same three things:
 - ``NAME``: its name, as users pass it in ``backend=``;
 - ``unavailable_reason(device_type, dtype)``: ``None`` when it can run on that device type and
   dtype on this machine, else a sentence saying why not (missing module, wrong device, ...);
-- ``forward(x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride, padding)``
-  and ``backward(grad_out, x, frozen_weight, in_weight, out_weight, stride, padding,
-  x_channels, need_in_weight, need_out_weight, need_out_bias)`` over normalized arguments: every
-  weight a tensor (empty blocks have a zero dimension), stride and padding pairs.
-  ``backward`` returns ``(grad_x, grad_in_weight, grad_out_weight, grad_out_bias)`` with
-  ``None`` for what was not asked for; ``grad_x`` covers only the input channels
-  ``x_channels = (begin, end)`` (``[N, end - begin, H, W]``; none when the range is empty).
-  Nothing is ever computed for the frozen block.
+- ``forward(x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride, padding,
+  x_planted)`` and ``backward(grad_out, x, frozen_weight, in_weight, out_weight, stride,
+  padding, x_channels, need_in_weight, need_out_weight, need_out_bias, x_planted)`` over
+  normalized arguments: every weight a tensor (empty blocks have a zero dimension), stride and
+  padding pairs; ``x_planted`` None (x holds every input channel) or the planted input channels
+  passed apart (x then holds the frozen ones; ``joined`` puts them together for a backend
+  that reads one tensor). ``backward`` returns ``(grad_x, grad_in_weight, grad_out_weight,
+  grad_out_bias)`` with ``None`` for what was not asked for; ``grad_x`` covers only the input
+  channels ``x_channels = (begin, end)`` of x and x_planted joined (``[N, end - begin, H, W]``;
+  none when the range is empty). Nothing is ever computed for the frozen block.
 
 Nothing here touches CUDA or compiles anything at import time: backends are imported lazily.
 """
@@ -35,6 +37,11 @@ NAMES = tuple(_MODULES)
 
 
 _loaded: dict = {}  # name -> module: import_module costs microseconds on every call
+
+
+def joined(x: torch.Tensor, x_planted: torch.Tensor | None) -> torch.Tensor:
+    """x with the planted channels passed apart (x_planted, if any) appended along dim 1."""
+    return x if x_planted is None else torch.cat([x, x_planted], 1)
 
 
 def get(name: str):

@@ -60,25 +60,28 @@ def ptr(t: torch.Tensor | None) -> int:
 # and allocate with empty_like where the kernel writes every element.
 
 def forward(module, extra, x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias,
-            stride, padding):
-    """Runs ``module.forward``; ``extra`` is the trailing argument (threads or stream)."""
+            stride, padding, x_planted=None):
+    """Runs ``module.forward``; ``extra`` is the trailing argument (threads or stream). With
+    ``x_planted``, x holds the frozen input channels and x_planted the planted ones."""
     x, fw, iw, ow = (x.contiguous(), frozen_weight.contiguous(), in_weight.contiguous(),
                      out_weight.contiguous())
+    xp = None if x_planted is None else x_planted.contiguous()
     fb = None if frozen_bias is None else frozen_bias.contiguous()
     ob = None if out_bias is None else out_bias.contiguous()
     g = _geometry(module, x.shape, fw.shape, iw.shape, ow.shape, stride, padding)
     out = x.new_empty((g.N, g.O_f + g.O_p, g.OH, g.OW))
     if out.numel():
-        module.forward(g, _DTYPE_NAMES[x.dtype], ptr(x), ptr(fw), ptr(fb), ptr(iw), ptr(ow),
-                       ptr(ob), out.data_ptr(), extra)
+        module.forward(g, _DTYPE_NAMES[x.dtype], ptr(x), ptr(xp), ptr(fw), ptr(fb), ptr(iw),
+                       ptr(ow), ptr(ob), out.data_ptr(), extra)
     return out
 
 
 def backward(module, extra, grad_out, x, frozen_weight, in_weight, out_weight, stride, padding,
-             x_channels, need_in_weight, need_out_weight, need_out_bias):
+             x_channels, need_in_weight, need_out_weight, need_out_bias, x_planted=None):
     grad_out, x, fw, iw, ow = (grad_out.contiguous(), x.contiguous(),
                                frozen_weight.contiguous(), in_weight.contiguous(),
                                out_weight.contiguous())
+    xp = None if x_planted is None else x_planted.contiguous()
     g = _geometry(module, x.shape, fw.shape, iw.shape, ow.shape, stride, padding)
     dtype = _DTYPE_NAMES[x.dtype]
     grad_x = grad_in = grad_out_w = grad_out_b = None
@@ -96,14 +99,14 @@ def backward(module, extra, grad_out, x, frozen_weight, in_weight, out_weight, s
         grad_out_w = torch.empty_like(ow) if runs else torch.zeros_like(ow)
         grad_out_b = (ow.new_empty if runs else ow.new_zeros)(g.O_p) if need_out_bias else None
         if runs:
-            module.weight_grad(g, dtype, ptr(grad_out), ptr(x), g.O_f, g.O_f + g.O_p, 0,
-                               g.I_f + g.I_p, ptr(grad_out_w), ptr(grad_out_b), extra)
+            module.weight_grad(g, dtype, ptr(grad_out), ptr(x), ptr(xp), g.O_f, g.O_f + g.O_p,
+                               0, g.I_f + g.I_p, ptr(grad_out_w), ptr(grad_out_b), extra)
         grad_out_w = grad_out_w if need_out_weight else None
     if need_in_weight:
         # Planted input slices: frozen filters [0, O_f), planted input channels [I_f, C).
         runs = g.N > 0 and iw.numel() > 0
         grad_in = torch.empty_like(iw) if runs else torch.zeros_like(iw)
         if runs:
-            module.weight_grad(g, dtype, ptr(grad_out), ptr(x), 0, g.O_f, g.I_f, g.I_f + g.I_p,
-                               ptr(grad_in), 0, extra)
+            module.weight_grad(g, dtype, ptr(grad_out), ptr(x), ptr(xp), 0, g.O_f, g.I_f,
+                               g.I_f + g.I_p, ptr(grad_in), 0, extra)
     return grad_x, grad_in, grad_out_w, grad_out_b

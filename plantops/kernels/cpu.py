@@ -23,11 +23,13 @@ def unavailable_reason(device_type: str, dtype: torch.dtype) -> str | None:
     return _native.load("plantops._C")[1]
 
 
-def forward(*args):
+# The kernels read x_planted where it lies (csrc/planes.h): no joined copy of the input.
+
+def forward(*args, x_planted=None):
     module = _native.load("plantops._C")[0]
-    return _native.forward(module, torch.get_num_threads(), *args)
+    return _native.forward(module, torch.get_num_threads(), *args, x_planted=x_planted)
 
 
-def backward(*args):
+def backward(*args, x_planted=None):
     module = _native.load("plantops._C")[0]
-    return _native.backward(module, torch.get_num_threads(), *args)
+    return _native.backward(module, torch.get_num_threads(), *args, x_planted=x_planted)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from plantops.kernels import _native
+from plantops.kernels import _native, joined
 
 NAME = "cuda"
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -28,13 +28,15 @@ def _stream() -> int:
     return torch.cuda.current_stream().cuda_stream
 
 
-def forward(x, *args):
+# The CUDA kernels read every input channel from one tensor: x_planted is joined to x first.
+
+def forward(x, *args, x_planted=None):
     module = _native.load("plantops._cuda")[0]
     with torch.cuda.device(x.device):
-        return _native.forward(module, _stream(), x, *args)
+        return _native.forward(module, _stream(), joined(x, x_planted), *args)
 
 
-def backward(grad_out, *args):
+def backward(grad_out, x, *args, x_planted=None):
     module = _native.load("plantops._cuda")[0]
     with torch.cuda.device(grad_out.device):
-        return _native.backward(module, _stream(), grad_out, *args)
+        return _native.backward(module, _stream(), grad_out, joined(x, x_planted), *args)

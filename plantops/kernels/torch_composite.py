@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from plantops.kernels import joined
+
 NAME = "torch"
 
 
@@ -35,7 +37,9 @@ def assemble_bias(frozen_bias, out_bias, o_frozen, o_planted, like):
     return torch.cat([frozen_bias, out_bias])
 
 
-def forward(x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride, padding):
+def forward(x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride, padding,
+            x_planted=None):
+    x = joined(x, x_planted)
     weight = assemble_weight(frozen_weight, in_weight, out_weight)
     bias = assemble_bias(frozen_bias, out_bias, frozen_weight.shape[0], out_weight.shape[0], x)
     return F.conv2d(x, weight, bias, stride, padding)
@@ -49,7 +53,8 @@ def _conv_backward(grad_out, x, weight, stride, padding, mask):
 
 
 def backward(grad_out, x, frozen_weight, in_weight, out_weight, stride, padding,
-             x_channels, need_in_weight, need_out_weight, need_out_bias):
+             x_channels, need_in_weight, need_out_weight, need_out_bias, x_planted=None):
+    x = joined(x, x_planted)
     o_frozen, i_frozen = frozen_weight.shape[:2]
     grad_x = grad_in = grad_out_w = grad_out_b = None
     begin, end = x_channels

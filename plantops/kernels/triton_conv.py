@@ -25,6 +25,7 @@ import os
 
 import torch
 
+from plantops.kernels import joined
 from plantops.kernels._native import dims as _dims
 
 NAME = "triton"
@@ -77,8 +78,10 @@ def _device_ctx(t):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def forward(x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride, padding):
+def forward(x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride, padding,
+            x_planted=None):
     triton, forward_kernel, _, _ = _kernels()
+    x = joined(x, x_planted)
     x, fw, iw, ow = (t.contiguous() for t in (x, frozen_weight, in_weight, out_weight))
     d = _dims(x.shape, fw.shape, iw.shape, ow.shape, stride, padding)
     from plantops.kernels.torch_composite import assemble_bias
@@ -143,7 +146,8 @@ def _weight_grad(grad_out, x, d, o_begin, o_end, c_begin, c_end):
 
 
 def backward(grad_out, x, frozen_weight, in_weight, out_weight, stride, padding,
-             x_channels, need_in_weight, need_out_weight, need_out_bias):
+             x_channels, need_in_weight, need_out_weight, need_out_bias, x_planted=None):
+    x = joined(x, x_planted)
     grad_out, x, fw, iw, ow = (t.contiguous() for t in
                                (grad_out, x, frozen_weight, in_weight, out_weight))
     d = _dims(x.shape, fw.shape, iw.shape, ow.shape, stride, padding)
