@@ -49,6 +49,13 @@ def test_matches_reference(algorithm, dtype, shape):
     check_backend("cpu", shape, dtype)
 
 
+@pytest.mark.parametrize("algorithm", ["winograd"], indirect=True)
+def test_output_larger_than_the_caches_matches_reference(algorithm):
+    """A float32 output over 4 MB (17 x 40 x 40 x 40): the Winograd forward and input
+    gradient write it with non-temporal stores, from aligned and unaligned columns."""
+    check_backend("cpu", (17, 36, 4, 36, 4, 40, 40, 3, 1, 1), torch.float32)
+
+
 # The kernels read x_planted where it lies (csrc/planes.h); register tiles and bands of the
 # weight gradients then straddle the two tensors.
 SPLIT_SHAPES = SHAPES[:3] + SHAPES[7:]
