@@ -295,10 +295,11 @@ def planted_conv2d(x: Tensor, frozen_weight: Tensor, frozen_bias: Optional[Tenso
                                               out_bias, in_weight, stride, padding, x_planted)
     o_frozen, i_frozen, kh, kw = frozen_weight.shape
     channels = x.shape[1] + (0 if x_planted is None else x_planted.shape[1])
+    # Empty blocks: new_empty, as there is nothing to zero (new_zeros costs a fill_ dispatch).
     if in_weight is None:
-        in_weight = frozen_weight.new_zeros((o_frozen, 0, kh, kw))
+        in_weight = frozen_weight.new_empty((o_frozen, 0, kh, kw))
     if out_weight is None:
-        out_weight = frozen_weight.new_zeros((0, channels, kh, kw))
+        out_weight = frozen_weight.new_empty((0, channels, kh, kw))
     shape_key = (x.shape[0], channels, out_weight.shape[0] + o_frozen, x.shape[2], x.shape[3],
                  kh, kw, stride, padding)
     name = _backends.resolve(backend, x.device.type, x.dtype, shape_key)
