@@ -34,14 +34,15 @@ void by_dtype(const std::string& dtype, Fn&& fn) {
 }
 
 void forward(const Geometry& g, const std::string& dtype, std::uintptr_t x,
-             std::uintptr_t x_planted, std::uintptr_t w_frozen, std::uintptr_t b_frozen, std::uintptr_t w_in,
-             std::uintptr_t w_out, std::uintptr_t b_out, std::uintptr_t out, int nthreads) {
+             std::uintptr_t x_planted, std::uintptr_t w_frozen, std::uintptr_t b_frozen,
+             std::uintptr_t w_in, std::uintptr_t w_out, std::uintptr_t b_out, std::uintptr_t out,
+             int nthreads) {
   check(g);
   by_dtype(dtype, [&](auto zero) {
     using T = decltype(zero);
-    plantops::cpu::forward<T>(g, in_ptr<T>(x), in_ptr<T>(x_planted), in_ptr<T>(w_frozen), in_ptr<T>(b_frozen),
-                              in_ptr<T>(w_in), in_ptr<T>(w_out), in_ptr<T>(b_out),
-                              out_ptr<T>(out), nthreads);
+    plantops::cpu::forward<T>(g, in_ptr<T>(x), in_ptr<T>(x_planted), in_ptr<T>(w_frozen),
+                              in_ptr<T>(b_frozen), in_ptr<T>(w_in), in_ptr<T>(w_out),
+                              in_ptr<T>(b_out), out_ptr<T>(out), nthreads);
   });
 }
 

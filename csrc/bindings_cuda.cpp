@@ -26,8 +26,8 @@ void check_joined(std::uintptr_t x_planted) {
 }
 
 void forward(const Geometry& g, const std::string& dtype, std::uintptr_t x,
-             std::uintptr_t x_planted, std::uintptr_t w_frozen, std::uintptr_t b_frozen, std::uintptr_t w_in,
-             std::uintptr_t w_out, std::uintptr_t b_out, std::uintptr_t out,
+             std::uintptr_t x_planted, std::uintptr_t w_frozen, std::uintptr_t b_frozen,
+             std::uintptr_t w_in, std::uintptr_t w_out, std::uintptr_t b_out, std::uintptr_t out,
              std::uintptr_t stream) {
   check(g);
   check_joined(x_planted);

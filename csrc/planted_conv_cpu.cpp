@@ -216,8 +216,9 @@ struct DenseConv {
 }  // namespace
 
 template <typename T>
-void forward(const Geometry& g, const T* x, const T* x_planted, const T* w_frozen, const T* b_frozen, const T* w_in,
-             const T* w_out, const T* b_out, T* out, int nthreads) {
+void forward(const Geometry& g, const T* x, const T* x_planted, const T* w_frozen,
+             const T* b_frozen, const T* w_in, const T* w_out, const T* b_out, T* out,
+             int nthreads) {
   const BlockWeight<T> weight{g, w_frozen, w_in, w_out};
   const std::vector<T> w = dense_weight(g, weight, 0, g.C(), false);
   std::vector<T> b(g.O(), T(0));

@@ -504,6 +504,7 @@ void weight_grad_tiled(int64_t N, const Tiles& tl, int64_t O, const Planes<T>& x
   const int64_t no = o_end - o_begin, nc = c_end - c_begin;
   const int64_t nop = round_up(no, OT), ncp = round_up(nc, CT);
   const int64_t groups = (N + L - 1) / L, OWp = 2 * tl.TW;
+  const Planes<T> dy(grad_out, O, tl.OH * tl.OW);
   // Per group, dL/dU summed over its samples, in a fixed order (every element written).
   const std::unique_ptr<T[]> partial(new T[groups * 16 * no * nc]);
   // Channel-blocked buffers: [c/CT][y][x][CT][L] and [o/OT][y][x][OT][L].
@@ -540,8 +541,8 @@ void weight_grad_tiled(int64_t N, const Tiles& tl, int64_t O, const Planes<T>& x
         // Row y of xs is padded input row y + 2 ty0, of gs output row y + 2 ty0.
         interleave(x, N, c_begin, nc, H, W, grp * L, ph - 2 * ty0, pw, rows_x, tl.Wp,
                    xs.get(), CT);
-        interleave(Planes<T>(grad_out, O, tl.OH * tl.OW), N, o_begin, no, tl.OH, tl.OW, grp * L, -2 * ty0, 0, rows_g, OWp,
-                   gs.get(), OT);
+        interleave(dy, N, o_begin, no, tl.OH, tl.OW, grp * L, -2 * ty0, 0, rows_g, OWp, gs.get(),
+                   OT);
         for (int64_t ty = ty0; ty < ty1; ty += pass_rows)
           for (int64_t cb = 0; cb < ncp; cb += CT)
             for (int64_t ob = 0; ob < nop; ob += OT)
@@ -571,8 +572,8 @@ void weight_grad_tiled(int64_t N, const Tiles& tl, int64_t O, const Planes<T>& x
 
 template <typename T>
 void weight_grad(int64_t N, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t O,
-                 const Planes<T>& x, const T* grad_out, int64_t o_begin, int64_t o_end, int64_t c_begin,
-                 int64_t c_end, T* grad_w, int nthreads) {
+                 const Planes<T>& x, const T* grad_out, int64_t o_begin, int64_t o_end,
+                 int64_t c_begin, int64_t c_end, T* grad_w, int nthreads) {
   const Tiles tl(H, W, ph, pw);
   const int64_t no = o_end - o_begin, nc = c_end - c_begin;
   std::fill(grad_w, grad_w + no * nc * 9, T(0));

@@ -33,7 +33,7 @@ void conv(int64_t N, int64_t Cin, int64_t H, int64_t W, int64_t ph, int64_t pw, 
 // the result does not depend on nthreads.
 template <typename T>
 void weight_grad(int64_t N, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t O,
-                 const Planes<T>& x, const T* grad_out, int64_t o_begin, int64_t o_end, int64_t c_begin,
-                 int64_t c_end, T* grad_w, int nthreads);
+                 const Planes<T>& x, const T* grad_out, int64_t o_begin, int64_t o_end,
+                 int64_t c_begin, int64_t c_end, T* grad_w, int nthreads);
 
 }  // namespace plantops::cpu::winograd
