@@ -1,6 +1,7 @@
 // What the two binding files (bindings_cpu.cpp, bindings_cuda.cpp) share: the Geometry class
 // and the argument checks. Both modules expose the same three functions with the same
-// arguments, so plantops/kernels/_native.py drives either.
+// arguments, so plantops/kernels/_native.py drives either; the CPU module has a fourth,
+// planted_input_grads, which _native.py uses where a module has it.
 #pragma once
 
 #include <pybind11/pybind11.h>

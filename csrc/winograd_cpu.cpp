@@ -264,42 +264,44 @@ void filter_grad(const T* du, T* g) {
   }
 }
 
+// out(i, j) = sum over r, s < R of P(i, r) g(r, s) P(j, s) for i, j < I: the two-sided
+// transforms of the algorithm (B^T d B, A^T M A, their adjoints), in two stages of R-term
+// signed sums. The coefficients are 0 or +-1 and, once the loops are unrolled, constants.
+template <int I, int R, typename V, typename Coef, typename In, typename Out>
+inline __attribute__((always_inline)) void two_sided(Coef P, In g, Out out) {
+  V t[I][R];
+#pragma GCC unroll 4
+  for (int i = 0; i < I; ++i)
+#pragma GCC unroll 4
+    for (int s = 0; s < R; ++s)
+      t[i][s] = signed_sum<R, V>([&](int r) { return P(i, r); }, [&](int r) { return g(r, s); });
+#pragma GCC unroll 4
+  for (int i = 0; i < I; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < I; ++j)
+      out(i, j, signed_sum<R, V>([&](int s) { return P(j, s); }, [&](int s) { return t[i][s]; }));
+}
+
 // V = B^T d B of the 4x4 input tile at `at` (row stride `row` elements, vectors of L).
 template <typename T>
-inline __attribute__((always_inline)) void input_tile(const T* at, int64_t row, typename Simd<T>::vec v[16]) {
+inline __attribute__((always_inline)) void input_tile(const T* at, int64_t row,
+                                                      typename Simd<T>::vec v[16]) {
   using S = Simd<T>;
   using vec = typename S::vec;
-  constexpr int64_t L = S::L;
-  vec d[4][4], t[4][4];
+  vec d[4][4];
   for (int i = 0; i < 4; ++i)
-    for (int j = 0; j < 4; ++j) d[i][j] = S::load(at + i * row + j * L);
-#pragma GCC unroll 4
-  for (int i = 0; i < 4; ++i)
-#pragma GCC unroll 4
-    for (int j = 0; j < 4; ++j)
-      t[i][j] = signed_sum<4, vec>([&](int r) { return kBt[i][r]; }, [&](int r) { return d[r][j]; });
-#pragma GCC unroll 4
-  for (int i = 0; i < 4; ++i)
-#pragma GCC unroll 4
-    for (int j = 0; j < 4; ++j)
-      v[4 * i + j] =
-          signed_sum<4, vec>([&](int s) { return kBt[j][s]; }, [&](int s) { return t[i][s]; });
+    for (int j = 0; j < 4; ++j) d[i][j] = S::load(at + i * row + j * S::L);
+  two_sided<4, 4, vec>([](int i, int r) { return kBt[i][r]; },
+                       [&](int r, int c) { return d[r][c]; },
+                       [&](int i, int j, vec x) { v[4 * i + j] = x; });
 }
 
 // Y = A^T M A (2x2) from m[16].
 template <typename V>
 inline __attribute__((always_inline)) void output_tile(const V m[16], V y[2][2]) {
-  V t[2][4];
-#pragma GCC unroll 2
-  for (int a = 0; a < 2; ++a)
-#pragma GCC unroll 4
-    for (int j = 0; j < 4; ++j)
-      t[a][j] = signed_sum<4, V>([&](int i) { return kA[i][a]; }, [&](int i) { return m[4 * i + j]; });
-#pragma GCC unroll 2
-  for (int a = 0; a < 2; ++a)
-#pragma GCC unroll 2
-    for (int b = 0; b < 2; ++b)
-      y[a][b] = signed_sum<4, V>([&](int j) { return kA[j][b]; }, [&](int j) { return t[a][j]; });
+  two_sided<2, 4, V>([](int a, int i) { return kA[i][a]; },
+                     [&](int i, int j) { return m[4 * i + j]; },
+                     [&](int a, int b, V x) { y[a][b] = x; });
 }
 
 // M[o] = sum_c U[c][o] V[c] for o < Opad (each V[c], M[o] a vector of L samples; V[c] at
@@ -493,6 +495,30 @@ void grad_row_all(std::integer_sequence<int, XI...>, const T* xs, int64_t xrow, 
   (grad_row<T, XI, OT, CT>(xs, xrow, gs, grow, TW, nty, first, acc + XI * xi_stride), ...);
 }
 
+// p[(o * nc + c) * 16 + xi] = the sum of the lanes of dU[xi][o/OT][c/CT][OT][CT] (one group's
+// dL/dU; sums is scratch for 16 nop ncp values), for o < no, c < nc.
+template <typename T, int OT, int CT>
+void group_sums(const T* dU, int64_t no, int64_t nc, T* sums, T* p) {
+  const int64_t nop = round_up(no, OT), ncp = round_up(nc, CT);
+  lane_sums(dU, 16 * nop * ncp, sums);
+  for (int xi = 0; xi < 16; ++xi)
+    for (int64_t o = 0; o < no; ++o)
+      for (int64_t c = 0; c < nc; ++c) {
+        const int64_t ob = o / OT * OT, cb = c / CT * CT;
+        p[(o * nc + c) * 16 + xi] =
+            sums[xi * nop * ncp + ob * ncp + cb * OT + (o - ob) * CT + (c - cb)];
+      }
+}
+
+// grad_w[no][nc][3][3] = G^T (sum of the groups' dL/dU, in group order) G.
+template <typename T>
+void sum_groups(const T* partial, int64_t groups, int64_t no, int64_t nc, T* grad_w) {
+  std::vector<T> du(no * nc * 16, T(0));
+  for (int64_t grp = 0; grp < groups; ++grp)
+    for (int64_t i = 0; i < no * nc * 16; ++i) du[i] += partial[grp * 16 * no * nc + i];
+  for (int64_t i = 0; i < no * nc; ++i) filter_grad(du.data() + i * 16, grad_w + i * 9);
+}
+
 // weight_grad with a register tile of OT filters by CT input channels.
 template <typename T, int OT, int CT>
 void weight_grad_tiled(int64_t N, const Tiles& tl, int64_t O, const Planes<T>& x,
@@ -553,21 +579,10 @@ void weight_grad_tiled(int64_t N, const Tiles& tl, int64_t O, const Planes<T>& x
                   std::min(pass_rows, ty1 - ty), ty == 0, dU.get() + (ob * ncp + cb * OT) * L,
                   xi_stride);
       }
-      lane_sums(dU.get(), 16 * nop * ncp, sums.get());
-      T* p = partial.get() + grp * 16 * no * nc;
-      for (int xi = 0; xi < 16; ++xi)
-        for (int64_t o = 0; o < no; ++o)
-          for (int64_t c = 0; c < nc; ++c) {
-            const int64_t ob = o / OT * OT, cb = c / CT * CT;
-            p[(o * nc + c) * 16 + xi] =
-                sums[xi * nop * ncp + ob * ncp + cb * OT + (o - ob) * CT + (c - cb)];
-          }
+      group_sums<T, OT, CT>(dU.get(), no, nc, sums.get(), partial.get() + grp * 16 * no * nc);
     }
   }
-  std::vector<T> du(no * nc * 16, T(0));
-  for (int64_t grp = 0; grp < groups; ++grp)
-    for (int64_t i = 0; i < no * nc * 16; ++i) du[i] += partial[grp * 16 * no * nc + i];
-  for (int64_t i = 0; i < no * nc; ++i) filter_grad(du.data() + i * 16, grad_w + i * 9);
+  sum_groups(partial.get(), groups, no, nc, grad_w);
 }
 
 template <typename T>
@@ -588,13 +603,204 @@ void weight_grad(int64_t N, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_
                              nthreads);
 }
 
+// ---------------------------------------------------------------------------------------------
+// The backward of a layer whose planted input channels come apart from frozen ones (x_planted):
+// the input gradient of the planted channels and the gradient of the frozen filters' weights on
+// them, together. Both read every channel of the output gradient dY through the same
+// transform, D = A dY A^T per 2x2 tile (the gradient of the tile's M, since Y = A^T M A):
+// - the weight gradient is dU[xi][o][c] = sum over tiles of D[xi][o] V[xi][c], V = B^T d B of
+//   the planted channels' input tiles;
+// - the input gradient is the forward's adjoint: each tile adds B (sum_o U[o][c] D[o]) B^T to
+//   the 4x4 input tile it read (tiles overlap by 2), U = G g G^T the forward's filters.
+// Computed separately, the input gradient was a convolution of dY that transformed every dY
+// channel with the 4x4 input transform, and the weight gradient recomputed each planted
+// channel's V for every block of 4 filters; here D and V are computed once per tile.
+
+// D = A dY A^T (4x4) of the 2x2 output-gradient tile at `at` (rows `row` elements apart,
+// vectors of L).
+template <typename T>
+inline __attribute__((always_inline)) void grad_tile(const T* at, int64_t row,
+                                                     typename Simd<T>::vec d[16]) {
+  using S = Simd<T>;
+  using vec = typename S::vec;
+  vec g[2][2];
+  for (int a = 0; a < 2; ++a)
+    for (int b = 0; b < 2; ++b) g[a][b] = S::load(at + a * row + b * S::L);
+  two_sided<4, 2, vec>([](int i, int a) { return kA[i][a]; },
+                       [&](int a, int b) { return g[a][b]; },
+                       [&](int i, int j, vec x) { d[4 * i + j] = x; });
+}
+
+// dd = B m B^T (4x4), the adjoint of the input transform V = B^T d B.
+template <typename V>
+inline __attribute__((always_inline)) void input_tile_adjoint(const V m[16], V dd[16]) {
+  two_sided<4, 4, V>([](int r, int i) { return kBt[i][r]; },
+                     [&](int i, int j) { return m[4 * i + j]; },
+                     [&](int r, int s, V x) { dd[4 * r + s] = x; });
+}
+
+// dU[xi][o/OT][c/CT][OT][CT] = (or += unless `first`) sum over tiles k < nk of
+// D[xi][k][o] V[xi][k][c] for o < nop, c < ncp (vectors of L: D at D + xi * dxi + k * dk,
+// V likewise). A register tile of OT x CT sums takes OT + CT loads per OT CT FMAs.
+template <typename T, int OT, int CT>
+void chunk_products(const T* V, int64_t vxi, int64_t vk, const T* D, int64_t dxi, int64_t dk,
+                    int64_t nk, int64_t ncp, int64_t nop, bool first, T* dU) {
+  using S = Simd<T>;
+  using vec = typename S::vec;
+  constexpr int64_t L = S::L;
+  for (int xi = 0; xi < 16; ++xi)
+    for (int64_t ob = 0; ob < nop; ob += OT)
+      for (int64_t cb = 0; cb < ncp; cb += CT) {
+        T* out = dU + ((xi * nop + ob) * ncp + cb * OT) * L;
+        vec acc[OT][CT];
+        for (int i = 0; i < OT; ++i)
+          for (int j = 0; j < CT; ++j) acc[i][j] = first ? vec{} : S::load(out + (i * CT + j) * L);
+        const T* d0 = D + xi * dxi + ob * L;
+        const T* v0 = V + xi * vxi + cb * L;
+        for (int64_t k = 0; k < nk; ++k) {
+          vec d[OT];
+          for (int i = 0; i < OT; ++i) d[i] = S::load(d0 + k * dk + i * L);
+#pragma GCC unroll 8
+          for (int j = 0; j < CT; ++j) {
+            const vec v = S::load(v0 + k * vk + j * L);
+            for (int i = 0; i < OT; ++i) acc[i][j] += d[i] * v;
+          }
+        }
+        for (int i = 0; i < OT; ++i)
+          for (int j = 0; j < CT; ++j) S::store(out + (i * CT + j) * L, acc[i][j]);
+      }
+}
+
+// OB: planted channels per register tile of the input gradient's products; OT x CT: the
+// weight gradient's register tile.
+template <typename T, int OB, int OT, int CT>
+void planted_grads_tiled(int64_t N, const Tiles& tl, int64_t O, int64_t no, const Planes<T>& x,
+                         int64_t c_begin, int64_t nc, const T* grad_out, const T* weight,
+                         T* grad_x, T* grad_w, int nthreads) {
+  using S = Simd<T>;
+  using vec = typename S::vec;
+  constexpr int64_t L = S::L;
+  const int64_t nop = round_up(no, OT), ncp = round_up(nc, CT), ncg = round_up(nc, OB);
+  const int64_t groups = (N + L - 1) / L, OWp = 2 * tl.TW;
+  // U[xi][o][c] of the forward's filters on the planted channels (weight [O][nc][3][3]), zero
+  // for padded channels.
+  std::vector<T> U(16 * O * ncg, T(0));
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t c = 0; c < nc; ++c)
+      filter_transform(weight + (o * nc + c) * 9, U.data() + o * ncg + c, O * ncg);
+  const std::unique_ptr<T[]> partial(new T[groups * 16 * no * nc]);
+  // Bands of tile rows as in weight_grad; D and V in chunks of K tiles (their stride per xi
+  // one vector more than a multiple of 4 KB apart would be, so that one tile's 16 values do
+  // not share an L1 set).
+  const int64_t xrow = tl.Wp * L, grow = OWp * L;
+  const int64_t row_bytes = 2 * (nc * xrow + O * grow) * sizeof(T);
+  const int64_t band = std::min(tl.TH, std::max<int64_t>(1, (1 << 20) / row_bytes));
+  const int64_t Od = std::max(round_up(O, OT), nop);  // D's filters per tile, zero padded
+  const int64_t K = std::clamp<int64_t>((256 << 10) / (16 * (ncp + Od) * L * int64_t(sizeof(T))),
+                                        8, 32);
+  const int64_t vxi = (K * ncp + 1) * L, dxi = (K * Od + 1) * L;
+  const Planes<T> dy(grad_out, O, tl.OH * tl.OW);
+  const bool stream = N * nc * tl.H * tl.W * int64_t(sizeof(T)) > (4 << 20);
+#pragma omp parallel num_threads(nthreads)
+  {
+    const auto xs = aligned_buffer<T>(nc * (2 * band + 2) * xrow),
+               gs = aligned_buffer<T>(O * 2 * band * grow),
+               gx = aligned_buffer<T>(nc * tl.Hp * tl.Wp * L),  // the group's padded dL/dx
+               V = aligned_buffer<T>(16 * vxi, true), D = aligned_buffer<T>(16 * dxi, true),
+               M = aligned_buffer<T>(ncg * 16 * L), dU = aligned_buffer<T>(16 * nop * ncp * L),
+               sums = aligned_buffer<T>(16 * nop * ncp);
+#pragma omp for schedule(static)
+    for (int64_t grp = 0; grp < groups; ++grp) {
+      std::fill(gx.get(), gx.get() + nc * tl.Hp * tl.Wp * L, T(0));
+      bool first = true;
+      for (int64_t ty0 = 0; ty0 < tl.TH; ty0 += band) {
+        const int64_t ty1 = std::min(tl.TH, ty0 + band);
+        const int64_t rows_x = 2 * (ty1 - ty0) + 2, rows_g = 2 * (ty1 - ty0);
+        interleave(x, N, c_begin, nc, tl.H, tl.W, grp * L, tl.ph - 2 * ty0, tl.pw, rows_x, tl.Wp,
+                   xs.get());
+        interleave(dy, N, 0, O, tl.OH, tl.OW, grp * L, -2 * ty0, 0, rows_g, OWp, gs.get());
+        const int64_t ntiles = (ty1 - ty0) * tl.TW;
+        for (int64_t t0 = 0; t0 < ntiles; t0 += K) {
+          const int64_t nk = std::min(K, ntiles - t0);
+          for (int64_t k = 0; k < nk; ++k) {
+            const int64_t ty = (t0 + k) / tl.TW, tx = (t0 + k) % tl.TW;
+            for (int64_t o = 0; o < O; ++o) {
+              vec d[16];
+              grad_tile<T>(gs.get() + ((o * rows_g + 2 * ty) * OWp + 2 * tx) * L, grow, d);
+              for (int xi = 0; xi < 16; ++xi)
+                S::store(D.get() + xi * dxi + (k * Od + o) * L, d[xi]);
+            }
+            for (int64_t c = 0; c < nc; ++c) {
+              vec v[16];
+              input_tile<T>(xs.get() + ((c * rows_x + 2 * ty) * tl.Wp + 2 * tx) * L, xrow, v);
+              for (int xi = 0; xi < 16; ++xi)
+                S::store(V.get() + xi * vxi + (k * ncp + c) * L, v[xi]);
+            }
+            // Input gradient: M[c][xi] = sum_o U[xi][o][c] D[xi][o], then B M B^T added to
+            // the input tile at padded rows 2 (ty0 + ty), columns 2 tx.
+            for (int xi = 0; xi < 16; ++xi)
+              multiply<T, OB>(D.get() + xi * dxi + k * Od * L, L, U.data() + xi * O * ncg, O, ncg,
+                              M.get() + xi * L, 16 * L);
+            for (int64_t c = 0; c < nc; ++c) {
+              vec m[16], dd[16];
+              for (int xi = 0; xi < 16; ++xi) m[xi] = S::load(M.get() + (c * 16 + xi) * L);
+              input_tile_adjoint(m, dd);
+              T* at = gx.get() + ((c * tl.Hp + 2 * (ty0 + ty)) * tl.Wp + 2 * tx) * L;
+              for (int r = 0; r < 4; ++r)
+                for (int s = 0; s < 4; ++s) {
+                  T* p = at + (r * tl.Wp + s) * L;
+                  S::store(p, S::load(p) + dd[4 * r + s]);
+                }
+            }
+          }
+          chunk_products<T, OT, CT>(V.get(), vxi, ncp * L, D.get(), dxi, Od * L, nk, ncp, nop,
+                                    first, dU.get());
+          first = false;
+        }
+      }
+      // The input gradient is the padded buffer's interior.
+      const T* interior = gx.get() + (tl.ph * tl.Wp + tl.pw) * L;
+      if (stream)
+        deinterleave<T, true>(interior, tl.Hp, tl.Wp, N, nc, tl.H, tl.W, grp * L, 0, tl.H, grad_x);
+      else
+        deinterleave<T, false>(interior, tl.Hp, tl.Wp, N, nc, tl.H, tl.W, grp * L, 0, tl.H, grad_x);
+      group_sums<T, OT, CT>(dU.get(), no, nc, sums.get(), partial.get() + grp * 16 * no * nc);
+    }
+  }
+  sum_groups(partial.get(), groups, no, nc, grad_w);
+}
+
+template <typename T>
+bool planted_input_grads(int64_t N, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t O,
+                         int64_t no, const Planes<T>& x, int64_t c_begin, int64_t c_end,
+                         const T* grad_out, const T* weight, T* grad_x, T* grad_w,
+                         int nthreads) {
+  const Tiles tl(H, W, ph, pw);
+  const int64_t nc = c_end - c_begin;
+  if (nc < 1 || nc > 8 || no < 1 || N == 0 || tl.OH <= 0 || tl.OW <= 0) return false;
+  const bool wide = round_up(nc, 4) >= round_up(nc, 6);  // the weight gradient's tile, as there
+  if (nc <= 4)
+    planted_grads_tiled<T, 4, 4, 4>(N, tl, O, no, x, c_begin, nc, grad_out, weight, grad_x,
+                                    grad_w, nthreads);
+  else if (wide)
+    planted_grads_tiled<T, 8, 4, 6>(N, tl, O, no, x, c_begin, nc, grad_out, weight, grad_x,
+                                    grad_w, nthreads);
+  else
+    planted_grads_tiled<T, 8, 4, 4>(N, tl, O, no, x, c_begin, nc, grad_out, weight, grad_x,
+                                    grad_w, nthreads);
+  return true;
+}
+
 #define PLANTOPS_INSTANTIATE(T)                                                                 \
   template int64_t group_size<T>();                                                            \
   template void conv<T>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,         \
                         const Planes<T>&, const T*, const T*, T*, int);                        \
   template void weight_grad<T>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,           \
                                const Planes<T>&, const T*, int64_t, int64_t, int64_t, int64_t, \
-                               T*, int);
+                               T*, int);                                                \
+  template bool planted_input_grads<T>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,  \
+                                       int64_t, const Planes<T>&, int64_t, int64_t, const T*, \
+                                       const T*, T*, T*, int);
 PLANTOPS_INSTANTIATE(float)
 PLANTOPS_INSTANTIATE(double)
 #undef PLANTOPS_INSTANTIATE

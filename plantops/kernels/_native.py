@@ -86,7 +86,17 @@ def backward(module, extra, grad_out, x, frozen_weight, in_weight, out_weight, s
     dtype = _DTYPE_NAMES[x.dtype]
     grad_x = grad_in = grad_out_w = grad_out_b = None
     begin, end = x_channels
-    if end > begin:
+    fused = False
+    if (need_in_weight and (begin, end) == (g.I_f, g.I_f + g.I_p) and iw.numel()
+            and hasattr(module, "planted_input_grads")):
+        # The planted channels' input gradient and their weights' gradient in one pass over
+        # grad_out (the CPU module, where its Winograd kernels apply).
+        grad_x = x.new_empty((g.N, end - begin, g.H, g.W))
+        grad_in = torch.empty_like(iw)
+        fused = module.planted_input_grads(g, dtype, ptr(grad_out), ptr(x), ptr(xp), ptr(fw),
+                                           ptr(iw), ptr(ow), grad_x.data_ptr(),
+                                           grad_in.data_ptr(), extra)
+    if end > begin and not fused:
         grad_x = x.new_empty((g.N, end - begin, g.H, g.W))
         if grad_x.numel():
             module.input_grad(g, dtype, ptr(grad_out), ptr(fw), ptr(iw), ptr(ow), begin, end,
@@ -102,7 +112,7 @@ def backward(module, extra, grad_out, x, frozen_weight, in_weight, out_weight, s
             module.weight_grad(g, dtype, ptr(grad_out), ptr(x), ptr(xp), g.O_f, g.O_f + g.O_p,
                                0, g.I_f + g.I_p, ptr(grad_out_w), ptr(grad_out_b), extra)
         grad_out_w = grad_out_w if need_out_weight else None
-    if need_in_weight:
+    if need_in_weight and not fused:
         # Planted input slices: frozen filters [0, O_f), planted input channels [I_f, C).
         runs = g.N > 0 and iw.numel() > 0
         grad_in = torch.empty_like(iw) if runs else torch.zeros_like(iw)
