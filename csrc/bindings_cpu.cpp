@@ -75,15 +75,17 @@ void weight_grad(const Geometry& g, const std::string& dtype, std::uintptr_t gra
 
 bool planted_input_grads(const Geometry& g, const std::string& dtype, std::uintptr_t grad_out,
                          std::uintptr_t x, std::uintptr_t x_planted, std::uintptr_t w_frozen,
-                         std::uintptr_t w_in, std::uintptr_t w_out, std::uintptr_t grad_x,
-                         std::uintptr_t grad_in, int nthreads) {
+                         std::uintptr_t w_in, std::uintptr_t w_out, int64_t x_begin,
+                         std::uintptr_t grad_x, std::uintptr_t grad_in, int nthreads) {
   check(g);
+  check_channels(g, x_begin, g.C());
   bool done = false;
   by_dtype(dtype, [&](auto zero) {
     using T = decltype(zero);
     done = plantops::cpu::planted_input_grads<T>(
         g, in_ptr<T>(grad_out), in_ptr<T>(x), in_ptr<T>(x_planted), in_ptr<T>(w_frozen),
-        in_ptr<T>(w_in), in_ptr<T>(w_out), out_ptr<T>(grad_x), out_ptr<T>(grad_in), nthreads);
+        in_ptr<T>(w_in), in_ptr<T>(w_out), x_begin, out_ptr<T>(grad_x), out_ptr<T>(grad_in),
+        nthreads);
   });
   return done;
 }

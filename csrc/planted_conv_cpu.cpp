@@ -387,14 +387,17 @@ void weight_grad(const Geometry& g, const T* grad_out, const T* x, const T* x_pl
 
 template <typename T>
 bool planted_input_grads(const Geometry& g, const T* grad_out, const T* x, const T* x_planted,
-                         const T* w_frozen, const T* w_in, const T* w_out, T* grad_x, T* grad_in,
-                         int nthreads) {
-  if (g.N == 0 || g.I_p == 0 || g.O_f == 0 || !use_winograd<T>(g, g.PH, g.PW)) return false;
+                         const T* w_frozen, const T* w_in, const T* w_out, int64_t x_begin,
+                         T* grad_x, T* grad_in, int nthreads) {
+  if (g.N == 0 || g.I_p == 0 || g.O_f == 0 || x_begin > g.I_f ||
+      !use_winograd<T>(g, g.PH, g.PW))
+    return false;
   const BlockWeight<T> weight{g, w_frozen, w_in, w_out};
-  const std::vector<T> w = dense_weight(g, weight, g.I_f, g.C(), false);
+  const std::vector<T> w = dense_weight(g, weight, x_begin, g.C(), false);
   const Planes<T> in(x, x_planted, g.C(), g.I_f, g.H * g.W);
-  return winograd::planted_input_grads(g.N, g.H, g.W, g.PH, g.PW, g.O(), g.O_f, in, g.I_f,
-                                       g.C(), grad_out, w.data(), grad_x, grad_in, nthreads);
+  return winograd::planted_input_grads(g.N, g.H, g.W, g.PH, g.PW, g.O(), g.O_f, in, x_begin,
+                                       g.I_f, g.C(), grad_out, w.data(), grad_x, grad_in,
+                                       nthreads);
 }
 
 #define PLANTOPS_INSTANTIATE(T)                                                              \
@@ -405,7 +408,7 @@ bool planted_input_grads(const Geometry& g, const T* grad_out, const T* x, const
   template void weight_grad<T>(const Geometry&, const T*, const T*, const T*, int64_t, int64_t, \
                                int64_t, int64_t, T*, T*, int);                                \
   template bool planted_input_grads<T>(const Geometry&, const T*, const T*, const T*, const T*, \
-                                       const T*, const T*, T*, T*, int);
+                                       const T*, const T*, int64_t, T*, T*, int);
 PLANTOPS_INSTANTIATE(float)
 PLANTOPS_INSTANTIATE(double)
 #undef PLANTOPS_INSTANTIATE

@@ -30,13 +30,13 @@ void weight_grad(const Geometry& g, const T* grad_out, const T* x, const T* x_pl
                  int64_t o_begin, int64_t o_end, int64_t c_begin, int64_t c_end, T* grad_w,
                  T* grad_b, int nthreads);
 
-// The planted input channels' gradients together: grad_x[N, I_p, H, W] for channels
-// [I_f, C) and grad_in[O_f, I_p, KH, KW], in one pass where the Winograd kernels apply
-// (winograd::planted_input_grads). Returns false, computing nothing, elsewhere: then
-// input_grad and weight_grad compute them.
+// The planted input channels' gradients together: grad_x[N, C - x_begin, H, W] for input
+// channels [x_begin, C) (x_begin <= I_f: the planted ones, or more) and grad_in[O_f, I_p, KH,
+// KW], in one pass where the Winograd kernels apply (winograd::planted_input_grads). Returns
+// false, computing nothing, elsewhere: then input_grad and weight_grad compute them.
 template <typename T>
 bool planted_input_grads(const Geometry& g, const T* grad_out, const T* x, const T* x_planted,
-                         const T* w_frozen, const T* w_in, const T* w_out, T* grad_x, T* grad_in,
-                         int nthreads);
+                         const T* w_frozen, const T* w_in, const T* w_out, int64_t x_begin,
+                         T* grad_x, T* grad_in, int nthreads);
 
 }  // namespace plantops::cpu

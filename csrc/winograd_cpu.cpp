@@ -671,23 +671,25 @@ void chunk_products(const T* V, int64_t vxi, int64_t vk, const T* D, int64_t dxi
       }
 }
 
-// OB: planted channels per register tile of the input gradient's products; OT x CT: the
-// weight gradient's register tile.
+// The input gradient of channels [g0, c_begin + nc) (ng of them: the planted ones, or all)
+// and the weight gradient of filters [0, no) on channels [c_begin, c_begin + nc). OB: input
+// gradient channels per register tile of its products; OT x CT: the weight gradient's.
 template <typename T, int OB, int OT, int CT>
 void planted_grads_tiled(int64_t N, const Tiles& tl, int64_t O, int64_t no, const Planes<T>& x,
-                         int64_t c_begin, int64_t nc, const T* grad_out, const T* weight,
-                         T* grad_x, T* grad_w, int nthreads) {
+                         int64_t g0, int64_t c_begin, int64_t nc, const T* grad_out,
+                         const T* weight, T* grad_x, T* grad_w, int nthreads) {
   using S = Simd<T>;
   using vec = typename S::vec;
   constexpr int64_t L = S::L;
-  const int64_t nop = round_up(no, OT), ncp = round_up(nc, CT), ncg = round_up(nc, OB);
+  const int64_t ng = c_begin + nc - g0;
+  const int64_t nop = round_up(no, OT), ncp = round_up(nc, CT), ngp = round_up(ng, OB);
   const int64_t groups = (N + L - 1) / L, OWp = 2 * tl.TW;
-  // U[xi][o][c] of the forward's filters on the planted channels (weight [O][nc][3][3]), zero
-  // for padded channels.
-  std::vector<T> U(16 * O * ncg, T(0));
+  // U[xi][o][c] of the forward's filters on the input gradient's channels (weight
+  // [O][ng][3][3]), zero for padded channels.
+  std::vector<T> U(16 * O * ngp, T(0));
   for (int64_t o = 0; o < O; ++o)
-    for (int64_t c = 0; c < nc; ++c)
-      filter_transform(weight + (o * nc + c) * 9, U.data() + o * ncg + c, O * ncg);
+    for (int64_t c = 0; c < ng; ++c)
+      filter_transform(weight + (o * ng + c) * 9, U.data() + o * ngp + c, O * ngp);
   const std::unique_ptr<T[]> partial(new T[groups * 16 * no * nc]);
   // Bands of tile rows as in weight_grad; D and V in chunks of K tiles (their stride per xi
   // one vector more than a multiple of 4 KB apart would be, so that one tile's 16 values do
@@ -700,18 +702,18 @@ void planted_grads_tiled(int64_t N, const Tiles& tl, int64_t O, int64_t no, cons
                                         8, 32);
   const int64_t vxi = (K * ncp + 1) * L, dxi = (K * Od + 1) * L;
   const Planes<T> dy(grad_out, O, tl.OH * tl.OW);
-  const bool stream = N * nc * tl.H * tl.W * int64_t(sizeof(T)) > (4 << 20);
+  const bool stream = N * ng * tl.H * tl.W * int64_t(sizeof(T)) > (4 << 20);
 #pragma omp parallel num_threads(nthreads)
   {
     const auto xs = aligned_buffer<T>(nc * (2 * band + 2) * xrow),
                gs = aligned_buffer<T>(O * 2 * band * grow),
-               gx = aligned_buffer<T>(nc * tl.Hp * tl.Wp * L),  // the group's padded dL/dx
+               gx = aligned_buffer<T>(ng * tl.Hp * tl.Wp * L),  // the group's padded dL/dx
                V = aligned_buffer<T>(16 * vxi, true), D = aligned_buffer<T>(16 * dxi, true),
-               M = aligned_buffer<T>(ncg * 16 * L), dU = aligned_buffer<T>(16 * nop * ncp * L),
+               M = aligned_buffer<T>(ngp * 16 * L), dU = aligned_buffer<T>(16 * nop * ncp * L),
                sums = aligned_buffer<T>(16 * nop * ncp);
 #pragma omp for schedule(static)
     for (int64_t grp = 0; grp < groups; ++grp) {
-      std::fill(gx.get(), gx.get() + nc * tl.Hp * tl.Wp * L, T(0));
+      std::fill(gx.get(), gx.get() + ng * tl.Hp * tl.Wp * L, T(0));
       bool first = true;
       for (int64_t ty0 = 0; ty0 < tl.TH; ty0 += band) {
         const int64_t ty1 = std::min(tl.TH, ty0 + band);
@@ -739,9 +741,9 @@ void planted_grads_tiled(int64_t N, const Tiles& tl, int64_t O, int64_t no, cons
             // Input gradient: M[c][xi] = sum_o U[xi][o][c] D[xi][o], then B M B^T added to
             // the input tile at padded rows 2 (ty0 + ty), columns 2 tx.
             for (int xi = 0; xi < 16; ++xi)
-              multiply<T, OB>(D.get() + xi * dxi + k * Od * L, L, U.data() + xi * O * ncg, O, ncg,
+              multiply<T, OB>(D.get() + xi * dxi + k * Od * L, L, U.data() + xi * O * ngp, O, ngp,
                               M.get() + xi * L, 16 * L);
-            for (int64_t c = 0; c < nc; ++c) {
+            for (int64_t c = 0; c < ng; ++c) {
               vec m[16], dd[16];
               for (int xi = 0; xi < 16; ++xi) m[xi] = S::load(M.get() + (c * 16 + xi) * L);
               input_tile_adjoint(m, dd);
@@ -761,33 +763,51 @@ void planted_grads_tiled(int64_t N, const Tiles& tl, int64_t O, int64_t no, cons
       // The input gradient is the padded buffer's interior.
       const T* interior = gx.get() + (tl.ph * tl.Wp + tl.pw) * L;
       if (stream)
-        deinterleave<T, true>(interior, tl.Hp, tl.Wp, N, nc, tl.H, tl.W, grp * L, 0, tl.H, grad_x);
+        deinterleave<T, true>(interior, tl.Hp, tl.Wp, N, ng, tl.H, tl.W, grp * L, 0, tl.H, grad_x);
       else
-        deinterleave<T, false>(interior, tl.Hp, tl.Wp, N, nc, tl.H, tl.W, grp * L, 0, tl.H, grad_x);
+        deinterleave<T, false>(interior, tl.Hp, tl.Wp, N, ng, tl.H, tl.W, grp * L, 0, tl.H, grad_x);
       group_sums<T, OT, CT>(dU.get(), no, nc, sums.get(), partial.get() + grp * 16 * no * nc);
     }
   }
   sum_groups(partial.get(), groups, no, nc, grad_w);
 }
 
+template <typename T, int OB>
+void planted_grads_by_tile(int64_t N, const Tiles& tl, int64_t O, int64_t no, const Planes<T>& x,
+                           int64_t g0, int64_t c_begin, int64_t nc, const T* grad_out,
+                           const T* weight, T* grad_x, T* grad_w, int nthreads) {
+  // The weight gradient's tile as in weight_grad: 4 by 6 where it pads fewer channels.
+  if (round_up(nc, 4) < round_up(nc, 6))
+    return planted_grads_tiled<T, OB, 4, 4>(N, tl, O, no, x, g0, c_begin, nc, grad_out, weight,
+                                            grad_x, grad_w, nthreads);
+  planted_grads_tiled<T, OB, 4, 6>(N, tl, O, no, x, g0, c_begin, nc, grad_out, weight, grad_x,
+                                   grad_w, nthreads);
+}
+
 template <typename T>
 bool planted_input_grads(int64_t N, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t O,
-                         int64_t no, const Planes<T>& x, int64_t c_begin, int64_t c_end,
-                         const T* grad_out, const T* weight, T* grad_x, T* grad_w,
-                         int nthreads) {
+                         int64_t no, const Planes<T>& x, int64_t g0, int64_t c_begin,
+                         int64_t c_end, const T* grad_out, const T* weight, T* grad_x,
+                         T* grad_w, int nthreads) {
   const Tiles tl(H, W, ph, pw);
-  const int64_t nc = c_end - c_begin;
-  if (nc < 1 || nc > 8 || no < 1 || N == 0 || tl.OH <= 0 || tl.OW <= 0) return false;
-  const bool wide = round_up(nc, 4) >= round_up(nc, 6);  // the weight gradient's tile, as there
-  if (nc <= 4)
-    planted_grads_tiled<T, 4, 4, 4>(N, tl, O, no, x, c_begin, nc, grad_out, weight, grad_x,
-                                    grad_w, nthreads);
-  else if (wide)
-    planted_grads_tiled<T, 8, 4, 6>(N, tl, O, no, x, c_begin, nc, grad_out, weight, grad_x,
-                                    grad_w, nthreads);
-  else
-    planted_grads_tiled<T, 8, 4, 4>(N, tl, O, no, x, c_begin, nc, grad_out, weight, grad_x,
-                                    grad_w, nthreads);
+  const int64_t nc = c_end - c_begin, ng = c_end - g0;
+  // Up to 8 weight-gradient channels (planting's planted inputs), and the input gradient's
+  // whole padded map of a group in 2 MB: it is accumulated there, tiles overlapping.
+  const bool fits = ng * tl.Hp * tl.Wp * Simd<T>::L * int64_t(sizeof(T)) <= (2 << 20);
+  if (nc < 1 || nc > 8 || g0 > c_begin || !fits || no < 1 || N == 0 || tl.OH <= 0 || tl.OW <= 0)
+    return false;
+  const auto run = [&](auto ob) {
+    planted_grads_by_tile<T, decltype(ob)::value>(N, tl, O, no, x, g0, c_begin, nc, grad_out,
+                                                  weight, grad_x, grad_w, nthreads);
+  };
+  switch (pick_filters_per_tile(ng)) {
+    case 4: run(std::integral_constant<int, 4>{}); break;
+    case 8: run(std::integral_constant<int, 8>{}); break;
+    case 12: run(std::integral_constant<int, 12>{}); break;
+    case 16: run(std::integral_constant<int, 16>{}); break;
+    case 20: run(std::integral_constant<int, 20>{}); break;
+    default: run(std::integral_constant<int, 24>{}); break;
+  }
   return true;
 }
 
@@ -799,8 +819,8 @@ bool planted_input_grads(int64_t N, int64_t H, int64_t W, int64_t ph, int64_t pw
                                const Planes<T>&, const T*, int64_t, int64_t, int64_t, int64_t, \
                                T*, int);                                                \
   template bool planted_input_grads<T>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,  \
-                                       int64_t, const Planes<T>&, int64_t, int64_t, const T*, \
-                                       const T*, T*, T*, int);
+                                       int64_t, const Planes<T>&, int64_t, int64_t, int64_t,  \
+                                       const T*, const T*, T*, T*, int);
 PLANTOPS_INSTANTIATE(float)
 PLANTOPS_INSTANTIATE(double)
 #undef PLANTOPS_INSTANTIATE

@@ -36,15 +36,17 @@ void weight_grad(int64_t N, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_
                  const Planes<T>& x, const T* grad_out, int64_t o_begin, int64_t o_end,
                  int64_t c_begin, int64_t c_end, T* grad_w, int nthreads);
 
-// The backward of a layer for its planted input channels [c_begin, c_end) of x alone, in one
-// pass over grad_out[N, O, OH, OW]: grad_x[N, c_end - c_begin, H, W], the input gradient
-// through weight[O, c_end - c_begin, 3, 3] (those channels' columns of every filter), and
-// grad_w[no, c_end - c_begin, 3, 3], the weight gradient of filters [0, no) on them. Returns
-// false, computing nothing, where it does not apply (more than 8 channels); the result does
-// not depend on nthreads.
+// The backward of a layer for its planted input channels [c_begin, c_end), in one pass over
+// grad_out[N, O, OH, OW]: grad_x[N, c_end - g0, H, W], the input gradient of channels
+// [g0, c_end) (g0 <= c_begin: the planted ones, or more) through weight[O, c_end - g0, 3, 3]
+// (those channels' columns of every filter), and grad_w[no, c_end - c_begin, 3, 3], the weight
+// gradient of filters [0, no) on the planted channels. Returns false, computing nothing, where
+// it does not apply (more than 8 planted channels, or a group's input gradient over 2 MB); the
+// result does not depend on nthreads.
 template <typename T>
 bool planted_input_grads(int64_t N, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t O,
-                         int64_t no, const Planes<T>& x, int64_t c_begin, int64_t c_end,
-                         const T* grad_out, const T* weight, T* grad_x, T* grad_w, int nthreads);
+                         int64_t no, const Planes<T>& x, int64_t g0, int64_t c_begin,
+                         int64_t c_end, const T* grad_out, const T* weight, T* grad_x,
+                         T* grad_w, int nthreads);
 
 }  // namespace plantops::cpu::winograd

@@ -57,9 +57,10 @@ def test_output_larger_than_the_caches_matches_reference(algorithm):
 
 
 # The kernels read x_planted where it lies (csrc/planes.h); register tiles and bands of the
-# weight gradients then straddle the two tensors. With the frozen channels needing no gradient,
-# the planted ones' input and weight gradients run together (winograd::planted_input_grads) for
-# up to 8 planted channels, at every padding (0, 1, 2 here); 9 take the separate kernels.
+# weight gradients then straddle the two tensors. The input gradient and the planted input
+# slices' weight gradient run together (winograd::planted_input_grads; also in
+# test_matches_reference) for up to 8 planted channels, at every padding (0, 1, 2 here); 9
+# take the separate kernels.
 SPLIT_SHAPES = SHAPES[:4] + SHAPES[7:] + [(17, 5, 9, 6, 2, 7, 6, 3, 1, 1)]
 
 

@@ -87,17 +87,17 @@ def backward(module, extra, grad_out, x, frozen_weight, in_weight, out_weight, s
     grad_x = grad_in = grad_out_w = grad_out_b = None
     begin, end = x_channels
     fused = False
-    if (need_in_weight and (begin, end) == (g.I_f, g.I_f + g.I_p) and iw.numel()
-            and hasattr(module, "planted_input_grads")):
-        # The planted channels' input gradient and their weights' gradient in one pass over
-        # grad_out (the CPU module, where its Winograd kernels apply).
+    if end > begin:
         grad_x = x.new_empty((g.N, end - begin, g.H, g.W))
+    if (need_in_weight and end == g.I_f + g.I_p and begin <= g.I_f and iw.numel()
+            and hasattr(module, "planted_input_grads")):
+        # The input gradient and the planted input slices' weight gradient in one pass over
+        # grad_out (the CPU module, where its Winograd kernels apply).
         grad_in = torch.empty_like(iw)
         fused = module.planted_input_grads(g, dtype, ptr(grad_out), ptr(x), ptr(xp), ptr(fw),
-                                           ptr(iw), ptr(ow), grad_x.data_ptr(),
+                                           ptr(iw), ptr(ow), begin, ptr(grad_x),
                                            grad_in.data_ptr(), extra)
     if end > begin and not fused:
-        grad_x = x.new_empty((g.N, end - begin, g.H, g.W))
         if grad_x.numel():
             module.input_grad(g, dtype, ptr(grad_out), ptr(fw), ptr(iw), ptr(ow), begin, end,
                               grad_x.data_ptr(), extra)
@@ -115,8 +115,11 @@ def backward(module, extra, grad_out, x, frozen_weight, in_weight, out_weight, s
     if need_in_weight and not fused:
         # Planted input slices: frozen filters [0, O_f), planted input channels [I_f, C).
         runs = g.N > 0 and iw.numel() > 0
-        grad_in = torch.empty_like(iw) if runs else torch.zeros_like(iw)
-        if runs:
+        if not runs:
+            grad_in = torch.zeros_like(iw)
+        else:
+            if grad_in is None:
+                grad_in = torch.empty_like(iw)
             module.weight_grad(g, dtype, ptr(grad_out), ptr(x), ptr(xp), 0, g.O_f, g.I_f,
                                g.I_f + g.I_p, ptr(grad_in), 0, extra)
     return grad_x, grad_in, grad_out_w, grad_out_b
