@@ -1,8 +1,10 @@
 """The ``cpu`` backend: C++ kernels (csrc/planted_conv_cpu.cpp), float32 and float64.
 
-Direct convolution with OpenMP over the batch, tuned for planting's small channel counts; it
-runs on as many threads as ``torch.get_num_threads()``. The module ``plantops._C`` is built by
-``pip install -e .``.
+3x3 stride-1 layers run as Winograd F(2x2, 3x3) over groups of samples
+(csrc/winograd_cpu.cpp), other layers as direct convolutions, OpenMP over the batch, tuned for
+planting's small channel counts; on as many threads as ``torch.get_num_threads()``. The
+kernels read ``x_planted`` where it lies, and compute the planted input channels' gradients
+in one pass where they can. The module ``plantops._C`` is built by ``pip install -e .``.
 """
 
 from __future__ import annotations
