@@ -41,10 +41,16 @@ void chunk_products(const T* V, int64_t vxi, int64_t vk, const T* D, int64_t dxi
         const T* v0 = V + xi * vxi + cb * L;
         for (int64_t k = 0; k < nk; ++k) {
           vec d[OT];
-          for (int i = 0; i < OT; ++i) d[i] = S::load(d0 + k * dk + i * L);
+          for (int i = 0; i < OT; ++i) {
+            d[i] = S::load(d0 + k * dk + i * L);
+            asm("" : "+v"(d[i]));
+          }
 #pragma GCC unroll 8
           for (int j = 0; j < CT; ++j) {
-            const vec v = S::load(v0 + k * vk + j * L);
+            vec v = S::load(v0 + k * vk + j * L);
+            // d and v loaded once into registers: left to the compiler, the FMAs reload one of
+            // them as a memory operand, 20 loads per 16 FMAs instead of 8.
+            asm("" : "+v"(v));
             for (int i = 0; i < OT; ++i) acc[i][j] += d[i] * v;
           }
         }
