@@ -277,18 +277,33 @@ inline __attribute__((always_inline)) void two_sided(Coef P, In g, Out out) {
       out(i, j, signed_sum<R, V>([&](int s) { return P(j, s); }, [&](int s) { return t[i][s]; }));
 }
 
-// V = B^T d B of the 4x4 input tile at `at` (row stride `row` elements, vectors of L).
+// out[4 i + j] = (K d K^T)[i][j] of the R x R tile d at `at` (rows `row` elements apart,
+// vectors of L): with K = B^T (R = 4) V = B^T d B of an input tile, with K = A (R = 2)
+// D = A dY A^T of an output-gradient tile (the gradient of the tile's M, since Y = A^T M A).
+template <typename T, int R, const int (&K)[4][R]>
+inline __attribute__((always_inline)) void tile_transform(const T* at, int64_t row,
+                                                          typename Simd<T>::vec out[16]) {
+  using S = Simd<T>;
+  using vec = typename S::vec;
+  vec d[R][R];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < R; ++c) d[r][c] = S::load(at + r * row + c * S::L);
+  two_sided<4, R, vec>([](int i, int r) { return K[i][r]; },
+                       [&](int r, int c) { return d[r][c]; },
+                       [&](int i, int j, vec x) { out[4 * i + j] = x; });
+}
+
+// V = B^T d B of the 4x4 input tile at `at`, D = A dY A^T of the 2x2 output-gradient tile at
+// `at` (see tile_transform).
 template <typename T>
 inline __attribute__((always_inline)) void input_tile(const T* at, int64_t row,
                                                       typename Simd<T>::vec v[16]) {
-  using S = Simd<T>;
-  using vec = typename S::vec;
-  vec d[4][4];
-  for (int i = 0; i < 4; ++i)
-    for (int j = 0; j < 4; ++j) d[i][j] = S::load(at + i * row + j * S::L);
-  two_sided<4, 4, vec>([](int i, int r) { return kBt[i][r]; },
-                       [&](int r, int c) { return d[r][c]; },
-                       [&](int i, int j, vec x) { v[4 * i + j] = x; });
+  tile_transform<T, 4, kBt>(at, row, v);
+}
+template <typename T>
+inline __attribute__((always_inline)) void grad_tile(const T* at, int64_t row,
+                                                     typename Simd<T>::vec d[16]) {
+  tile_transform<T, 2, kA>(at, row, d);
 }
 
 // Y = A^T M A (2x2) from m[16].
@@ -331,21 +346,6 @@ inline int pick_filters_per_tile(int64_t Cout) {
   for (int ob : {24, 20, 16, 12, 8})
     if (round_up(Cout, ob) < round_up(Cout, best)) best = ob;
   return best;
-}
-
-// D = A dY A^T (4x4) of the 2x2 output-gradient tile at `at` (rows `row` elements apart,
-// vectors of L).
-template <typename T>
-inline __attribute__((always_inline)) void grad_tile(const T* at, int64_t row,
-                                                     typename Simd<T>::vec d[16]) {
-  using S = Simd<T>;
-  using vec = typename S::vec;
-  vec g[2][2];
-  for (int a = 0; a < 2; ++a)
-    for (int b = 0; b < 2; ++b) g[a][b] = S::load(at + a * row + b * S::L);
-  two_sided<4, 2, vec>([](int i, int a) { return kA[i][a]; },
-                       [&](int a, int b) { return g[a][b]; },
-                       [&](int i, int j, vec x) { d[4 * i + j] = x; });
 }
 
 // dd = B m B^T (4x4), the adjoint of the input transform V = B^T d B.
