@@ -99,6 +99,13 @@ std::vector<T> dense_weight(const Geometry& g, const BlockWeight<T>& weight, int
   return w;
 }
 
+// The layer's input x[N, C, H, W] as the kernels read it: with x_planted not null, x holds
+// channels [0, I_f) and x_planted the planted ones (planes.h).
+template <typename T>
+Planes<T> input_planes(const Geometry& g, const T* x, const T* x_planted) {
+  return Planes<T>(x, x_planted, g.C(), g.I_f, g.H * g.W);
+}
+
 // A dense convolution with packed weights, run sample by sample on zero-padded NCHW inputs.
 // Vectorized over output channels: a register tile holds kPixels output pixels of one row by
 // nv*L output channels; each step broadcasts one input value and does nv FMAs with it.
@@ -224,7 +231,7 @@ void forward(const Geometry& g, const T* x, const T* x_planted, const T* w_froze
   std::vector<T> b(g.O(), T(0));
   for (int64_t o = 0; o < g.O_f && b_frozen; ++o) b[o] = b_frozen[o];
   for (int64_t o = 0; o < g.O_p && b_out; ++o) b[g.O_f + o] = b_out[o];
-  const Planes<T> in(x, x_planted, g.C(), g.I_f, g.H * g.W);
+  const Planes<T> in = input_planes(g, x, x_planted);
   if (use_winograd<T>(g, g.PH, g.PW)) {
     winograd::conv(g.N, g.C(), g.H, g.W, g.PH, g.PW, g.O(), in, w.data(), b.data(), out,
                    nthreads);
@@ -245,15 +252,15 @@ void input_grad(const Geometry& g, const T* grad_out, const T* w_frozen, const T
     // Stride 1: grad_x = conv(grad_out padded by K-1-P, weight transposed and flipped).
     const int64_t th = g.KH - 1 - g.PH, tw = g.KW - 1 - g.PW;
     const std::vector<T> w = dense_weight(g, weight, c_begin, c_end, true);
+    const Planes<T> dy(grad_out, g.O(), g.OH * g.OW);
     if (use_winograd<T>(g, th, tw)) {
-      winograd::conv(g.N, g.O(), g.OH, g.OW, th, tw, nc, Planes<T>(grad_out, g.O(), g.OH * g.OW),
-                     w.data(), (const T*)nullptr, grad_x, nthreads);
+      winograd::conv(g.N, g.O(), g.OH, g.OW, th, tw, nc, dy, w.data(), (const T*)nullptr, grad_x,
+                     nthreads);
       return;
     }
     DenseConv<T> conv(g.O(), nc, g.KH, g.KW, 1, 1, g.H, g.W, g.OH + 2 * th, g.OW + 2 * tw);
     conv.load(w.data(), nullptr);
-    conv.batch(g.N, Planes<T>(grad_out, g.O(), g.OH * g.OW), g.OH, g.OW, th, tw, grad_x,
-               nthreads);
+    conv.batch(g.N, dy, g.OH, g.OW, th, tw, grad_x, nthreads);
     return;
   }
   // Any stride: scatter each output gradient back onto the inputs it read.
@@ -318,7 +325,7 @@ void weight_grad(const Geometry& g, const T* grad_out, const T* x, const T* x_pl
   const int64_t block = no * nc * kk;
   if (no == 0) return;
   if (grad_b) bias_grad(g, grad_out, o_begin, o_end, grad_b);
-  const Planes<T> in(x, x_planted, g.C(), g.I_f, g.H * g.W);
+  const Planes<T> in = input_planes(g, x, x_planted);
   if (use_winograd<T>(g, g.PH, g.PW)) {
     winograd::weight_grad(g.N, g.H, g.W, g.PH, g.PW, g.O(), in, grad_out, o_begin, o_end,
                           c_begin, c_end, grad_w, nthreads);
@@ -394,7 +401,7 @@ bool planted_input_grads(const Geometry& g, const T* grad_out, const T* x, const
     return false;
   const BlockWeight<T> weight{g, w_frozen, w_in, w_out};
   const std::vector<T> w = dense_weight(g, weight, x_begin, g.C(), false);
-  const Planes<T> in(x, x_planted, g.C(), g.I_f, g.H * g.W);
+  const Planes<T> in = input_planes(g, x, x_planted);
   return winograd::planted_input_grads(g.N, g.H, g.W, g.PH, g.PW, g.O(), g.O_f, in, x_begin,
                                        g.I_f, g.C(), grad_out, w.data(), grad_x, grad_in,
                                        nthreads);
