@@ -92,7 +92,7 @@ extensions = [
     Pybind11Extension(
         "plantops._C",
         ["csrc/bindings_cpu.cpp", "csrc/planted_conv_cpu.cpp", "csrc/winograd_cpu.cpp",
-         "csrc/winograd_planted_inputs.cpp", "csrc/geometry.cpp"],
+         "csrc/winograd_planted_inputs.cpp", "csrc/relu_pool_cpu.cpp", "csrc/geometry.cpp"],
         include_dirs=["csrc"],
         depends=headers,
         cxx_std=17,

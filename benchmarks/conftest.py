@@ -40,12 +40,13 @@ def _measure_peaks(dtype):
 
 @pytest.fixture
 def record(benchmark):
-    def _record(group, shape, impl, flops, nbytes=0, dtype=None):
+    def _record(group, shape, impl, flops, nbytes=0, dtype=None, per=1):
+        """``per``: the measured callable ran that many units (steps); the table shows one."""
         benchmark.extra_info.update(group=group, shape=shape, impl=impl, flops=flops,
-                                    bytes=nbytes)
+                                    bytes=nbytes, per=per)
         if benchmark.stats is None:  # None under --benchmark-disable
             return
-        _RESULTS[(group, shape)][impl] = (benchmark.stats.stats.median, flops, nbytes)
+        _RESULTS[(group, shape)][impl] = (benchmark.stats.stats.median / per, flops, nbytes)
         if dtype is not None and torch.cuda.is_available() and flops and nbytes:
             rate, bandwidth = _measure_peaks(dtype)
             _FLOORS[(group, shape)] = max(flops / rate, nbytes / bandwidth)

@@ -1,10 +1,11 @@
-"""Channels-last against NCHW (contiguous) for what the search trains most, side by side:
-one training step of a planting round (5 candidates sharing their parent's forward,
-plantops/round_training.py) and one SGD step of a plain Student[k].
+"""Channels-last against NCHW (contiguous) for the plain networks the search trains (teacher,
+initial network, --table students): one SGD step of a Student[k], side by side.
 
     pytest benchmarks/test_bench_layout.py --benchmark-only
 
-The search runs channels-last by default (--channels-last); "contiguous" is the baseline.
+The search runs them channels-last on a CPU by default (--channels-last); "contiguous" is the
+baseline. Planting rounds run through the planted kernels in their own layout
+(benchmarks/test_bench_planted_round.py).
 """
 
 import pytest
@@ -12,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from plantops import models
-from plantops.round_training import Round
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
@@ -21,23 +21,6 @@ LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_
 def _sync():
     if DEVICE == "cuda":
         torch.cuda.synchronize()
-
-
-def round_step(width: int, layout):
-    torch.manual_seed(0)
-    parent = models.student(width)
-    candidates = {layer: models.plant(parent, layer, 4) for layer in range(5)}
-    for net in candidates.values():
-        for p in models.planted_parameters(net):
-            torch.nn.init.normal_(p, 0, 0.05)
-    round_ = Round(parent.to(DEVICE), {k: v.to(DEVICE) for k, v in candidates.items()}, layout)
-    x = torch.randn(128, 3, 32, 32, device=DEVICE)
-    params = round_.parameters()
-
-    def step():
-        torch.autograd.grad(sum(l.square().mean() for l in round_.logits(x)), params)
-        _sync()
-    return step
 
 
 def student_step(width: int, layout):
@@ -57,14 +40,6 @@ def student_step(width: int, layout):
 
 def impl_name(layout: str) -> str:
     return "plantops-channels_last" if layout == "channels_last" else "contiguous"
-
-
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-@pytest.mark.parametrize("width", [8, 12, 16])
-def test_round_step(benchmark, record, width, layout):
-    benchmark.group = f"round step S[{width}]"
-    benchmark.pedantic(round_step(width, LAYOUTS[layout]), warmup_rounds=2, rounds=15)
-    record("round step", f"S[{width}] 5 candidates N128", impl_name(layout), 0)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))

@@ -1,15 +1,19 @@
-"""The search phase (after teacher and initial network, which both sides share) of plantops
-against the straightforward PyTorch search (baselines/naive_search.py), side by side.
+"""The search phase of plantops against the straightforward PyTorch search
+(baselines/naive_search.py), side by side.
 
     pytest benchmarks/test_bench_search.py --benchmark-only
 
-Synthetic data by default (class templates plus noise, so there is something to learn); a real
-CIFAR-10 copy when PLANTOPS_DATA points at one (an image folder or its .tar.gz, such as
-cifar10-jpeg.tar.gz). Teacher[128] and Student[8], a 2,000-image subset, one epoch per
-candidate, two rounds. Both sides must choose the same layers.
+The search phase is everything a user waits for after the initial network: the teacher's
+logits of the views, the planting rounds, the evaluations, the checkpoints and the report
+(results.md, the plot, final.pt). Both sides start from the same trained Teacher[128] and
+Student[8] (trained here, untimed); plantops runs ``Search(cfg, data).run()`` on an output
+folder holding them as checkpoints, the naive search its rounds. 5,000 training images,
+4 epochs per candidate, 3 rounds; synthetic data (class templates plus noise, so there is
+something to learn), or a CIFAR-10 copy when PLANTOPS_DATA points at one (an image folder or
+its .tar.gz, such as cifar10-jpeg.tar.gz). Both sides must choose the same layers. Under
+--benchmark-disable (CI's smoke run) the setting shrinks to 500 images, 1 epoch, 2 rounds.
 """
 
-import functools
 import os
 import tempfile
 import time
@@ -20,14 +24,15 @@ import pytest
 import torch
 from torch import nn
 
-from plantops import data as datasets
-from plantops import models, search
-from plantops.train import Schedule, TeacherCache, evaluate, train
+from plantops import engine, models, search
+from plantops.data import DeviceData, ViewSchedule
+from plantops.search.checkpoints import save_network
 
 from baselines.naive_search import naive_search
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-TRAIN, VAL = 2000, 500
+FULL = dict(train=5000, val=500, test=1000, epochs=4, rounds=3)
+SMOKE = dict(train=500, val=100, test=100, epochs=1, rounds=2)
 
 
 def synthetic(n, seed):
@@ -53,76 +58,64 @@ def he_init(net):
 
 
 @pytest.fixture(scope="module")
-def setting():
+def setting(request):
+    size = SMOKE if request.config.getoption("benchmark_disable") else FULL
     cfg = search.config_from_dict(dict(
         dataset="folder", data=os.environ.get("PLANTOPS_DATA"), device=str(DEVICE),
-        train_subset=TRAIN, val_size=VAL, teacher_width=128, init_width=8, plant_channels=4,
-        plant_epochs=1, max_rounds=2, lr=0.05))
+        train_subset=size["train"], val_size=size["val"], teacher_width=128, init_width=8,
+        plant_channels=4, plant_epochs=size["epochs"], max_rounds=size["rounds"], lr=0.05))
     if cfg.data:
-        train_data, val_data, _, _, _ = search.prepare_data(cfg, DEVICE)
+        data = search.prepare_data(cfg, DEVICE)
     else:
         mean, std = (0.5,) * 3, (0.25,) * 3
-        train_data = datasets.DeviceData(*synthetic(TRAIN, 0), DEVICE, mean, std)
-        val_data = datasets.DeviceData(*synthetic(VAL, 1), DEVICE, mean, std)
+        make = lambda n, seed: DeviceData(*synthetic(n, seed), DEVICE, mean, std)
+        data = search.SearchData(make(size["train"], 0), make(size["val"], 1),
+                                 make(size["test"], 2), "cifar", 10)
     # Fixture only (both sides start from these, untimed). The teacher must be confident and
     # the initial network partly trained, or every candidate ties and the layer check says
     # nothing: on synthetic data both reach about 90% validation accuracy.
+    schedule = engine.Schedule(4, 0.01, decay=1.0)
+    views = ViewSchedule(data.train, schedule.batch_size, 4, seed=0)
     torch.manual_seed(2)
     teacher = he_init(models.student(128))
-    train(teacher, teacher.parameters(), train_data, Schedule(4, 0.01, decay=1.0), "ce", 0)
+    engine.fit(teacher, list(teacher.parameters()), views, schedule, "ce")
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     torch.manual_seed(3)  # each network seeded on its own: some seeds leave it dead
     initial = he_init(models.student(8))
-    train(initial, initial.parameters(), train_data, Schedule(4, 0.01, decay=1.0), "kd", 0,
-          teacher)
-    initial_val = evaluate(initial, val_data, teacher=teacher, temperature=cfg.temperature)
-    print(f"\nteacher val acc {evaluate(teacher, val_data)['acc']:.3f}, initial {initial_val}")
-    return cfg, teacher, initial, initial_val, train_data, val_data
+    engine.fit(initial, list(initial.parameters()), views, schedule, "kd",
+               teacher=engine.teacher_logits(teacher, views))
+    val_views = ViewSchedule(data.val, 500)
+    val_teacher = engine.teacher_logits(teacher, val_views)
+    metas = {}
+    for name, net, teacher_logits in (("teacher", teacher, None), ("initial", initial, val_teacher)):
+        val, = engine.evaluate(net, val_views, teacher=teacher_logits)
+        test, = engine.evaluate(net, ViewSchedule(data.test, 500))
+        metas[name] = dict(kind=name, loss_fn="ce" if name == "teacher" else "kd", val=val,
+                           test=test, seconds=0.0)
+    print(f"\nteacher val acc {metas['teacher']['val']['acc']:.3f}, initial {metas['initial']['val']}")
+    return cfg, data, teacher, initial, metas
 
 
 CHOSEN = {}
 
 
-def run_plantops(cfg, teacher, initial, initial_val, train_data, val_data):
-    """The search phase, and where its time went: teacher passes, student evaluation, and
-    candidate training (the rest)."""
-    start = time.perf_counter()
-    cache = TeacherCache(teacher)
-    evaluation = dict(seconds=0.0, teacher=0.0)
-    real_evaluate = search.evaluate_round
-
-    def timed_evaluate(*args, **kwargs):
-        t0, teacher0 = time.perf_counter(), cache.seconds
-        result = real_evaluate(*args, **kwargs)
-        evaluation["seconds"] += time.perf_counter() - t0
-        evaluation["teacher"] += cache.seconds - teacher0
-        return result
-
-    search.evaluate_round = timed_evaluate
-    try:
-        with tempfile.TemporaryDirectory() as out:
-            out = Path(out)
-            (out / "candidates").mkdir()
-            schedule = functools.partial(search.training_schedule, cfg)
-            accepted, _ = search.plant_rounds(cfg, out, search.Log(out / "log.jsonl"), initial,
-                                              initial_val, teacher, train_data, val_data, DEVICE,
-                                              schedule, cache)
-        if DEVICE.type == "cuda":
-            torch.cuda.synchronize()
-    finally:
-        search.evaluate_round = real_evaluate
-    total = time.perf_counter() - start
-    students = evaluation["seconds"] - evaluation["teacher"]
-    print(f"\nplantops time split: total {total:.2f} s = teacher passes {cache.seconds:.2f} s "
-          f"({cache.misses} batches, {cache.hits} reused) + student evaluation {students:.2f} s "
-          f"+ candidate training {total - cache.seconds - students:.2f} s")
-    return [a["layer"] for a in accepted]
+def run_plantops(cfg, data, teacher, initial, metas):
+    with tempfile.TemporaryDirectory() as out:
+        for name, net in (("teacher", teacher), ("initial", initial)):
+            save_network(Path(out) / f"{name}.pt", net, metas[name])
+        start = time.perf_counter()
+        result = search.Search(search.config_from_dict(dict(out=out), cfg), data).run()
+        total = time.perf_counter() - start
+    split = ", ".join(f"{phase} {s:.2f} s" for phase, s in result["seconds"].items())
+    print(f"\nplantops search phase {total:.2f} s: {split}")
+    return [r["layer"] for r in result["rounds"]]
 
 
-def run_naive(cfg, teacher, initial, initial_val, train_data, val_data):
-    chosen = naive_search(cfg, initial, initial_val, teacher, train_data, val_data, DEVICE)
+def run_naive(cfg, data, teacher, initial, metas):
+    chosen = naive_search(cfg, initial, metas["initial"]["val"], teacher, data.train, data.val,
+                          DEVICE)
     if DEVICE.type == "cuda":
         torch.cuda.synchronize()
     return chosen
@@ -133,9 +126,10 @@ def test_search_phase(benchmark, record, setting, impl):
     fn = run_plantops if impl == "plantops" else run_naive
     chosen = benchmark.pedantic(fn, args=setting, rounds=1, iterations=1)
     CHOSEN[impl] = chosen
-    data = "CIFAR-10 subset" if setting[0].data else "synthetic"
-    record("search phase", f"{data} T[128] S[8] {TRAIN} img 2 rounds",
-           "plantops" if impl == "plantops" else "naive baseline", 0)
+    cfg = setting[0]
+    data = "CIFAR-10 subset" if cfg.data else "synthetic"
+    record("search phase", f"{data} T[128] S[8] {cfg.train_subset} img {cfg.plant_epochs} ep "
+           f"{cfg.max_rounds} rounds", "plantops" if impl == "plantops" else "naive baseline", 0)
     print(f"\n{impl} chose {chosen}")
     if len(CHOSEN) == 2:
         assert CHOSEN["plantops"] == CHOSEN["naive"], CHOSEN

@@ -10,6 +10,7 @@
 
 #include "binding_common.h"
 #include "planted_conv_cpu.h"
+#include "relu_pool_cpu.h"
 
 namespace py = pybind11;
 using plantops::Geometry;
@@ -90,6 +91,28 @@ bool planted_input_grads(const Geometry& g, const std::string& dtype, std::uintp
   return done;
 }
 
+// relu_max_pool2d over planes = N * C contiguous [H, W] planes (relu_pool_cpu.h).
+void relu_max_pool2x2(const std::string& dtype, std::uintptr_t x, int64_t planes, int64_t H,
+                      int64_t W, std::uintptr_t y, std::uintptr_t arg, int nthreads) {
+  PLANTOPS_CHECK(planes >= 0 && H >= 2 && W >= 2, "relu_max_pool2x2 needs maps of 2x2 or more");
+  by_dtype(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    plantops::cpu::relu_max_pool2x2<T>(in_ptr<T>(x), planes, H, W, out_ptr<T>(y),
+                                       out_ptr<uint8_t>(arg), nthreads);
+  });
+}
+
+void relu_max_pool2x2_backward(const std::string& dtype, std::uintptr_t grad_y,
+                               std::uintptr_t arg, int64_t planes, int64_t H, int64_t W,
+                               std::uintptr_t grad_x, int nthreads) {
+  PLANTOPS_CHECK(planes >= 0 && H >= 2 && W >= 2, "relu_max_pool2x2 needs maps of 2x2 or more");
+  by_dtype(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    plantops::cpu::relu_max_pool2x2_backward<T>(in_ptr<T>(grad_y), in_ptr<uint8_t>(arg),
+                                                planes, H, W, out_ptr<T>(grad_x), nthreads);
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -100,4 +123,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("input_grad", &input_grad, release);
   m.def("weight_grad", &weight_grad, release);
   m.def("planted_input_grads", &planted_input_grads, release);
+  m.def("relu_max_pool2x2", &relu_max_pool2x2, release);
+  m.def("relu_max_pool2x2_backward", &relu_max_pool2x2_backward, release);
 }

@@ -37,6 +37,7 @@ FORMATS = {
     "stl10": "the STL-10 binary version: the folder stl10_binary or stl10_binary.tar.gz",
     "folder": "an image folder train/<class>/*, test/<class>/* (a folder, .tar or .tar.gz)",
 }
+CROP_PAD = 4  # random-crop padding of training views, in pixels
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".webp")
 
 
@@ -324,11 +325,27 @@ class DeviceData:
     def __len__(self):
         return len(self.labels)
 
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() / 255.0 - self.mean) / self.std
 
+    def padded_normalized(self, pad: int) -> torch.Tensor:
+        """Every image zero-padded by ``pad`` (in uint8, as ``random_crop_flip`` pads) and
+        normalized, as float32 [N, C, H + 2 pad, W + 2 pad], computed once: a training view is
+        then one gather (``crop_flip``) instead of a gather and four elementwise passes per
+        step, with bit-identical values (the same float operations on the same bytes)."""
+        cached = getattr(self, "_padded", None)
+        if cached is None or cached[0] != pad:
+            padded = torch.nn.functional.pad(self.images, (pad, pad, pad, pad))
+            chunks = [self.normalize(part) for part in padded.split(4096)]
+            cached = self._padded = (pad, torch.cat(chunks))
+        return cached[1]
+
     def batches(self, batch_size: int, generator: torch.Generator | None = None,
-                augment: bool = False, crop_pad: int = 4):
+                augment: bool = False, crop_pad: int = CROP_PAD):
         """Yields (images, labels): shuffled and augmented when a generator is given."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
@@ -340,16 +357,119 @@ class DeviceData:
             yield self.normalize(x), self.labels[idx]
 
 
+def draw_crop_flip(count: int, pad: int, generator: torch.Generator):
+    """The random offsets (dy, dx in [0, 2 pad]) and flips of ``count`` images, drawn from
+    ``generator`` in this order (views stay reproducible from the seed alone)."""
+    dy = torch.randint(0, 2 * pad + 1, (count,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (count,), generator=generator)
+    flip = torch.rand(count, generator=generator) < 0.5
+    return dy, dx, flip
+
+
+def crop_flip(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor,
+              flip: torch.Tensor, padded: bool = False) -> torch.Tensor:
+    """Each image of ``x`` zero-padded by ``pad``, cropped back to its size at (dy, dx), and
+    mirrored where ``flip``: one gather of each padded plane at flat indices, on x's device,
+    without host synchronization. (Advanced indexing with four broadcast index tensors does
+    the same and took 5x longer on a CPU.) ``padded``: x is already padded by ``pad``."""
+    if not padded:
+        x = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    n, c, hp, wp = x.shape
+    h, w = hp - 2 * pad, wp - 2 * pad
+    device = x.device
+    rows = dy.to(device)[:, None] + torch.arange(h, device=device)[None, :]          # [n, h]
+    cols = dx.to(device)[:, None] + torch.arange(w, device=device)[None, :]          # [n, w]
+    cols = torch.where(flip.to(device)[:, None], cols.flip(1), cols)
+    index = (rows[:, :, None] * wp + cols[:, None, :]).view(n, 1, h * w)
+    return x.flatten(2).gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
+
+
 def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
     """Random crop of the zero-padded images back to their size, then a random horizontal flip."""
-    n, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])            # [n, h]
-    cols = dx[:, None] + torch.arange(w, device=x.device)[None, :]              # [n, w]
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
-    batch = torch.arange(n, device=x.device)[:, None, None, None]
-    chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-    return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+    return crop_flip(x, pad, *draw_crop_flip(x.shape[0], pad, generator))
+
+
+@dataclasses.dataclass
+class _Steps:
+    """The steps of one batch size: sample indices and crop offsets and flips, [steps, batch]."""
+    index: torch.Tensor
+    dy: torch.Tensor
+    dx: torch.Tensor
+    flip: torch.Tensor
+
+    def __len__(self):
+        return self.index.shape[0]
+
+
+class ViewSchedule:
+    """Every batch of a training run (or of an evaluation), fixed in advance, on the device.
+
+    ``DeviceData.batches`` draws each epoch's order and each batch's augmentation from a seeded
+    generator as it goes; this draws the same numbers, in the same order, for every epoch at
+    once, so a step needs no host work: step ``pos`` of a kind gathers its images, labels and
+    views by a device index. The steps of an epoch are its ``len(data) // batch_size`` full
+    batches and, when the size does not divide, one last shorter batch. The two shapes are
+    two kinds of step (``"full"``, ``"rest"``), each with its own table, so that each runs as
+    a static step (one CUDA graph per shape). Without a seed the order is the data's and
+    nothing is augmented (evaluation).
+    """
+
+    def __init__(self, data: DeviceData, batch_size: int, epochs: int = 1,
+                 seed: int | None = None, crop_pad: int = CROP_PAD):
+        if batch_size < 1 or epochs < 1:
+            raise ValueError(f"a view schedule needs batch_size >= 1 and epochs >= 1, got "
+                             f"{batch_size} and {epochs}")
+        self.data, self.batch_size, self.epochs, self.seed = data, batch_size, epochs, seed
+        self.crop_pad = crop_pad
+        n = len(data)
+        self.full_steps, rest = divmod(n, batch_size)
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        tables = {"full": [], "rest": []}
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=generator) if generator is not None \
+                else torch.arange(n)
+            for start in range(0, n, batch_size):
+                idx = order[start:start + batch_size]
+                views = (draw_crop_flip(len(idx), crop_pad, generator) if generator is not None
+                         else (torch.zeros(len(idx), dtype=torch.int64),) * 2
+                         + (torch.zeros(len(idx), dtype=torch.bool),))
+                tables["full" if len(idx) == batch_size else "rest"].append((idx, *views))
+        device = data.device
+        self.kinds = {}
+        for kind, rows in tables.items():
+            if rows:
+                index, dy, dx, flip = (torch.stack(c) for c in zip(*rows))
+                # Offsets fit a byte (0 to 2 * crop_pad): a tenth of the memory of int64.
+                self.kinds[kind] = _Steps(index.to(device), dy.to(device, torch.uint8),
+                                          dx.to(device, torch.uint8), flip.to(device))
+        self.augment = generator is not None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.full_steps + ("rest" in self.kinds)
+
+    def epoch_steps(self, epoch: int):
+        """(kind, position) of each step of ``epoch``, in order."""
+        for s in range(self.full_steps):
+            yield "full", epoch * self.full_steps + s
+        if "rest" in self.kinds:
+            yield "rest", epoch
+
+    def positions(self, kind: str, epoch: int) -> range:
+        """The positions in ``kind``'s table of ``epoch``'s steps."""
+        per = self.full_steps if kind == "full" else 1
+        return range(epoch * per, (epoch + 1) * per)
+
+    def batch(self, kind: str, pos: torch.Tensor):
+        """(normalized images [k * batch, C, H, W], labels [k * batch]) of the steps at
+        ``pos`` (a device index tensor [k]), augmented, stacked along the batch."""
+        steps = self.kinds[kind]
+        index = steps.index.index_select(0, pos).flatten()
+        labels = self.data.labels.index_select(0, index)
+        if not self.augment:
+            return self.data.normalize(self.data.images.index_select(0, index)), labels
+        x = self.data.padded_normalized(self.crop_pad).index_select(0, index)
+        x = crop_flip(x, self.crop_pad, steps.dy.index_select(0, pos).flatten(),
+                      steps.dx.index_select(0, pos).flatten(),
+                      steps.flip.index_select(0, pos).flatten(), padded=True)
+        return x, labels

@@ -1,8 +1,13 @@
 import os
 import random
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+# The baselines the engine and the round op are checked against (benchmarks/baselines/).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 @pytest.fixture(autouse=True)

@@ -13,10 +13,12 @@ from test_data import write_image_folder
 
 
 def tiny_config(data_dir, out, **overrides):
+    # Enough training that the candidates' losses differ by clear margins (0.005 or more):
+    # the tests compare choices, and choices between near-ties would hang on rounding.
     values = dict(dataset="folder", data=str(data_dir), out=str(out), device="cpu", seed=0,
-                  train_subset=0, val_size=6, teacher_width=4, teacher_epochs=1, init_width=2,
-                  init_epochs=1, plant_channels=1, plant_epochs=1, max_rounds=2, batch_size=8,
-                  lr=0.05, cache_dir=str(out.parent / "cache"), download=False)
+                  train_subset=0, val_size=6, teacher_width=4, teacher_epochs=4, init_width=3,
+                  init_epochs=4, plant_channels=1, plant_epochs=2, max_rounds=2, batch_size=8,
+                  lr=0.1, cache_dir=str(out.parent / "cache"), download=False)
     values.update(overrides)
     return search.config_from_dict(values).validate()
 
@@ -71,21 +73,21 @@ def test_same_seed_same_choices(reference_run, image_folder, tmp_path):
 def test_resume_after_a_kill_mid_round(reference_run, image_folder, tmp_path, monkeypatch):
     _, reference = reference_run
     out = tmp_path / "killed"
-    real = search.save_candidate
+    real = search.Search.save_candidate
     calls = []
 
-    def dies_on_the_third(*args, **kwargs):
+    def dies_on_the_third(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt  # killed after two of a round's candidates were saved
-        return real(*args, **kwargs)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(search, "save_candidate", dies_on_the_third)
+    monkeypatch.setattr(search.Search, "save_candidate", dies_on_the_third)
     with pytest.raises(KeyboardInterrupt):
         search.run_search(tiny_config(image_folder, out))
     with open(out / "log.jsonl", "a") as f:
         f.write('{"kind": "candid')  # and killed mid-write of a log line
-    monkeypatch.setattr(search, "save_candidate", real)
+    monkeypatch.setattr(search.Search, "save_candidate", real)
     resumed = search.run_search(search.parse_args(["--resume", str(out)]))
     assert [r["layer"] for r in resumed["rounds"]] == [r["layer"] for r in reference["rounds"]]
     assert resumed["final"]["widths"] == reference["final"]["widths"]
@@ -157,25 +159,26 @@ def test_channels_last_changes_no_choice(reference_run, image_folder, tmp_path):
                                                         rel=1e-4)
 
 
-def test_candidates_of_a_round_see_the_same_views(image_folder, tmp_path, monkeypatch):
-    """One teacher pass per view: the cache is filled by the first candidate only (candidates
-    trained one after another; trained together, they see each view at once)."""
-    from plantops import train as train_module
-    caches = []
-    real_init = train_module.TeacherCache.__init__
+@pytest.mark.parametrize("cache", [True, False], ids=["cached", "per-round"])
+def test_the_teacher_runs_once_per_view(image_folder, tmp_path, monkeypatch, cache):
+    """Every candidate of every round sees the same views, so the teacher's logits of them
+    are computed once for the whole search (--no-cache-teacher: once per round), and once
+    for the validation set; the initial network's views are its own."""
+    from plantops import engine
+    passes = []
+    real = engine.teacher_logits
 
-    def spy(self, teacher, *args):
-        real_init(self, teacher, *args)
-        caches.append(self)
+    def spy(teacher, views, *args, **kwargs):
+        passes.append((views.epochs, views.augment))
+        return real(teacher, views, *args, **kwargs)
 
-    monkeypatch.setattr(train_module.TeacherCache, "__init__", spy)
-    search.run_search(tiny_config(image_folder, tmp_path / "views", max_rounds=1,
-                                  train_together=False))
-    (cache,) = caches
-    batches_per_run = -(-24 // 8)  # 24 training images, batch 8, 1 epoch
-    val_batches = 1                # 6 validation images in one evaluation batch
-    assert cache.misses == batches_per_run + val_batches
-    assert cache.hits == 4 * (batches_per_run + val_batches)  # the 4 other candidates
+    monkeypatch.setattr(engine, "teacher_logits", spy)
+    cfg = tiny_config(image_folder, tmp_path / "views", max_rounds=2, plant_epochs=3,
+                      cache_teacher=cache, max_params=10 ** 9)
+    search.run_search(cfg)
+    val, initial, planting = (1, False), (cfg.init_epochs, True), (cfg.plant_epochs, True)
+    rounds = 1 if cache else 2
+    assert sorted(passes) == sorted([val, initial] + [planting] * rounds)
 
 
 def test_training_candidates_together_changes_no_choice(reference_run, image_folder, tmp_path):
@@ -209,14 +212,14 @@ def test_resume_of_a_folder_without_a_search():
 
 def test_table_mode_trains_the_students_and_compares_with_the_paper(image_folder, tmp_path):
     result = search.run_search(tiny_config(image_folder, tmp_path / "table", table=True,
-                                           table_widths="3", max_rounds=1,
+                                           table_widths="2", max_rounds=1,
                                            compare_with="cifar10"))
     rows = {(r["network"], r["loss_fn"]) for r in result["students"]}
-    assert rows == {("Student[3]", "CE"), ("Student[3]", "KD"), ("Student[2]", "CE")}
+    assert rows == {("Student[2]", "CE"), ("Student[2]", "KD"), ("Student[3]", "CE")}
     text = (tmp_path / "table" / "results.md").read_text()
     assert "Beside the paper's cifar10 table" in text
     assert "/ 40.6K" in text and "84.35%" in text  # the paper's planted row beside ours
-    assert "| Student[3] | CE |" in text
+    assert "| Student[2] | CE |" in text
 
 
 def test_bad_table_widths():
@@ -248,7 +251,7 @@ def test_initial_network_is_the_same_when_the_teacher_is_reloaded(reference_run,
 def test_split_seed_keeps_the_validation_set_across_seeds(image_folder, tmp_path):
     def val_images(**overrides):
         cfg = tiny_config(image_folder, tmp_path / "split", **overrides).validate()
-        return search.prepare_data(cfg, torch.device("cpu"))[1].images
+        return search.prepare_data(cfg, torch.device("cpu")).val.images
 
     same = val_images(seed=0)
     assert torch.equal(val_images(seed=1, split_seed=0), same)
@@ -270,7 +273,7 @@ def test_bfloat16_training_runs_through_every_path(reference_run, image_folder, 
 
 
 def test_unknown_precision_is_refused():
-    from plantops.train import Schedule
+    from plantops.engine import Schedule
     with pytest.raises(ValueError, match="precision must be one of float32, bfloat16, got 'float16'"):
         Schedule(1, 0.1, precision="float16")
 
@@ -285,3 +288,40 @@ def test_channels_last_default_follows_the_device_and_a_flag_overrides_it():
                            ("--no-channels-last", torch.contiguous_format)):
         cfg = search.parse_args(["--dataset", "folder", "--data", "x", flag])
         assert search.layout(cfg, "cpu") == search.layout(cfg, "cuda") == expected
+
+
+def test_the_engine_makes_the_previous_loops_choices_and_losses(reference_run, image_folder):
+    """The search's rounds replayed with the previous round trainer
+    (benchmarks/baselines/round_training.py: F.conv2d, a Python batch loop, torch.optim.SGD)
+    from the same parents: every candidate's validation loss within 1e-4 of the engine's,
+    and the same layer chosen in every round."""
+    from baselines.round_training import Round, evaluate_round, train_round
+    from baselines.training import TeacherCache
+    from plantops import models
+
+    out, result = reference_run
+    cfg = search.Config(**json.loads((out / "config.json").read_text())["config"])
+    data = search.prepare_data(cfg, torch.device("cpu"))
+    teacher, _ = search.load_network(out / "teacher.pt", "cpu")
+    cache = TeacherCache(teacher)
+    parent, _ = search.load_network(out / "initial.pt", "cpu")
+    assert result["rounds"], "the fixture's search accepted no round"
+    for accepted in result["rounds"]:
+        rnd = accepted["round"]
+        layers = models.plantable_layers(cfg.plant_fc1)
+        candidates = {layer: models.plant(parent, layer, cfg.plant_channels, cfg.plant_init,
+                                          torch.Generator().manual_seed(
+                                              search.candidate_seed(cfg, rnd, layer)))
+                      for layer in layers}
+        old = Round(parent, candidates, search.layout(cfg, "cpu"))
+        train_round(old, data.train, search.training_schedule(cfg, cfg.plant_epochs), teacher,
+                    cfg.temperature, cfg.label_weight, cfg.seed, cache)
+        old_vals = evaluate_round(old, data.val, teacher, cfg.temperature, cache)
+        engine_vals = [json.loads(search.candidate_stem(out, rnd, layer).with_suffix(".json")
+                                  .read_text())["val"] for layer in layers]
+        for mine, theirs in zip(engine_vals, old_vals):
+            assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-4)
+            assert mine["kd_loss"] == pytest.approx(theirs["kd_loss"], rel=1e-4, abs=1e-6)
+        chosen = min(layers, key=lambda layer: (old_vals[layer]["loss"], layer))
+        assert models.LAYER_NAMES[chosen] == accepted["layer"]
+        parent, _ = search.load_network(out / f"round_{rnd}.pt", "cpu")

@@ -54,3 +54,27 @@ def test_triton_split_input_gives_planted_input_gradient(shape):
     """x_planted: the input-gradient kernel runs over the planted channel range only."""
     check_against_reference("triton", shape, torch.float32, DEVICE, TOL[torch.float32],
                             split=True)
+
+
+def test_round_op_on_triton():
+    """The round op with its planted convolutions on Triton: every candidate's logits and
+    planted gradients as its own network gives them (a small network, batch 2:
+    the interpreter is slow)."""
+    from plantops import models
+    from plantops.planted_round import PlantedRound
+    torch.manual_seed(0)
+    parent = models.PlantNet([3, 2, 3, 2, 2]).to(DEVICE)
+    candidates = {layer: models.plant(parent.cpu(), layer, 1, "random",
+                                      torch.Generator().manual_seed(layer)).to(DEVICE)
+                  for layer in (0, 2, 4)}
+    round_op = PlantedRound(parent.to(DEVICE), candidates, backend="triton")
+    x = torch.randn(2, 3, 32, 32, device=DEVICE)
+    logits = round_op(x)
+    grads = torch.autograd.grad(logits.square().sum(), round_op.parameters())
+    expected = [(net(x), torch.autograd.grad(net(x).square().sum(), models.planted_parameters(net)))
+                for net in candidates.values()]
+    for i, (want, want_grads) in enumerate(expected):
+        assert_close(logits[2 * i:2 * (i + 1)], want, atol=2e-3, rtol=2e-3, name="logits")
+        for got, ref in zip(grads[3 * i:3 * (i + 1)], want_grads):
+            scale = max(ref.abs().max().item(), 1.0)
+            assert_close(got, ref, atol=2e-3 * scale, rtol=0, name="planted gradient")

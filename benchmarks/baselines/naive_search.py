@@ -16,7 +16,7 @@ import torch
 
 from plantops import models
 from plantops.search import candidate_seed
-from plantops.train import Schedule, evaluate, loss_fn, lr_milestones
+from baselines.training import Schedule, evaluate, loss_fn, lr_milestones
 
 
 def frozen_masks(parent: models.PlantNet, candidate: models.PlantNet) -> dict:

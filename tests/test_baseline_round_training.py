@@ -1,4 +1,5 @@
-"""Training a round's candidates together gives what training each alone gives."""
+"""The baseline round trainer (benchmarks/baselines/round_training.py, the search's before the
+round op): training a round's candidates together gives what training each alone gives."""
 
 import copy
 
@@ -6,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from baselines.round_training import Round, evaluate_round, train_round
+from baselines.training import Schedule, TeacherCache, evaluate, train
 from plantops import models
 from plantops.data import DeviceData
-from plantops.round_training import Round, evaluate_round, train_round
-from plantops.train import Schedule, TeacherCache, evaluate, train
 
 LAYERS = list(range(6))  # conv1-conv5 and fc1
 

@@ -1,15 +1,13 @@
-"""Training and evaluation for the search: cross-entropy, distillation, SGD with step decay.
-
-The distillation loss is the poster's L_KL with the sign that makes it a loss:
-``T^2 * KL(softmax(z_teacher / T) || softmax(z_student / T))`` (the T^2 keeps gradient
-magnitudes comparable across temperatures, Hinton et al. 2015), optionally mixed with the
-label cross-entropy: ``(1 - alpha) * KD + alpha * CE``.
+"""The search's training loop as it was before the engine (plantops/engine.py): a Python loop
+over ``DeviceData.batches``, torch.optim.SGD with MultiStepLR, the teacher's logits looked up
+per batch in a dict (:class:`TeacherCache`), ``.item()`` per evaluation batch. Kept as the
+baseline the engine is measured against (benchmarks/test_bench_planted_round.py) and checked
+to agree with (tests/test_engine.py); the naive search uses it too.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import sys
 import time
@@ -19,47 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from plantops.data import DeviceData
-
-
-@dataclasses.dataclass
-class Schedule:
-    epochs: int
-    lr: float
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 128
-    decay: float = 0.2        # lr multiplier at each step
-    decay_steps: int = 2      # steps, evenly spaced: after each third of the run by default
-    # "bfloat16": forward passes and losses under torch.autocast (weights, gradients and the
-    # optimizer stay float32); "float32": no autocast.
-    precision: str = "float32"
-
-    def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
-                             f"got {self.precision!r}")
-
-
-# float16 would also need loss scaling (GradScaler); bfloat16 has float32's range and does not.
-PRECISIONS = ("float32", "bfloat16")
+from plantops.engine import CACHE_DTYPES, Schedule, kd_loss, lr_milestones
 
 
 def autocast(schedule: Schedule, device: torch.device):
-    """The autocast context of a training step under ``schedule.precision``."""
     return torch.autocast(device.type, dtype=torch.bfloat16,
                           enabled=schedule.precision == "bfloat16")
-
-
-def lr_milestones(schedule: Schedule, steps_per_epoch: int) -> list[int]:
-    """Optimizer steps after which the lr is multiplied by ``schedule.decay``: evenly spaced."""
-    return [round(schedule.epochs * (i + 1) / (schedule.decay_steps + 1)) * steps_per_epoch
-            for i in range(schedule.decay_steps)]
-
-
-def kd_loss(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
-    t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
-                    reduction="batchmean", log_target=True) * t * t
 
 
 def loss_fn(kind: str, temperature: float = 1.0, alpha: float = 0.0):
@@ -72,10 +35,6 @@ def loss_fn(kind: str, temperature: float = 1.0, alpha: float = 0.0):
             return loss if alpha == 0 else (1 - alpha) * loss + alpha * F.cross_entropy(logits, labels)
         return kd
     raise ValueError(f"loss must be 'ce' or 'kd', got {kind!r}")
-
-
-# The dtypes the teacher cache can store its logits in (--cache-dtype), by name.
-CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class TeacherCache:

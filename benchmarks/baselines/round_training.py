@@ -1,4 +1,6 @@
-"""All the candidates of a planting round trained (and evaluated) together, in one pass.
+"""A planting round's candidates trained together the way the search did it before the round
+op (plantops/planted_round.py): kept as its baseline. Plain F.conv2d/F.linear on a merged
+parent, each candidate's layers after its planted point run on their own.
 
 A candidate is its parent plus ``p`` planted channels in one layer ``l`` and their weights in
 layer ``l + 1``'s input. Its frozen channels compute exactly the parent's values, so for each
@@ -15,7 +17,7 @@ batch:
 
 One SGD over all the planted parameters is one SGD per candidate (SGD, momentum and weight
 decay act on each parameter alone), so the result equals training each candidate on its
-own, up to floating-point reordering (tests/test_round_training.py checks this).
+own, up to floating-point reordering (tests/test_baseline_round_training.py checks this).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 
 from plantops import models
 from plantops.planted_conv import PlantedConv2d
-from plantops.train import Schedule, TeacherCache, evaluate_outputs, train_outputs
+from baselines.training import Schedule, TeacherCache, evaluate_outputs, train_outputs
 
 
 def _planted_term(layer, x, weight, bias=None):

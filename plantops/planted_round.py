@@ -1,0 +1,133 @@
+"""The round op: every candidate of a planting round, computed layer by layer in a few calls.
+
+A candidate of a round is its parent plus ``p`` channels planted into one layer ``l``
+(``models.plant``): ``p`` new filters in layer ``l`` and their ``p`` new input slices in layer
+``l + 1`` (the reader); everything else is the parent's and frozen. So for one batch, at each
+layer ``j`` of the network:
+
+1. the parent's layer ``j`` runs once, without gradients (its activations feed everything);
+2. candidate ``j``'s planted filters run over the parent's input to ``j``: a planted
+   convolution with no frozen filters (``planted_conv2d``, gradients for the filters only);
+3. the candidates planted before ``j - 1`` have all their channels from here on, and layer
+   ``j`` is frozen for them: it runs once over their activations stacked along the batch,
+   with an input gradient and no weight gradient;
+4. candidate ``j - 1``'s reader adds its planted term to the parent's output of ``j``: the
+   frozen filters' planted input slices over the planted channels (``planted_conv2d`` with
+   ``x_planted``, gradients for the slices and the planted channels only), then the candidate
+   joins the stack.
+
+The logits of all the candidates come out stacked along the batch, in the order of their
+layers. A candidate's frozen channels are never recomputed, no gradient is computed for a
+frozen weight, and backward stops at each candidate's planted layer. The convolutions go
+through ``planted_conv2d``, whose ``auto`` rule picks each one's backend (the C++ kernels on
+a CPU, cuDNN or the GPU kernels where measured faster); the ReLU + 2x2 max pools through
+``relu_max_pool2d``. Training all the candidates together is training each alone: their
+parameters are disjoint, the loss is the sum of theirs, and SGD acts on each parameter alone
+(tests/test_planted_round.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from plantops import models
+from plantops.planted_conv import planted_conv2d
+
+
+class PlantedRound:
+    """A parent and its candidates ``{layer: network}`` (each ``models.plant(parent, layer,
+    p)``), as one function: ``round_(x)`` is every candidate's logits, ``[k * N, classes]``
+    for ``k`` candidates in the order of their layers. Training it trains the candidates'
+    own planted parameters (the same tensors, shared)."""
+
+    def __init__(self, parent: models.PlantNet, candidates: dict[int, models.PlantNet],
+                 backend: str = "auto"):
+        # NCHW: the planted kernels' layout (a channels-last parent would be copied per call).
+        self.parent = models.merge(parent).to(memory_format=torch.contiguous_format)
+        for p in self.parent.parameters():
+            p.requires_grad_(False)
+        self.backend = backend
+        self.layers = sorted(candidates)
+        self.candidates = {layer: candidates[layer] for layer in self.layers}
+        for layer, net in self.candidates.items():
+            grown, reader = net.layer(layer), net.layer(layer + 1)
+            frozen_widths = [_frozen_out(net.layer(j)) for j in range(6)]
+            parent_widths = [_frozen_out(self.parent.layer(j)) for j in range(6)]
+            if not (_planted(grown, "out") and not _planted(grown, "in")
+                    and not _planted(reader, "out") and _planted(reader, "in")
+                    and frozen_widths == parent_widths):
+                raise ValueError(f"candidate for layer {layer} is not its parent plus channels "
+                                 "planted into that one layer (build it with models.plant)")
+
+    def __len__(self):
+        return len(self.layers)
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The planted parameters, candidate by candidate in the order of their layers."""
+        return [p for net in self.candidates.values() for p in models.planted_parameters(net)]
+
+    # The parent's frozen layer j on x (input gradient only, where x needs one).
+    def _frozen(self, j: int, x: Tensor) -> Tensor:
+        layer = self.parent.layer(j)
+        if j < 5:
+            return planted_conv2d(x, layer.weight, layer.bias, stride=layer.stride,
+                                  padding=layer.padding, backend=self.backend)
+        return F.linear(x, layer.weight, layer.bias)  # fc1, fc2
+
+    # Candidate j's planted filters over the parent's input h to layer j.
+    def _planted_filters(self, j: int, h: Tensor) -> Tensor:
+        grown = self.candidates[j].layer(j)
+        if j < 5:
+            no_frozen = grown.frozen_weight[:0]  # [0, C, kh, kw]: the planted filters alone
+            return planted_conv2d(h, no_frozen, None, out_weight=grown.out_weight,
+                                  out_bias=grown.out_bias, stride=grown.stride,
+                                  padding=grown.padding, backend=self.backend)
+        return F.linear(h, grown.out_weight, grown.out_bias)
+
+    # Candidate j-1's term in layer j: its reader's planted input slices over its planted
+    # channels (the frozen slices' term is the parent's output).
+    def _planted_term(self, j: int, planted: Tensor) -> Tensor:
+        reader = self.candidates[j - 1].layer(j)
+        if j < 5:
+            frozen_channels = planted[:, :0]                   # [N, 0, H, W]
+            no_frozen = reader.frozen_weight[:, :0]            # [O_f, 0, kh, kw]
+            return planted_conv2d(frozen_channels, no_frozen, None, in_weight=reader.in_weight,
+                                  stride=reader.stride, padding=reader.padding,
+                                  backend=self.backend, x_planted=planted)
+        return F.linear(planted, reader.in_weight)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        net = self.parent
+        h = x                 # the parent's input to layer j
+        stack = None          # the stacked candidates' input to layer j
+        planted = None        # candidate j-1's planted channels, activated
+        for j in range(7):
+            parent_out = None
+            if j < 6 or j - 1 in self.candidates:  # the parent's logits only for fc1's reader
+                with torch.no_grad():
+                    parent_out = self._frozen(j, h)
+            new = self._planted_filters(j, h) if j in self.candidates else None
+            out = None if stack is None else self._frozen(j, stack)
+            if j - 1 in self.candidates:
+                joined = parent_out + self._planted_term(j, planted)
+                out = joined if out is None else torch.cat([out, joined])
+            if j == 6:
+                return out
+            stack = None if out is None else net.activate(j, out)
+            planted = None if new is None else net.activate(j, new)
+            with torch.no_grad():
+                h = net.activate(j, parent_out)
+
+
+def _planted(layer, side: str) -> int:
+    return getattr(layer, f"planted_{side}", 0)  # 0: a plain layer
+
+
+def _frozen_out(layer) -> int:
+    """Outputs of a layer without its planted ones."""
+    if hasattr(layer, "frozen_out"):
+        return layer.frozen_out
+    return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+

@@ -1,0 +1,87 @@
+"""relu_max_pool2d: ReLU then a 2x2 max pool of stride 2, the activation every planted network
+applies after conv1, conv2 and conv5 (and STL-10's conv3).
+
+The result and its gradient are exactly ``F.max_pool2d(F.relu(x), 2)``'s: the gradient of a
+window reaches its first maximum in row-major order (max_pool2d's choice among ties), and
+nothing where the maximum is <= 0.
+
+Backends: ``torch`` (those two ATen ops, the reference, any device) and ``cpu`` (one C++ pass
+over NCHW planes, csrc/relu_pool_cpu.cpp). ``backend="auto"`` takes ``cpu`` for float32 and
+float64 CPU tensors in NCHW layout, where ATen's max_pool2d walks every window with scalar
+index bookkeeping (3.8 ms for a [128, 8, 32, 32] batch on a 2-core EPYC;
+benchmarks/test_bench_relu_pool.py), and ``torch`` elsewhere: on a GPU, and for channels-last
+CPU tensors, whose ATen kernel is vectorized over channels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from plantops.kernels import _native
+
+BACKENDS = ("auto", "torch", "cpu")
+_DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
+
+
+def reference_relu_max_pool2d(x: Tensor) -> Tensor:
+    return F.max_pool2d(F.relu(x), 2)
+
+
+def _cpu_module():
+    return _native.load("plantops._C")[0]
+
+
+def resolve(backend: str, x: Tensor) -> str:
+    """The backend that runs ``relu_max_pool2d(x, backend)``; ValueError when it cannot."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r} for relu_max_pool2d: expected one of "
+                         f"{', '.join(BACKENDS)}")
+    runs_cpu = (x.device.type == "cpu" and x.dtype in _DTYPE_NAMES and x.dim() == 4
+                and x.shape[2] >= 2 and x.shape[3] >= 2 and _cpu_module() is not None)
+    if backend == "auto":
+        return "cpu" if runs_cpu and x.is_contiguous() else "torch"
+    if backend == "cpu" and not runs_cpu:
+        raise ValueError(f"backend 'cpu' of relu_max_pool2d needs a float32 or float64 CPU "
+                         f"tensor [N, C, H, W] with H, W >= 2 and the compiled plantops._C; got "
+                         f"{x.dtype} {tuple(x.shape)} on {x.device}; pass backend='auto'")
+    return backend
+
+
+class _CpuReluMaxPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        x = x.contiguous()
+        n, c, h, w = x.shape
+        y = x.new_empty((n, c, h // 2, w // 2))
+        arg = torch.empty(y.shape, dtype=torch.uint8)
+        if y.numel():
+            _cpu_module().relu_max_pool2x2(_DTYPE_NAMES[x.dtype], x.data_ptr(), n * c, h, w,
+                                           y.data_ptr(), arg.data_ptr(), torch.get_num_threads())
+        ctx.save_for_backward(arg)
+        ctx.in_shape = x.shape
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        (arg,) = ctx.saved_tensors
+        grad_y = grad_y.contiguous()
+        n, c, h, w = ctx.in_shape
+        grad_x = grad_y.new_empty(ctx.in_shape)
+        if grad_x.numel():
+            _cpu_module().relu_max_pool2x2_backward(
+                _DTYPE_NAMES[grad_y.dtype], grad_y.data_ptr(), arg.data_ptr(), n * c, h, w,
+                grad_x.data_ptr(), torch.get_num_threads())
+        return grad_x
+
+
+def relu_max_pool2d(x: Tensor, backend: str = "auto") -> Tensor:
+    """``F.max_pool2d(F.relu(x), 2)`` for ``x [N, C, H, W]``, gradient included."""
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        raise ValueError(f"relu_max_pool2d expects a tensor [N, C, H, W], got "
+                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+    if resolve(backend, x) == "cpu":
+        return _CpuReluMaxPool.apply(x)
+    return reference_relu_max_pool2d(x)

@@ -1,0 +1,57 @@
+"""Channel planting search (Mitsuno, Nomura, Kurita, ICPR 2020), end to end.
+
+    python -m plantops.search --dataset folder --data ../shared/data/cifar10-jpeg.tar.gz --out runs/quick
+    python -m plantops.search --preset paper --dataset cifar10 --data DIR --out runs/paper --device cuda
+    python -m plantops.search --resume runs/quick          # continue an interrupted search
+
+Steps (docs/method.md): train a teacher with cross-entropy; train a narrow initial network;
+then in each round plant ``--plant-channels`` channels into each plantable layer in turn (one
+candidate per layer), train only the planted parameters by distillation from the teacher,
+keep the candidate with the lowest validation loss if it beats the current network, and stop
+when none does (or at ``--max-rounds`` / ``--max-params``). The test set is evaluated only
+for the report, never for a choice.
+
+Writes to ``--out``: config.json, log.jsonl, result.json, results.md, accuracy_vs_params.png,
+checkpoints (teacher.pt, initial.pt, round_K.pt), and final.pt, the chosen network as a plain
+``nn.Sequential`` (``torch.load(path, weights_only=False)``; no plantops needed).
+
+The ``quick`` preset (default) runs a reduced protocol meant for a 2-core CPU; ``paper`` is
+the full protocol of the first author's code (100 epochs, SGD 0.01).
+
+In Python: ``run_search(Config(...))``. The package's modules: ``config`` (options, presets,
+command line), ``checkpoints`` (files of the output folder), ``loop`` (the phases),
+``report`` (results.md and the plot).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from plantops import data as datasets
+from plantops.search.checkpoints import (Log, atomic_write, candidate_stem, load_network,
+                                         save_network, teacher_path, write_json)
+from plantops.search.config import (PRESETS, Config, config_from_dict, options_table,
+                                    parse_args as _parse_args)
+from plantops.search.loop import (Search, SearchData, candidate_seed, layout, prepare_data,
+                                  resolve_device, run_search, training_schedule)
+
+
+def parse_args(argv=None) -> Config:
+    """The Config of a command line (``python -m plantops.search ARGS``)."""
+    return _parse_args(argv, description=__doc__)
+
+
+def main(argv=None) -> int:
+    try:
+        cfg = parse_args(argv)
+        run_search(cfg)
+    except (ValueError, FileNotFoundError, datasets.DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+__all__ = ["PRESETS", "Config", "Log", "Search", "SearchData", "atomic_write", "candidate_seed",
+           "candidate_stem", "config_from_dict", "layout", "load_network", "main",
+           "options_table", "parse_args", "prepare_data", "resolve_device", "run_search",
+           "save_network", "teacher_path", "training_schedule", "write_json"]

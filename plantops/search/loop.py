@@ -1,0 +1,440 @@
+"""The search, phase by phase: data, teacher, initial network, planting rounds, the ``--table``
+students, and the report.
+
+Every network trains through the engine (plantops/engine.py: one static step per batch, the
+data, views and teacher logits on the device, CUDA graphs on a GPU); each round's candidates
+train together through the round op (plantops/planted_round.py), whose convolutions are the
+planted kernels. Each network is evaluated once, when it is trained (validation and test),
+and its numbers are kept in its checkpoint; the test set never decides anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import plantops
+from plantops import data as datasets
+from plantops import engine, models
+from plantops.data import DeviceData, ViewSchedule
+from plantops.engine import CACHE_DTYPES, Schedule
+from plantops.planted_round import PlantedRound
+from plantops.search.checkpoints import (Log, atomic_write, candidate_stem, code_version,
+                                         load_network, save_network, teacher_path, write_json)
+from plantops.search.config import Config
+
+NORMALIZATION = {  # per-channel mean and std of the training images
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "stl10": ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)),
+}
+EVAL_BATCH = 500  # images per evaluation step
+
+
+@dataclasses.dataclass
+class SearchData:
+    """The three splits on the device, the network family their images need, and the classes."""
+    train: DeviceData
+    val: DeviceData
+    test: DeviceData
+    arch: str
+    classes: int
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is available; "
+                         "use --device cpu")
+    return device
+
+
+def prepare_data(cfg: Config, device) -> SearchData:
+    ds = datasets.load(cfg.dataset, cfg.data, Path(cfg.cache_dir) if cfg.cache_dir else None,
+                       cfg.download)
+    labels = ds.train_labels
+    pool = np.arange(len(labels))
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    if cfg.train_subset:
+        if cfg.train_subset + cfg.val_size > len(labels):
+            raise ValueError(f"--train-subset {cfg.train_subset} + --val-size {cfg.val_size} "
+                             f"exceeds the {len(labels)} training images")
+        _, pool = datasets.stratified_split(labels, cfg.train_subset + cfg.val_size, split_seed)
+    train_rel, val_rel = datasets.stratified_split(labels[pool], cfg.val_size, split_seed + 1)
+    train_idx, val_idx = pool[train_rel], pool[val_rel]
+    if ds.image_size not in (32, 96):
+        raise ValueError(f"images are {ds.image_size}x{ds.image_size}: the paper's networks "
+                         "take 32x32 (CIFAR) or 96x96 (STL-10) images")
+    arch = "stl" if ds.image_size == 96 else "cifar"
+    mean, std = NORMALIZATION.get(cfg.dataset) or _stats(ds.train_images[train_idx])
+    make = lambda x, y: DeviceData(x, y, device, mean, std)
+    return SearchData(make(ds.train_images[train_idx], labels[train_idx]),
+                      make(ds.train_images[val_idx], labels[val_idx]),
+                      make(ds.test_images, ds.test_labels), arch, len(ds.classes))
+
+
+def _stats(images):
+    x = images.reshape(-1, 3).astype(np.float64) / 255.0
+    return tuple(x.mean(0)), tuple(x.std(0))
+
+
+def layout(cfg: Config, device) -> torch.memory_format:
+    """The memory layout the search's plain networks run in on ``device`` (--channels-last;
+    unset: channels-last on a CPU only, where it was measured faster)."""
+    on = cfg.channels_last if cfg.channels_last is not None else torch.device(device).type == "cpu"
+    return torch.channels_last if on else torch.contiguous_format
+
+
+def line(kind, name, params, metrics, seconds, extra=""):
+    return (f"{kind:<9} {name:<24} params {params:>9,}  val loss {metrics['loss']:.4f}  "
+            f"val acc {metrics['acc'] * 100:6.2f}%  {seconds:7.1f}s {extra}")
+
+
+def training_schedule(cfg: Config, epochs: int) -> Schedule:
+    """How every network of the search trains, for ``epochs`` epochs."""
+    return Schedule(epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size,
+                    cfg.lr_decay, precision=cfg.precision)
+
+
+def candidate_seed(cfg, rnd: int, layer: int) -> int:
+    """The seed of a candidate's new weights: round and layer only, so resuming or reordering
+    changes nothing. (The data order and augmentation depend on cfg.seed only: every
+    candidate sees the same views, which compares candidates fairly and lets the teacher's
+    logits be computed once per view.)"""
+    return cfg.seed * 1000003 + rnd * 101 + layer
+
+
+class Search:
+    """One search: its options, output folder, data, and the phases that run it.
+
+    ``Search(cfg).run()`` is ``run_search(cfg)``. ``data`` replaces the dataset of
+    ``cfg.dataset``/``cfg.data`` (benchmarks bring synthetic data). Checkpoints found in the
+    output folder are reused, phase by phase.
+    """
+
+    def __init__(self, cfg: Config, data: SearchData | None = None):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "candidates").mkdir(exist_ok=True)
+        self.device = resolve_device(cfg.device)
+        self.graphs = engine.use_graphs(cfg.cuda_graphs, self.device)
+        self.layout = layout(cfg, self.device)
+        write_json(self.out / "config.json", dict(
+            config=dataclasses.asdict(cfg), plantops=plantops.__version__, code=code_version(),
+            torch=torch.__version__, device=str(self.device)))
+        self.log = Log(self.out / "log.jsonl")
+        self.data = data or prepare_data(cfg, self.device)
+        self.schedule = functools.partial(training_schedule, cfg)
+        self.eval_views = {split: ViewSchedule(getattr(self.data, split), EVAL_BATCH)
+                           for split in ("val", "test")}
+        self._views: dict[int, ViewSchedule] = {}
+        self._teacher_tables: dict[int, dict] = {}
+        self.teacher_net = None
+        self.val_teacher = None  # the teacher's logits of the validation set
+        self.seconds: dict[str, float] = {}  # wall time of each phase run in this process
+
+    # ------------------------------------------------------------------------- building blocks
+
+    def views(self, epochs: int) -> ViewSchedule:
+        """The training views of a run of ``epochs`` epochs. They depend on the data seed only
+        (--seed), so every run of that length sees the same ones."""
+        if epochs not in self._views:
+            self._views[epochs] = ViewSchedule(self.data.train, self.cfg.batch_size, epochs,
+                                               seed=self.cfg.seed)
+        return self._views[epochs]
+
+    def teacher_table(self, views: ViewSchedule) -> dict:
+        """The teacher's logits of every view of ``views``, computed once (--cache-teacher:
+        kept for every later run with the same views)."""
+        tables = self._teacher_tables.get(id(views))
+        if tables is None:
+            start = time.perf_counter()
+            tables = engine.teacher_logits(self.teacher_net, views,
+                                           CACHE_DTYPES[self.cfg.cache_dtype], self.cfg.precision)
+            seconds = self._add_seconds("teacher logits", start)
+            print(f"teacher logits: {views.epochs} epochs of views, "
+                  f"{engine.table_nbytes(tables) / 1e6:.1f} MB of {self.cfg.cache_dtype}, "
+                  f"{seconds:.1f}s")
+            if self.cfg.cache_teacher:
+                self._teacher_tables[id(views)] = tables
+        return tables
+
+    def _add_seconds(self, phase: str, start: float) -> float:
+        seconds = time.perf_counter() - start
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+        return seconds
+
+    def evaluate(self, forward, split: str, count: int = 1) -> list[dict]:
+        teacher = self.val_teacher if split == "val" else None
+        return engine.evaluate(forward, self.eval_views[split], count, teacher,
+                               self.cfg.temperature, self.graphs)
+
+    def load(self, path: Path):
+        return load_network(path, self.device, self.layout)
+
+    # ------------------------------------------------------------------------- plain networks
+
+    def trained(self, path: Path, kind: str, width: int, loss: str, epochs: int):
+        """Student[width] (or Teacher[width]) trained with ``loss``, or loaded from ``path``."""
+        cfg = self.cfg
+        if path.exists():
+            net, meta = self.load(path)
+            print(line(kind, net.describe(), models.count_params(net), meta["val"],
+                       meta["seconds"], "(from checkpoint)"))
+            return net, meta
+        start = time.perf_counter()
+        # Seeded here, so a network's initial weights do not depend on whether the ones
+        # before it were trained in this process or loaded by --resume.
+        torch.manual_seed(cfg.seed)
+        net = models.student(width, self.data.arch, self.data.classes).to(
+            self.device, memory_format=self.layout)
+        views = self.views(epochs)
+        teacher = self.teacher_table(views) if loss == "kd" else None
+        net.train()
+        engine.fit(net, list(net.parameters()), views, self.schedule(epochs), loss,
+                   teacher=teacher, temperature=cfg.temperature, alpha=cfg.label_weight,
+                   graphs=self.graphs)
+        net.eval()
+        val, = self.evaluate(net, "val")
+        test, = self.evaluate(net, "test")
+        seconds = time.perf_counter() - start
+        meta = dict(kind=kind, loss_fn=loss, val=val, test=test, seconds=seconds)
+        save_network(path, net, meta)
+        self.log.add(dict(kind=kind, round=0, layer=None, widths=net.widths,
+                          fc_width=net.fc_width, params=models.count_params(net),
+                          val_loss=val["loss"], val_acc=val["acc"], seconds=seconds))
+        print(line(kind, net.describe(), models.count_params(net), val, seconds))
+        if val["acc"] <= 1.5 / self.data.classes:
+            print(f"warning: {kind} is at chance level ({val['acc'] * 100:.1f}% validation "
+                  f"accuracy): training diverged or its ReLUs died; try a lower --lr "
+                  f"(now {cfg.lr}) or --temperature (now {cfg.temperature})", file=sys.stderr)
+        return net, meta
+
+    def teacher(self):
+        cfg = self.cfg
+        path = teacher_path(cfg, self.out)
+        if cfg.teacher and not path.exists():
+            raise FileNotFoundError(f"--teacher {path} does not exist: pass a teacher.pt "
+                                    "written by an earlier search")
+        start = time.perf_counter()
+        net, meta = self.trained(path, "teacher", cfg.teacher_width, "ce", cfg.teacher_epochs)
+        if net.num_classes != self.data.classes or net.arch != self.data.arch:
+            raise ValueError(f"the teacher {path} is a {net.arch} network with "
+                             f"{net.num_classes} classes, but the data is {self.data.arch} "
+                             f"with {self.data.classes} classes: pass a teacher trained on "
+                             "this dataset")
+        net.eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        self.teacher_net = net
+        val_tables = engine.teacher_logits(net, self.eval_views["val"])
+        self.val_teacher = val_tables
+        self._add_seconds("teacher", start)
+        return net, meta
+
+    def initial(self):
+        start = time.perf_counter()
+        result = self.trained(self.out / "initial.pt", "initial", self.cfg.init_width,
+                              self.cfg.init_loss, self.cfg.init_epochs)
+        self._add_seconds("initial", start)
+        return result
+
+    def students(self) -> list:
+        """The paper's comparison rows: Student[k] trained the standard way, CE and KD."""
+        cfg = self.cfg
+        start = time.perf_counter()
+        students = []
+        for width in [int(w) for w in cfg.table_widths.split(",") if w.strip()] + [cfg.init_width]:
+            for loss in ("ce", "kd"):
+                path = self.out / f"student_{width}_{loss}.pt"
+                if (width == cfg.init_width and loss == cfg.init_loss) or \
+                        any(p == path for p, _, _ in students):
+                    continue  # the initial network is that row already
+                self.trained(path, f"Student[{width}] {loss.upper()}", width, loss,
+                             cfg.init_epochs)
+                students.append((path, f"Student[{width}]", loss.upper()))
+        self._add_seconds("students", start)
+        return students
+
+    # ------------------------------------------------------------------------- planting
+
+    def plant_rounds(self, current, initial_val):
+        """The planting rounds from ``current``; returns (accepted rounds, why the search
+        stopped). Each round's candidates and every accepted network are checkpointed."""
+        cfg = self.cfg
+        current_val = initial_val
+        accepted = []
+        stop_reason = f"reached --max-rounds {cfg.max_rounds}"
+        for rnd in range(1, cfg.max_rounds + 1):
+            round_path = self.out / f"round_{rnd}.pt"
+            if round_path.exists():
+                current, meta = self.load(round_path)
+                current_val = meta["val"]
+                accepted.append(dict(round=rnd, **meta["round"]))
+                print(line(f"round {rnd}", current.describe(), models.count_params(current),
+                           current_val, meta["seconds"], "(from checkpoint)"))
+                continue
+            start = time.perf_counter()
+            results = self.run_candidates(rnd, current)
+            eligible = [r for r in results if r is not None]
+            if not eligible:
+                stop_reason = f"every candidate is above --max-params {cfg.max_params}"
+                break
+            best = min(eligible, key=lambda r: (r["val"][cfg.select_on], r["layer"]))
+            improved = best["val"][cfg.select_on] < current_val[cfg.select_on]
+            name = models.LAYER_NAMES[best["layer"]]
+            verdict = "accepted" if improved else "rejected: no lower validation loss, stop"
+            seconds = self._add_seconds(f"round {rnd}", start)
+            print(f"round {rnd:<3} best {name:<6} val {cfg.select_on} "
+                  f"{best['val'][cfg.select_on]:.4f} vs {current_val[cfg.select_on]:.4f}  "
+                  f"{verdict}  ({seconds:.1f}s)")
+            if not improved:
+                stop_reason = (f"round {rnd}: no candidate lowered the validation "
+                               f"{cfg.select_on} below {current_val[cfg.select_on]:.4f}")
+                break
+            current, _ = self.load(candidate_stem(self.out, rnd, best["layer"]).with_suffix(".pt"))
+            current_val = best["val"]
+            test, = self.evaluate(current, "test")
+            info = dict(layer=name, widths=current.widths, fc_width=current.fc_width,
+                        params=models.count_params(current), val=current_val)
+            save_network(round_path, current, dict(val=current_val, test=test, round=info,
+                                                   seconds=seconds))
+            self.log.add(dict(kind="round", round=rnd, layer=name, widths=current.widths,
+                              fc_width=current.fc_width, params=info["params"],
+                              val_loss=current_val["loss"], val_acc=current_val["acc"],
+                              seconds=seconds))
+            accepted.append(dict(round=rnd, **info))
+        return accepted, stop_reason
+
+    def run_candidates(self, rnd: int, current) -> list:
+        """Trains (or reloads) round ``rnd``'s candidate for each plantable layer; returns each
+        one's result, None for a candidate above --max-params."""
+        cfg = self.cfg
+        layers = models.plantable_layers(cfg.plant_fc1)
+        results, todo = {}, {}
+        for layer in layers:
+            stem = candidate_stem(self.out, rnd, layer)
+            name = models.LAYER_NAMES[layer]
+            if stem.with_suffix(".json").exists() and stem.with_suffix(".pt").exists():
+                results[layer] = json.loads(stem.with_suffix(".json").read_text())
+                print(line("candidate", f"r{rnd} +{cfg.plant_channels} {name}",
+                           results[layer]["params"], results[layer]["val"],
+                           results[layer]["seconds"], "(from checkpoint)"))
+                continue
+            generator = torch.Generator().manual_seed(candidate_seed(cfg, rnd, layer))
+            candidate = models.plant(current.cpu(), layer, cfg.plant_channels, cfg.plant_init,
+                                     generator).to(self.device)
+            current.to(self.device)
+            params = models.count_params(candidate)
+            if cfg.max_params and params > cfg.max_params:
+                print(f"candidate r{rnd} +{cfg.plant_channels} {name}: {params:,} params is "
+                      f"above --max-params {cfg.max_params:,}, skipped")
+                results[layer] = None
+                continue
+            todo[layer] = candidate
+        if todo:
+            views = self.views(cfg.plant_epochs)
+            teacher = self.teacher_table(views)
+            groups = [todo] if cfg.train_together else [{k: v} for k, v in todo.items()]
+            for group in groups:
+                start = time.perf_counter()
+                round_op = PlantedRound(current, group)
+                engine.fit(round_op, round_op.parameters(), views,
+                           self.schedule(cfg.plant_epochs), "kd", count=len(round_op),
+                           teacher=teacher, temperature=cfg.temperature,
+                           alpha=cfg.label_weight, graphs=self.graphs)
+                vals = self.evaluate(round_op, "val", len(round_op))
+                # One pass trained them all: each is charged an equal share of its time.
+                seconds = (time.perf_counter() - start) / len(group)
+                for layer, val in zip(round_op.layers, vals):
+                    results[layer] = self.save_candidate(rnd, layer, group[layer], val, seconds)
+        return [results[layer] for layer in layers]
+
+    def save_candidate(self, rnd, layer, candidate, val, seconds) -> dict:
+        cfg = self.cfg
+        stem = candidate_stem(self.out, rnd, layer)
+        name = models.LAYER_NAMES[layer]
+        params = models.count_params(candidate)
+        result = dict(round=rnd, layer=layer, layer_name=name, widths=candidate.widths,
+                      fc_width=candidate.fc_width, params=params, val=val, seconds=seconds)
+        save_network(stem.with_suffix(".pt"), candidate, dict(val=val, seconds=seconds))
+        write_json(stem.with_suffix(".json"), result)
+        self.log.add(dict(kind="candidate", round=rnd, layer=name, widths=candidate.widths,
+                          fc_width=candidate.fc_width, params=params, val_loss=val["loss"],
+                          val_acc=val["acc"], val_kd_loss=val["kd_loss"], seconds=seconds))
+        print(line("candidate", f"r{rnd} +{cfg.plant_channels} {name}", params, val, seconds))
+        return result
+
+    # ------------------------------------------------------------------------- the report
+
+    def finish(self, accepted, stop_reason, students=()) -> dict:
+        """Result files, plot and exported network, from the numbers kept in the checkpoints
+        (each network was evaluated once, when it was trained)."""
+        from plantops.search import report
+
+        cfg = self.cfg
+        start = time.perf_counter()
+
+        def entry(path, label, loss_fn):
+            net, meta = self.load(path)
+            test = meta.get("test")
+            if test is None:  # a checkpoint from a search that did not keep test numbers
+                test, = self.evaluate(net, "test")
+            return dict(network=label, widths=net.widths, fc_width=net.fc_width,
+                        params=models.count_params(net), test_loss=test["loss"],
+                        test_acc=test["acc"], val_loss=meta["val"]["loss"],
+                        val_acc=meta["val"]["acc"], loss_fn=loss_fn), net
+
+        teacher, _ = entry(teacher_path(cfg, self.out), f"Teacher[{cfg.teacher_width}]", "CE")
+        initial, final_net = entry(self.out / "initial.pt",
+                                   f"Initial = Student[{cfg.init_width}]", cfg.init_loss.upper())
+        rounds = []
+        for a in accepted:
+            row, final_net = entry(self.out / f"round_{a['round']}.pt",
+                                   f"Planted round {a['round']} (+{a['layer']})", "KD")
+            rounds.append(dict(row, round=a["round"], layer=a["layer"]))
+        final = dict(rounds[-1] if rounds else initial, network="Planted (final)")
+        student_rows = [entry(path, label, loss)[0] for path, label, loss in students]
+        compare = cfg.compare_with
+        if compare == "auto":
+            compare = cfg.dataset if cfg.dataset in report.PAPER else "none"
+        result = dict(final=final, initial=initial, teacher=teacher, rounds=rounds,
+                      students=student_rows, compare_with=compare, stop_reason=stop_reason,
+                      config=dataclasses.asdict(cfg))
+        atomic_write(self.out / "final.pt",
+                     lambda p: torch.save(final_net.cpu().to_sequential(), p))
+        report.write_results(self.out, result)
+        self._add_seconds("report", start)
+        result["seconds"] = dict(self.seconds)
+        write_json(self.out / "result.json", result)
+        print(f"done: {final['network']} {models.PlantNet.describe(final_net)} "
+              f"{final['params']:,} params, test loss {final['test_loss']:.4f}, test acc "
+              f"{final['test_acc'] * 100:.2f}% ({stop_reason}). Results in {self.out}/results.md")
+        print("time: " + ", ".join(f"{phase} {s:.1f}s" for phase, s in self.seconds.items()))
+        return result
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        print(f"plantops {plantops.__version__}: {cfg.dataset} ({self.data.arch}), "
+              f"{len(self.data.train)} train / {len(self.data.val)} val / {len(self.data.test)} "
+              f"test images, device {self.device}, out {self.out}")
+        self.teacher()
+        current, meta = self.initial()
+        accepted, stop_reason = self.plant_rounds(current, meta["val"])
+        students = self.students() if cfg.table else []
+        return self.finish(accepted, stop_reason, students)
+
+
+def run_search(cfg: Config) -> dict:
+    """Runs the whole search of ``cfg`` (see ``python -m plantops.search --help``)."""
+    return Search(cfg).run()

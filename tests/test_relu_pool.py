@@ -1,0 +1,63 @@
+"""relu_max_pool2d against F.max_pool2d(F.relu(x), 2) in float64: output and gradient, on odd
+shapes, ties, windows that are all negative, and NaN; on every backend this machine runs."""
+
+import pytest
+import torch
+
+from plantops.relu_pool import reference_relu_max_pool2d, relu_max_pool2d
+
+BACKENDS = ["torch", "cpu"]
+SHAPES = [(2, 3, 8, 8), (3, 5, 7, 9), (1, 1, 2, 2), (2, 4, 33, 16), (5, 2, 3, 2), (4, 7, 16, 6)]
+
+
+def run(fn, x, grad):
+    leaf = x.detach().clone().requires_grad_()
+    out = fn(leaf)
+    (g,) = torch.autograd.grad(out, leaf, grad)
+    return out, g
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_matches_max_pool_of_relu(backend, dtype, shape):
+    x = torch.randn(shape, dtype=torch.float64)
+    x[0, 0, :2, :2] = -1.0                 # a window with no positive value: no gradient
+    x[..., 0, :2] = x[..., 0, :2].round()  # ties: the first maximum takes the gradient
+    x[-1, -1, -2:, :2] = 0.5
+    x = x.to(dtype)
+    grad = torch.randn(*shape[:2], shape[2] // 2, shape[3] // 2, dtype=dtype)
+    out, g = run(lambda t: relu_max_pool2d(t, backend), x, grad)
+    ref_out, ref_g = run(reference_relu_max_pool2d, x.double(), grad.double())
+    # Selections, not sums: the values and gradients are copied exactly.
+    assert out.dtype == dtype and torch.equal(out.double(), ref_out)
+    assert torch.equal(g.double(), ref_g)
+
+
+def test_nan_propagates_like_max_pool():
+    x = torch.randn(1, 1, 4, 4, dtype=torch.float64)
+    x[0, 0, 1, 0] = float("nan")
+    assert torch.isnan(relu_max_pool2d(x, "cpu")[0, 0, 0, 0])
+    assert torch.isnan(reference_relu_max_pool2d(x)[0, 0, 0, 0])
+
+
+def test_auto_takes_the_kernel_for_nchw_cpu_tensors_only():
+    from plantops.relu_pool import resolve
+    x = torch.randn(2, 3, 8, 8)
+    assert resolve("auto", x) == "cpu"
+    assert resolve("auto", x.contiguous(memory_format=torch.channels_last)) == "torch"
+    assert resolve("auto", x.half()) == "torch"
+
+
+def test_channels_last_input_on_the_cpu_kernel():
+    x = torch.randn(2, 3, 8, 6).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(relu_max_pool2d(x, "cpu"), reference_relu_max_pool2d(x))
+
+
+def test_bad_input_is_explained():
+    with pytest.raises(ValueError, match=r"expects a tensor \[N, C, H, W\], got \(3, 8, 8\)"):
+        relu_max_pool2d(torch.randn(3, 8, 8))
+    with pytest.raises(ValueError, match="unknown backend 'cuda' for relu_max_pool2d"):
+        relu_max_pool2d(torch.randn(1, 1, 4, 4), "cuda")
+    with pytest.raises(ValueError, match="backend 'cpu' of relu_max_pool2d needs"):
+        relu_max_pool2d(torch.randn(1, 1, 4, 4, dtype=torch.float16), "cpu")
