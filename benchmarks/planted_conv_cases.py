@@ -94,9 +94,9 @@ def make_case(case: str, impl: str, batch: int, channels: int, size: int, plante
 
         def forward():
             if case == "reader":
-                return planted_conv2d(x_old, frozen_w, frozen_b, out_w, out_b, in_w, 1, 1,
+                return planted_conv2d(x_old, frozen_w, frozen_b, in_w, out_w, out_b, 1, 1,
                                       backend, x_planted=x_new)
-            return planted_conv2d(x, frozen_w, frozen_b, out_w, out_b, in_w, 1, 1, backend)
+            return planted_conv2d(x, frozen_w, frozen_b, in_w, out_w, out_b, 1, 1, backend)
     elif impl == "split_convs":
         def forward():
             if case == "outputs":

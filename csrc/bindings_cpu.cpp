@@ -1,7 +1,9 @@
 // Python bindings of the CPU kernels: plantops._C.
 //
 // The module never links against torch: it takes raw data pointers (as integers), the
-// Geometry and a dtype name, so one build works under any torch 2.x. plantops/kernels/_native.py
+// Geometry and a dtype name, so one build works under any torch 2.x. Arguments come in the
+// order of plantops.planted_conv2d: x, the weight blocks (frozen, in, out), then x_planted,
+// then the outputs. plantops/kernels/_native.py
 // checks shapes, dtypes and contiguity and passes the pointers.
 #include <pybind11/pybind11.h>
 
@@ -35,8 +37,9 @@ void by_dtype(const std::string& dtype, Fn&& fn) {
 }
 
 void forward(const Geometry& g, const std::string& dtype, std::uintptr_t x,
-             std::uintptr_t x_planted, std::uintptr_t w_frozen, std::uintptr_t b_frozen,
-             std::uintptr_t w_in, std::uintptr_t w_out, std::uintptr_t b_out, std::uintptr_t out,
+             std::uintptr_t w_frozen, std::uintptr_t b_frozen, std::uintptr_t w_in,
+             std::uintptr_t w_out, std::uintptr_t b_out, std::uintptr_t x_planted,
+             std::uintptr_t out,
              int nthreads) {
   check(g);
   by_dtype(dtype, [&](auto zero) {
@@ -60,8 +63,9 @@ void input_grad(const Geometry& g, const std::string& dtype, std::uintptr_t grad
 }
 
 void weight_grad(const Geometry& g, const std::string& dtype, std::uintptr_t grad_out,
-                 std::uintptr_t x, std::uintptr_t x_planted, int64_t o_begin, int64_t o_end,
-                 int64_t c_begin, int64_t c_end, std::uintptr_t grad_w, std::uintptr_t grad_b,
+                 std::uintptr_t x, int64_t o_begin, int64_t o_end, int64_t c_begin,
+                 int64_t c_end, std::uintptr_t x_planted, std::uintptr_t grad_w,
+                 std::uintptr_t grad_b,
                  int nthreads) {
   check(g);
   check_outputs(g, o_begin, o_end);
@@ -75,8 +79,8 @@ void weight_grad(const Geometry& g, const std::string& dtype, std::uintptr_t gra
 }
 
 bool planted_input_grads(const Geometry& g, const std::string& dtype, std::uintptr_t grad_out,
-                         std::uintptr_t x, std::uintptr_t x_planted, std::uintptr_t w_frozen,
-                         std::uintptr_t w_in, std::uintptr_t w_out, int64_t x_begin,
+                         std::uintptr_t x, std::uintptr_t w_frozen, std::uintptr_t w_in,
+                         std::uintptr_t w_out, int64_t x_begin, std::uintptr_t x_planted,
                          std::uintptr_t grad_x, std::uintptr_t grad_in, int nthreads) {
   check(g);
   check_channels(g, x_begin, g.C());

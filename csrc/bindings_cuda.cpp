@@ -26,8 +26,9 @@ void check_joined(std::uintptr_t x_planted) {
 }
 
 void forward(const Geometry& g, const std::string& dtype, std::uintptr_t x,
-             std::uintptr_t x_planted, std::uintptr_t w_frozen, std::uintptr_t b_frozen,
-             std::uintptr_t w_in, std::uintptr_t w_out, std::uintptr_t b_out, std::uintptr_t out,
+             std::uintptr_t w_frozen, std::uintptr_t b_frozen, std::uintptr_t w_in,
+             std::uintptr_t w_out, std::uintptr_t b_out, std::uintptr_t x_planted,
+             std::uintptr_t out,
              std::uintptr_t stream) {
   check(g);
   check_joined(x_planted);
@@ -49,8 +50,9 @@ void input_grad(const Geometry& g, const std::string& dtype, std::uintptr_t grad
 }
 
 void weight_grad(const Geometry& g, const std::string& dtype, std::uintptr_t grad_out,
-                 std::uintptr_t x, std::uintptr_t x_planted, int64_t o_begin, int64_t o_end,
-                 int64_t c_begin, int64_t c_end, std::uintptr_t grad_w, std::uintptr_t grad_b,
+                 std::uintptr_t x, int64_t o_begin, int64_t o_end, int64_t c_begin,
+                 int64_t c_end, std::uintptr_t x_planted, std::uintptr_t grad_w,
+                 std::uintptr_t grad_b,
                  std::uintptr_t stream) {
   check(g);
   check_joined(x_planted);

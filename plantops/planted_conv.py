@@ -57,7 +57,7 @@ def _check_tensor(t, name: str, ndim: int, optional: bool = True):
         raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
 
 
-def check_planted_conv_args(x, frozen_weight, frozen_bias, out_weight, out_bias, in_weight,
+def check_planted_conv_args(x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias,
                             stride, padding, x_planted=None):
     """Validates the arguments of planted_conv2d; returns (stride, padding) as pairs.
 
@@ -124,8 +124,12 @@ def check_planted_conv_args(x, frozen_weight, frozen_bias, out_weight, out_bias,
 
 # ----------------------------------------------------------------------------- custom ops
 
-def _forward_impl(x, x_planted, frozen_weight, frozen_bias, in_weight, out_weight, out_bias,
-                  stride, padding, backend) -> Tensor:
+# One argument order from planted_conv2d down to every backend and the compiled modules:
+# x, the blocks in their reading order [[frozen, in], [out]] (frozen_weight, frozen_bias,
+# in_weight, out_weight, out_bias), stride, padding, the backend, and x_planted last.
+
+def _forward_impl(x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride,
+                  padding, backend, x_planted) -> Tensor:
     out = _backends.get(backend).forward(x, frozen_weight, frozen_bias, in_weight, out_weight,
                                          out_bias, tuple(stride), tuple(padding),
                                          x_planted=x_planted)
@@ -133,25 +137,25 @@ def _forward_impl(x, x_planted, frozen_weight, frozen_bias, in_weight, out_weigh
 
 
 @torch.library.custom_op("plantops::planted_conv2d", mutates_args=())
-def _planted_conv2d_op(x: Tensor, x_planted: Optional[Tensor], frozen_weight: Tensor,
-                       frozen_bias: Optional[Tensor], in_weight: Tensor, out_weight: Tensor,
-                       out_bias: Optional[Tensor], stride: List[int], padding: List[int],
-                       backend: str) -> Tensor:
-    return _forward_impl(x, x_planted, frozen_weight, frozen_bias, in_weight, out_weight,
-                         out_bias, stride, padding, backend)
+def _planted_conv2d_op(x: Tensor, frozen_weight: Tensor, frozen_bias: Optional[Tensor],
+                       in_weight: Tensor, out_weight: Tensor, out_bias: Optional[Tensor],
+                       stride: List[int], padding: List[int], backend: str,
+                       x_planted: Optional[Tensor]) -> Tensor:
+    return _forward_impl(x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride,
+                         padding, backend, x_planted)
 
 
 @_planted_conv2d_op.register_fake
-def _(x, x_planted, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride, padding,
-      backend):
+def _(x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride, padding, backend,
+      x_planted):
     kh, kw = frozen_weight.shape[2:]
     oh = (x.shape[2] + 2 * padding[0] - kh) // stride[0] + 1
     ow = (x.shape[3] + 2 * padding[1] - kw) // stride[1] + 1
     return x.new_empty((x.shape[0], frozen_weight.shape[0] + out_weight.shape[0], oh, ow))
 
 
-def _backward_impl(grad_out, x, x_planted, frozen_weight, in_weight, out_weight, stride, padding,
-                   backend, x_begin, x_end, need_in_weight, need_out_weight, need_out_bias):
+def _backward_impl(grad_out, x, frozen_weight, in_weight, out_weight, stride, padding, backend,
+                   x_begin, x_end, need_in_weight, need_out_weight, need_out_bias, x_planted):
     """(grad_x for channels [x_begin, x_end) of x and x_planted joined, grad_in, grad_out_w,
     grad_out_b); None where not asked for."""
     grad_x, grad_in, grad_out_w, grad_out_b = _backends.get(backend).backward(
@@ -165,21 +169,21 @@ def _backward_impl(grad_out, x, x_planted, frozen_weight, in_weight, out_weight,
 
 @torch.library.custom_op("plantops::planted_conv2d_backward", mutates_args=())
 def _planted_conv2d_backward_op(
-        grad_out: Tensor, x: Tensor, x_planted: Optional[Tensor], frozen_weight: Tensor,
-        in_weight: Tensor, out_weight: Tensor, stride: List[int], padding: List[int], backend: str,
-        x_begin: int, x_end: int, need_in_weight: bool, need_out_weight: bool,
-        need_out_bias: bool,
+        grad_out: Tensor, x: Tensor, frozen_weight: Tensor, in_weight: Tensor,
+        out_weight: Tensor, stride: List[int], padding: List[int], backend: str, x_begin: int,
+        x_end: int, need_in_weight: bool, need_out_weight: bool, need_out_bias: bool,
+        x_planted: Optional[Tensor],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    grads = _backward_impl(grad_out, x, x_planted, frozen_weight, in_weight, out_weight, stride,
-                           padding, backend, x_begin, x_end, need_in_weight, need_out_weight,
-                           need_out_bias)
+    grads = _backward_impl(grad_out, x, frozen_weight, in_weight, out_weight, stride, padding,
+                           backend, x_begin, x_end, need_in_weight, need_out_weight,
+                           need_out_bias, x_planted)
     # A custom op cannot return None: an empty tensor stands for "not asked for".
     return tuple(x.new_empty(0) if g is None else g for g in grads)
 
 
 @_planted_conv2d_backward_op.register_fake
-def _(grad_out, x, x_planted, frozen_weight, in_weight, out_weight, stride, padding, backend,
-      x_begin, x_end, need_in_weight, need_out_weight, need_out_bias):
+def _(grad_out, x, frozen_weight, in_weight, out_weight, stride, padding, backend, x_begin,
+      x_end, need_in_weight, need_out_weight, need_out_bias, x_planted):
     def like(t, needed):
         return t.new_empty(t.shape) if needed else x.new_empty(0)
     grad_x = (x.new_empty((x.shape[0], x_end - x_begin, *x.shape[2:])) if x_end > x_begin
@@ -189,19 +193,19 @@ def _(grad_out, x, x_planted, frozen_weight, in_weight, out_weight, stride, padd
 
 
 def _setup_context(ctx, inputs, output):
-    (x, x_planted, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride, padding,
-     backend) = inputs
-    ctx.save_for_backward(x, x_planted, frozen_weight, in_weight, out_weight)
+    (x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride, padding, backend,
+     x_planted) = inputs
+    ctx.save_for_backward(x, frozen_weight, in_weight, out_weight, x_planted)
     ctx.stride, ctx.padding, ctx.backend = stride, padding, backend
     ctx.has_out_bias = out_bias is not None
 
 
 def _backward(ctx, grad_out, backward_fn=_planted_conv2d_backward_op):
-    x, x_planted, frozen_weight, in_weight, out_weight = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    need_x, need_x_planted = need[0], x_planted is not None and need[1]
-    need_in, need_out_w = need[4], need[5]
-    need_out_b = ctx.has_out_bias and need[6]
+    x, frozen_weight, in_weight, out_weight, x_planted = ctx.saved_tensors
+    need = ctx.needs_input_grad  # in the op's argument order
+    need_x, need_x_planted = need[0], x_planted is not None and need[9]
+    need_in, need_out_w = need[3], need[4]
+    need_out_b = ctx.has_out_bias and need[5]
     if not (need_x or need_x_planted or need_in or need_out_w or need_out_b):
         return (None,) * 10
     # The input gradient covers only the channels whose tensor needs one: with the planted
@@ -212,15 +216,15 @@ def _backward(ctx, grad_out, backward_fn=_planted_conv2d_backward_op):
     if not (need_x or need_x_planted):
         begin = end = 0
     grad_x, grad_in, grad_out_w, grad_out_b = backward_fn(
-        grad_out, x, x_planted, frozen_weight, in_weight, out_weight, ctx.stride,
-        ctx.padding, ctx.backend, begin, end, need_in, need_out_w, need_out_b)
+        grad_out, x, frozen_weight, in_weight, out_weight, ctx.stride, ctx.padding,
+        ctx.backend, begin, end, need_in, need_out_w, need_out_b, x_planted)
     if end == begin and (need_x or need_x_planted):  # a tensor with 0 channels asks for one
         grad_x = x.new_zeros((x.shape[0], 0, *x.shape[2:]))
     grad_planted = grad_x[:, split - begin:] if need_x_planted else None
     grad_x = grad_x[:, :split] if need_x else None
-    return (grad_x, grad_planted, None, None, grad_in if need_in else None,
+    return (grad_x, None, None, grad_in if need_in else None,
             grad_out_w if need_out_w else None, grad_out_b if need_out_b else None,
-            None, None, None)
+            None, None, None, grad_planted)
 
 
 _planted_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
@@ -255,8 +259,8 @@ def _backward_once_differentiable(ctx, grad_out):
 # ----------------------------------------------------------------------------- functional API
 
 def planted_conv2d(x: Tensor, frozen_weight: Tensor, frozen_bias: Optional[Tensor] = None,
-                   out_weight: Optional[Tensor] = None, out_bias: Optional[Tensor] = None,
-                   in_weight: Optional[Tensor] = None, stride=1, padding=0,
+                   in_weight: Optional[Tensor] = None, out_weight: Optional[Tensor] = None,
+                   out_bias: Optional[Tensor] = None, stride=1, padding=0,
                    backend: str = "auto", *, x_planted: Optional[Tensor] = None) -> Tensor:
     """``conv2d(x, [[frozen_weight, in_weight], [out_weight]], [frozen_bias, out_bias])``.
 
@@ -265,10 +269,10 @@ def planted_conv2d(x: Tensor, frozen_weight: Tensor, frozen_bias: Optional[Tenso
         frozen_weight: ``[O_f, I_f, kh, kw]``; a constant: it never receives a gradient, even
             when it requires one.
         frozen_bias: ``[O_f]`` or None; a constant like ``frozen_weight``.
-        out_weight: ``[O_p, I_f + I_p, kh, kw]``, the planted filters, or None (``O_p = 0``).
-        out_bias: ``[O_p]`` or None; needs ``out_weight``.
         in_weight: ``[O_f, I_p, kh, kw]``, the frozen filters' weights on the planted input
             channels, or None (``I_p = 0``).
+        out_weight: ``[O_p, I_f + I_p, kh, kw]``, the planted filters, or None (``O_p = 0``).
+        out_bias: ``[O_p]`` or None; needs ``out_weight``.
         stride, padding: as in ``torch.nn.functional.conv2d`` (int or pair).
         backend: ``"auto"`` (the fastest that can run on x's device and dtype) or one of
             ``plantops.backends()``; an explicit backend is always honoured.
@@ -288,11 +292,11 @@ def planted_conv2d(x: Tensor, frozen_weight: Tensor, frozen_bias: Optional[Tenso
         # Like nn.Conv2d under torch.autocast, compute in the autocast dtype. A custom op
         # gets no autocast rule of its own, and the dtype picks the backend: cast here.
         dtype = _autocast_dtype(x.device.type)
-        x, x_planted, frozen_weight, frozen_bias, out_weight, out_bias, in_weight = (
+        x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, x_planted = (
             t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t
-            for t in (x, x_planted, frozen_weight, frozen_bias, out_weight, out_bias, in_weight))
-    stride, padding = check_planted_conv_args(x, frozen_weight, frozen_bias, out_weight,
-                                              out_bias, in_weight, stride, padding, x_planted)
+            for t in (x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, x_planted))
+    stride, padding = check_planted_conv_args(x, frozen_weight, frozen_bias, in_weight,
+                                              out_weight, out_bias, stride, padding, x_planted)
     o_frozen, i_frozen, kh, kw = frozen_weight.shape
     channels = x.shape[1] + (0 if x_planted is None else x_planted.shape[1])
     # Empty blocks: new_empty, as there is nothing to zero (new_zeros costs a fill_ dispatch).
@@ -307,9 +311,8 @@ def planted_conv2d(x: Tensor, frozen_weight: Tensor, frozen_bias: Optional[Tenso
     # other subclassed tensors the custom op (same computation, registered with torch).
     eager = type(x) is Tensor and not torch.compiler.is_compiling()
     op = _EagerPlantedConv2d.apply if eager else _planted_conv2d_op
-    return op(x, x_planted, frozen_weight.detach(),
-              None if frozen_bias is None else frozen_bias.detach(),
-              in_weight, out_weight, out_bias, list(stride), list(padding), name)
+    return op(x, frozen_weight.detach(), None if frozen_bias is None else frozen_bias.detach(),
+              in_weight, out_weight, out_bias, list(stride), list(padding), name, x_planted)
 
 
 def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
@@ -319,8 +322,8 @@ def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
     return torch.get_autocast_dtype(device_type)
 
 
-def reference_planted_conv2d(x, frozen_weight, frozen_bias=None, out_weight=None, out_bias=None,
-                             in_weight=None, stride=1, padding=0) -> Tensor:
+def reference_planted_conv2d(x, frozen_weight, frozen_bias=None, in_weight=None, out_weight=None,
+                             out_bias=None, stride=1, padding=0) -> Tensor:
     """The definition, in plain autograd-tracked torch: conv2d on the assembled weight.
 
     Tests compare every backend against this in float64. Unlike ``planted_conv2d`` it lets
@@ -495,9 +498,9 @@ class PlantedConv2d(_PlantedLayer):
         ``planted_conv2d``: the input gradient then goes only where it is needed)."""
         return planted_conv2d(
             x, self.frozen_weight, self.frozen_bias,
+            self.in_weight if self.planted_in else None,
             self.out_weight if self.planted_out else None,
             self.out_bias if self.planted_out and self.out_bias is not None else None,
-            self.in_weight if self.planted_in else None,
             self.stride, self.padding, self.backend, x_planted=x_planted)
 
     def to_conv(self) -> nn.Conv2d:

@@ -70,11 +70,7 @@ class PlantedRound:
 
     # The parent's frozen layer j on x (input gradient only, where x needs one).
     def _frozen(self, j: int, x: Tensor) -> Tensor:
-        layer = self.parent.layer(j)
-        if j < 5:
-            return planted_conv2d(x, layer.weight, layer.bias, stride=layer.stride,
-                                  padding=layer.padding, backend=self.backend)
-        return F.linear(x, layer.weight, layer.bias)  # fc1, fc2
+        return self.parent.frozen_layer(j, x, self.backend)
 
     # Candidate j's planted filters over the parent's input h to layer j.
     def _planted_filters(self, j: int, h: Tensor) -> Tensor:

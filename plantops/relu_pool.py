@@ -8,9 +8,8 @@ nothing where the maximum is <= 0.
 Backends: ``torch`` (those two ATen ops, the reference, any device) and ``cpu`` (one C++ pass
 over NCHW planes, csrc/relu_pool_cpu.cpp). ``backend="auto"`` takes ``cpu`` for float32 and
 float64 CPU tensors in NCHW layout, where ATen's max_pool2d walks every window with scalar
-index bookkeeping (3.8 ms for a [128, 8, 32, 32] batch on a 2-core EPYC;
-benchmarks/test_bench_relu_pool.py), and ``torch`` elsewhere: on a GPU, and for channels-last
-CPU tensors, whose ATen kernel is vectorized over channels.
+index bookkeeping (3.8 ms for a [128, 8, 32, 32] batch on a 2-core EPYC, 0.3 ms here;
+benchmarks/test_bench_relu_pool.py), and ``torch`` elsewhere (plantops.kernels decides).
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from plantops import kernels as _kernels
 from plantops.kernels import _native
 
 BACKENDS = ("auto", "torch", "cpu")
@@ -34,14 +34,15 @@ def _cpu_module():
 
 
 def resolve(backend: str, x: Tensor) -> str:
-    """The backend that runs ``relu_max_pool2d(x, backend)``; ValueError when it cannot."""
+    """The backend that runs ``relu_max_pool2d(x, backend)``; ValueError when it cannot.
+    ``auto`` is plantops.kernels.relu_pool_backend's choice."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} for relu_max_pool2d: expected one of "
                          f"{', '.join(BACKENDS)}")
-    runs_cpu = (x.device.type == "cpu" and x.dtype in _DTYPE_NAMES and x.dim() == 4
-                and x.shape[2] >= 2 and x.shape[3] >= 2 and _cpu_module() is not None)
     if backend == "auto":
-        return "cpu" if runs_cpu and x.is_contiguous() else "torch"
+        return _kernels.relu_pool_backend(x)
+    runs_cpu = (x.device.type == "cpu" and x.dtype in _DTYPE_NAMES and x.shape[2] >= 2
+                and x.shape[3] >= 2 and _cpu_module() is not None)
     if backend == "cpu" and not runs_cpu:
         raise ValueError(f"backend 'cpu' of relu_max_pool2d needs a float32 or float64 CPU "
                          f"tensor [N, C, H, W] with H, W >= 2 and the compiled plantops._C; got "

@@ -23,9 +23,9 @@ def test_module_loads_and_rejects_bad_geometry_without_a_gpu():
     # and a planted-channel pointer that reaches them anyway is refused, not ignored.
     g.OH = g.OW = 2
     with pytest.raises(ValueError, match="join x_planted"):
-        cuda_module.forward(g, "float32", 0, 8, 0, 0, 0, 0, 0, 0, 0)
+        cuda_module.forward(g, "float32", 0, 0, 0, 0, 0, 0, 8, 0, 0)
     with pytest.raises(ValueError, match="join x_planted"):
-        cuda_module.weight_grad(g, "float32", 0, 0, 8, 0, 1, 0, 1, 0, 0, 0)
+        cuda_module.weight_grad(g, "float32", 0, 0, 0, 1, 0, 1, 8, 0, 0, 0)
 
 
 TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}

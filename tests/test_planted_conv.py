@@ -134,7 +134,7 @@ def test_split_input_gradcheck(backend):
 
     def fn(x_planted, in_weight, out_weight, out_bias):
         return planted_conv2d(x_frozen, tensors["frozen_weight"], tensors["frozen_bias"],
-                              out_weight, out_bias, in_weight, **conv_args, backend=backend,
+                              in_weight, out_weight, out_bias, **conv_args, backend=backend,
                               x_planted=x_planted)
 
     assert torch.autograd.gradcheck(fn, [x_planted, *trainable], eps=1e-6, atol=1e-6)
@@ -189,9 +189,9 @@ for t in trainable:
     t.requires_grad_()
 
 def loss(x, in_weight, out_weight, out_bias):
-    whole = planted_conv2d(x, fw, fb, out_weight, out_bias, in_weight, padding=1,
+    whole = planted_conv2d(x, fw, fb, in_weight, out_weight, out_bias, padding=1,
                            backend=sys.argv[1])
-    split = planted_conv2d(x[:, :3].detach(), fw, fb, out_weight, out_bias, in_weight, padding=1,
+    split = planted_conv2d(x[:, :3].detach(), fw, fb, in_weight, out_weight, out_bias, padding=1,
                            backend=sys.argv[1], x_planted=x[:, 3:])
     return whole.relu().sum() + split.square().sum()
 
@@ -254,7 +254,7 @@ def test_fake_tensors_take_the_registered_op(monkeypatch):
     monkeypatch.setattr(pc, "_EagerPlantedConv2d", SimpleNamespace(apply=refuse))
     with FakeTensorMode():
         x = torch.randn(2, 6, 5, 5)
-        out = planted_conv2d(x, torch.randn(3, 4, 3, 3), None, torch.randn(2, 6, 3, 3), None,
-                             torch.randn(3, 2, 3, 3), 2, 1, backend="torch")
+        out = planted_conv2d(x, torch.randn(3, 4, 3, 3), None, torch.randn(3, 2, 3, 3),
+                             torch.randn(2, 6, 3, 3), None, 2, 1, backend="torch")
         assert type(out) is not torch.Tensor
     assert tuple(out.shape) == (2, 5, 3, 3)

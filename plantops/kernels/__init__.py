@@ -25,8 +25,9 @@ import importlib
 
 import torch
 
-# Preference order for backend="auto"; the first that can run wins unless a measured
-# dispatch table (plantops.kernels.dispatch) says otherwise for a CUDA shape.
+# Every backend, in the order backends() lists them. Which one backend="auto" takes is
+# decided here and nowhere else: _auto for planted_conv2d, relu_pool_backend for
+# relu_max_pool2d, both from measurements (benchmarks/RESULTS.md).
 _MODULES = {
     "cpu": "plantops.kernels.cpu",
     "cuda": "plantops.kernels.cuda",
@@ -112,14 +113,24 @@ def _runnable(device_type: str, dtype: torch.dtype) -> list[str]:
 
 def _auto(device_type: str, dtype: torch.dtype, shape_key) -> str:
     if device_type == "cuda":
-        from plantops.kernels import dispatch
-
-        measured = dispatch.best(shape_key, dtype, _runnable(device_type, dtype))
-        if measured is not None:
-            return measured
-        # Until measured otherwise, cuDNN through the composite is the safe choice.
+        # cuDNN through the composite: on an H100, at the search's shapes, the Triton and CUDA
+        # kernels measured 0.3-0.9x of it forward+backward in eager mode (benchmarks/RESULTS.md).
+        # A CUDA graph (the search's default on a GPU) removes the host overhead that set those
+        # times; until the kernels are measured faster there, auto stays on cuDNN.
         return "torch"
     if "cpu" in _runnable(device_type, dtype) and cpu_kernels_win(shape_key):
+        return "cpu"
+    return "torch"
+
+
+def relu_pool_backend(x: torch.Tensor) -> str:
+    """relu_max_pool2d's auto choice: its C++ kernel for float32/float64 NCHW CPU tensors,
+    where ATen's max_pool2d is 8-16x slower (benchmarks/test_bench_relu_pool.py); ATen
+    elsewhere (channels-last CPU tensors, whose ATen kernel is vectorized over channels, and
+    GPUs)."""
+    if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and x.is_contiguous() and min(x.shape[2:]) >= 2
+            and get("cpu").unavailable_reason("cpu", x.dtype) is None):
         return "cpu"
     return "torch"
 
@@ -127,11 +138,13 @@ def _auto(device_type: str, dtype: torch.dtype, shape_key) -> str:
 def cpu_kernels_win(shape_key) -> bool:
     """Whether the C++ kernels beat oneDNN (the torch backend) for this shape on the CPU.
 
-    Measured with benchmarks/test_bench_planted_conv.py on a 2-core AVX-512 machine
+    Measured with benchmarks/test_bench_planted_conv.py on 2-core AVX-512 and AVX2 machines
     (benchmarks/RESULTS.md). 3x3 stride-1 layers with a batch of 8 or more run as Winograd
-    F(2x2, 3x3) and win up to 64 channels plus the planted ones (they lose at 128). Other
-    layers run the direct kernels, which win at planting's narrow layers (up to 20 channels, or
-    up to 40 on maps of 32x32 and more) and lose to oneDNN's blocked GEMM on wider ones.
+    F(2x2, 3x3) and win at every width measured, up to 128 channels plus the planted ones
+    (1.3-1.9x at C128 8x8 forward+backward; Teacher[128]'s forward 1.4x); wider ones are not
+    measured. Other layers run the direct kernels, which win at planting's narrow layers (up
+    to 20 channels, or up to 40 on maps of 32x32 and more) and lose to oneDNN's blocked GEMM
+    on wider ones.
     """
     if shape_key is None:
         return True
@@ -139,5 +152,5 @@ def cpu_kernels_win(shape_key) -> bool:
     widest = max(channels, outputs)
     winograd = (kh, kw) == (3, 3) and tuple(stride) == (1, 1) and max(padding) <= 2 and batch >= 8
     if winograd:
-        return widest <= 72
+        return widest <= 136
     return widest <= 20 or (widest <= 40 and height * width >= 1024)

@@ -71,8 +71,8 @@ def forward(module, extra, x, frozen_weight, frozen_bias, in_weight, out_weight,
     g = _geometry(module, x.shape, fw.shape, iw.shape, ow.shape, stride, padding)
     out = x.new_empty((g.N, g.O_f + g.O_p, g.OH, g.OW))
     if out.numel():
-        module.forward(g, _DTYPE_NAMES[x.dtype], ptr(x), ptr(xp), ptr(fw), ptr(fb), ptr(iw),
-                       ptr(ow), ptr(ob), out.data_ptr(), extra)
+        module.forward(g, _DTYPE_NAMES[x.dtype], ptr(x), ptr(fw), ptr(fb), ptr(iw), ptr(ow),
+                       ptr(ob), ptr(xp), out.data_ptr(), extra)
     return out
 
 
@@ -94,8 +94,8 @@ def backward(module, extra, grad_out, x, frozen_weight, in_weight, out_weight, s
         # The input gradient and the planted input slices' weight gradient in one pass over
         # grad_out (the CPU module, where its Winograd kernels apply).
         grad_in = torch.empty_like(iw)
-        fused = module.planted_input_grads(g, dtype, ptr(grad_out), ptr(x), ptr(xp), ptr(fw),
-                                           ptr(iw), ptr(ow), begin, ptr(grad_x),
+        fused = module.planted_input_grads(g, dtype, ptr(grad_out), ptr(x), ptr(fw), ptr(iw),
+                                           ptr(ow), begin, ptr(xp), ptr(grad_x),
                                            grad_in.data_ptr(), extra)
     if end > begin and not fused:
         if grad_x.numel():
@@ -109,8 +109,8 @@ def backward(module, extra, grad_out, x, frozen_weight, in_weight, out_weight, s
         grad_out_w = torch.empty_like(ow) if runs else torch.zeros_like(ow)
         grad_out_b = (ow.new_empty if runs else ow.new_zeros)(g.O_p) if need_out_bias else None
         if runs:
-            module.weight_grad(g, dtype, ptr(grad_out), ptr(x), ptr(xp), g.O_f, g.O_f + g.O_p,
-                               0, g.I_f + g.I_p, ptr(grad_out_w), ptr(grad_out_b), extra)
+            module.weight_grad(g, dtype, ptr(grad_out), ptr(x), g.O_f, g.O_f + g.O_p, 0,
+                               g.I_f + g.I_p, ptr(xp), ptr(grad_out_w), ptr(grad_out_b), extra)
         grad_out_w = grad_out_w if need_out_weight else None
     if need_in_weight and not fused:
         # Planted input slices: frozen filters [0, O_f), planted input channels [I_f, C).
@@ -120,6 +120,6 @@ def backward(module, extra, grad_out, x, frozen_weight, in_weight, out_weight, s
         else:
             if grad_in is None:
                 grad_in = torch.empty_like(iw)
-            module.weight_grad(g, dtype, ptr(grad_out), ptr(x), ptr(xp), 0, g.O_f, g.I_f,
-                               g.I_f + g.I_p, ptr(grad_in), 0, extra)
+            module.weight_grad(g, dtype, ptr(grad_out), ptr(x), 0, g.O_f, g.I_f, g.I_f + g.I_p,
+                               ptr(xp), ptr(grad_in), 0, extra)
     return grad_x, grad_in, grad_out_w, grad_out_b

@@ -174,8 +174,10 @@ class Search:
         self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
         return seconds
 
-    def evaluate(self, forward, split: str, count: int = 1) -> list[dict]:
+    def evaluate(self, network, split: str, count: int = 1) -> list[dict]:
+        """``engine.evaluate`` on ``split``; a plain network runs through its frozen layers."""
         teacher = self.val_teacher if split == "val" else None
+        forward = getattr(network, "frozen_forward", network)
         return engine.evaluate(forward, self.eval_views[split], count, teacher,
                                self.cfg.temperature, self.graphs)
 
