@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from plantops.progress import Progress
+
 OFFICIAL = {
     "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
                 "c58f30108f718f92721af3b95e74349a", "cifar-10-batches-py"),
@@ -102,7 +104,9 @@ def _find_official(name, path, cache_dir, download) -> "_Source":
     else:
         reason = "downloading is off (--no-download)"
     raise DataError(f"{name} not found; looked in: {looked}. Accepted: {FORMATS[name]}. "
-                    f"Point --data at it (or at the folder holding it); {reason}.")
+                    f"Point --data at it (or at the folder holding it); {reason}. For images "
+                    "in train/<class>/ and test/<class>/ folders (such as cifar10-jpeg.tar.gz), "
+                    "pass --dataset folder --data PATH.")
 
 
 def _looks_like(name, folder: Path) -> bool:
@@ -151,7 +155,25 @@ class _Source:
         except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
             raise DataError(f"{self.path} is corrupt or truncated ({err}); "
                             "delete it and fetch it again") from err
+        if _holds_image_folder(self.path):
+            raise DataError(f"{self.path} has no member {member}, but it holds images in "
+                            "train/<class>/ folders: it looks like an image folder; pass "
+                            "--dataset folder")
         raise DataError(f"{self.path} has no member {member}: not the expected archive")
+
+
+def _holds_image_folder(path: Path) -> bool:
+    """Whether an archive holds train/<class>/<image> members (read up to the first one)."""
+    try:
+        with tarfile.open(path) as tar:
+            for info in tar:
+                parts = info.name.split("/")
+                if (info.isfile() and len(parts) >= 3 and parts[-3] == "train"
+                        and os.path.splitext(info.name)[1].lower() in IMAGE_SUFFIXES):
+                    return True
+    except (tarfile.TarError, EOFError, OSError, zlib.error):
+        pass
+    return False
 
 
 def _unpickle(source: _Source, member: str) -> dict:
@@ -217,13 +239,12 @@ def _load_stl10(source: _Source) -> Dataset:
 def _load_folder(path: Path, cache_dir: Path) -> Dataset:
     if not path.exists():
         raise DataError(f"{path} does not exist; --data must point at {FORMATS['folder']}")
-    stat = path.stat()
-    key = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    cached = cache_dir / f"folder-{key}.npz"
+    cached = cache_dir / f"folder-{_content_key(path)}.npz"
     if cached.is_file():
         with np.load(cached) as z:
             return Dataset(z["train_images"], z["train_labels"], z["test_images"],
                            z["test_labels"], list(z["classes"]))
+    print(f"decoding {path} (once: it is kept in {cached})", flush=True)
     files = _list_folder(path)
     classes = sorted({cls for split, cls, _ in files if split == "train"})
     if not classes:
@@ -237,7 +258,12 @@ def _load_folder(path: Path, cache_dir: Path) -> Dataset:
             raise DataError(f"{path}: test classes {unknown} do not appear under train/")
         if not items:
             raise DataError(f"{path} has no images under {split}/<class>/")
-        images = [_decode(read, name) for cls, (name, read) in items]
+        progress = Progress(f"decode {split}", 1, len(items))
+        images = []
+        for _, (name, read) in items:
+            images.append(_decode(read, name))
+            progress.step()
+        progress.end(f"{len(images)} images")
         shapes = {im.shape for im in images}
         if len(shapes) != 1:
             raise DataError(f"{path}: images of different sizes {sorted(shapes)[:3]}...; "
@@ -251,6 +277,21 @@ def _load_folder(path: Path, cache_dir: Path) -> Dataset:
              classes=np.asarray(classes))
     os.replace(tmp, cached)
     return dataset
+
+
+def _content_key(path: Path) -> str:
+    """A key of what ``path`` holds, not of where it is: two paths to one archive share one
+    decoded copy (185 MB for CIFAR-10), and an edited archive gets a new one. The SHA-1 of an
+    archive's bytes (40 ms for CIFAR-10's 19 MB), or of a folder's file names and bytes."""
+    digest = hashlib.sha1()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        if f != path:
+            digest.update(str(f.relative_to(path)).encode() + b"\0")
+        with open(f, "rb") as stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def _list_folder(path: Path):

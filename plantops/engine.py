@@ -143,7 +143,8 @@ class SGD:
         torch._foreach_sub_(self.params, torch._foreach_mul(self.buffers, self.lr))
 
     def state(self) -> dict:
-        return dict(buffers=[b.detach().clone() for b in self.buffers])
+        """The momentum buffers, as CPU copies (for a checkpoint)."""
+        return dict(buffers=[b.detach().cpu().clone() for b in self.buffers])
 
     def load_state(self, state: dict):
         with torch.no_grad():
@@ -291,8 +292,9 @@ class Training:
 
         self.steps = Steps({kind: make_step(kind) for kind in views.kinds}, graphs)
 
-    def epoch(self, epoch: int) -> EpochReport:
-        """Runs epoch ``epoch`` (0-based) and returns its mean training losses."""
+    def epoch(self, epoch: int, on_step: Optional[Callable[[], None]] = None) -> EpochReport:
+        """Runs epoch ``epoch`` (0-based) and returns its mean training losses; ``on_step()``
+        after each step (host side: on a GPU the step may still be running)."""
         for kind, pos in self.positions.items():
             pos.fill_(self.views.positions(kind, epoch)[0])
         lr = self.schedule.lr_at(epoch)
@@ -300,6 +302,8 @@ class Training:
         self.sums.zero_()
         for kind, _ in self.views.epoch_steps(epoch):
             self.steps.run(kind)
+            if on_step is not None:
+                on_step()
         return EpochReport(epoch, (self.sums / self.views.steps_per_epoch).tolist(), lr)
 
 

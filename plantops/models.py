@@ -121,10 +121,23 @@ class PlantNet(nn.Module):
     def describe(self) -> str:
         return f"[{','.join(map(str, self.widths))}|{self.fc_width}]"
 
-    def to_sequential(self) -> nn.Sequential:
-        """The network as an nn.Sequential of standard torch layers (loadable without plantops)."""
+    def to_sequential(self, mean=None, std=None) -> nn.Sequential:
+        """The network as an nn.Sequential of standard torch layers (loadable without plantops).
+
+        With the per-channel ``mean`` and ``std`` it was trained with, its first layer
+        normalizes, so it takes images as a user has them: float in [0, 1] (uint8 / 255),
+        [N, 3, H, W]. The normalization is a 1x1 convolution (weight 1/std, bias -mean/std),
+        a layer every torch version loads."""
         net = merge(self)
         layers: list[nn.Module] = []
+        if mean is not None:
+            mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
+            std = torch.as_tensor(std, dtype=torch.float32).flatten()
+            normalize = nn.Conv2d(len(mean), len(mean), 1)
+            with torch.no_grad():
+                normalize.weight.copy_(torch.diag(1 / std).view(len(mean), len(mean), 1, 1))
+                normalize.bias.copy_(-mean / std)
+            layers.append(normalize)
         for i, conv in enumerate(net.convs):
             layers += [copy.deepcopy(conv), nn.ReLU()]
             if i in net.pools:

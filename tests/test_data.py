@@ -145,3 +145,24 @@ def test_augmentation_is_a_crop_of_the_padded_image_or_its_mirror():
     for i in range(2):
         views = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
         assert any(torch.equal(out[i], v) or torch.equal(out[i], v.flip(-1)) for v in views)
+
+
+def test_the_decoded_cache_is_keyed_by_content_not_path(tmp_path):
+    folder = write_image_folder(tmp_path / "imgs")
+    archive = tar_folder(folder, tmp_path / "a.tar.gz")
+    (tmp_path / "elsewhere").mkdir()
+    copy = tmp_path / "elsewhere" / "b.tar.gz"
+    copy.write_bytes(archive.read_bytes())
+    cache = tmp_path / "cache"
+    data.load("folder", archive, cache_dir=cache)
+    data.load("folder", copy, cache_dir=cache)
+    assert len(list(cache.glob("folder-*.npz"))) == 1
+    (folder / "train" / "cat" / "0000.png").unlink()  # other content: another entry
+    data.load("folder", tar_folder(folder, tmp_path / "c.tar.gz"), cache_dir=cache)
+    assert len(list(cache.glob("folder-*.npz"))) == 2
+
+
+def test_an_image_folder_archive_read_as_cifar_says_so(tmp_path):
+    archive = tar_folder(write_image_folder(tmp_path / "imgs"), tmp_path / "imgs.tar.gz")
+    with pytest.raises(data.DataError, match="looks like an image folder; pass --dataset folder"):
+        data.load("cifar10", archive, download=False)

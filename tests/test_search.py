@@ -58,8 +58,38 @@ def test_final_network_is_plain_torch_and_matches(reference_run, image_folder):
     seq = torch.load(out / "final.pt", weights_only=False)
     assert isinstance(seq, torch.nn.Sequential)
     assert all(type(m).__module__.startswith("torch.nn") for m in seq.modules())
-    assert sum(p.numel() for p in seq.parameters()) == result["final"]["params"]
-    assert seq(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    # its first layer normalizes the images; the rest is the planted network
+    assert sum(p.numel() for p in seq[1:].parameters()) == result["final"]["params"]
+    assert seq(torch.rand(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_final_network_loads_without_plantops_and_scores_the_searchs_test_accuracy(
+        reference_run, tmp_path):
+    """final.pt takes float images in [0, 1]: loaded where plantops cannot be imported, it
+    gets the test accuracy (and loss) that the search reported for it."""
+    import numpy as np
+    from plantops import data as datasets
+    out, result = reference_run
+    cfg = search.Config(**json.loads((out / "config.json").read_text())["config"])
+    test = datasets.load(cfg.dataset, cfg.data, cfg.cache_dir, download=False)
+    np.savez(tmp_path / "test.npz", images=test.test_images, labels=test.test_labels)
+    code = f"""
+import sys
+sys.modules["plantops"] = None  # importing plantops now fails
+import numpy as np, torch
+net = torch.load({str(out / "final.pt")!r}, weights_only=False).eval()
+z = np.load({str(tmp_path / "test.npz")!r})
+x = torch.from_numpy(z["images"]).permute(0, 3, 1, 2).float() / 255
+y = torch.from_numpy(z["labels"])
+with torch.no_grad():
+    logits = net(x)
+print((logits.argmax(1) == y).float().mean().item(),
+      torch.nn.functional.cross_entropy(logits, y).item())
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    acc, loss = map(float, run.stdout.split())
+    assert acc == pytest.approx(result["final"]["test_acc"], abs=1e-6)
+    assert loss == pytest.approx(result["final"]["test_loss"], rel=1e-4)
 
 
 def test_same_seed_same_choices(reference_run, image_folder, tmp_path):
@@ -103,23 +133,57 @@ def test_max_params_budget_skips_candidates(image_folder, tmp_path):
 
 def test_config_file_rejects_unknown_keys(tmp_path):
     path = tmp_path / "c.json"
-    path.write_text(json.dumps({"plant-channels": 2, "epochs": 3}))
-    with pytest.raises(ValueError, match="unknown option.*epochs"):
+    path.write_text(json.dumps({"plant-channels": 2, "plant_epoch": 3}))
+    with pytest.raises(ValueError, match=rf"{path}: unknown option 'plant_epoch'; did you mean "
+                                         "'plant_epochs'\\?"):
         search.parse_args(["--config", str(path)])
     path.write_text(json.dumps({"plant-channels": 2, "init_width": 16}))
     cfg = search.parse_args(["--config", str(path), "--init-width", "8"])
     assert cfg.plant_channels == 2 and cfg.init_width == 8  # flags override the file
 
 
+def test_broken_config_file_is_named(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('{"plant-channels": 2,}')
+    with pytest.raises(ValueError, match=rf"--config {path}: not valid JSON \(line 1 column"):
+        search.parse_args(["--config", str(path)])
+    with pytest.raises(FileNotFoundError, match="--config /nonexistent.json: no such file"):
+        search.parse_args(["--config", "/nonexistent.json"])
+
+
+def test_help_shows_the_defaults_that_apply_and_what_paper_changes():
+    help_text = subprocess.run([sys.executable, "-m", "plantops.search", "--help"],
+                               capture_output=True, text=True, check=True).stdout
+    flat = " ".join(help_text.split())
+    assert "--teacher-epochs N teacher epochs (default 15; --preset paper: 100)" in flat
+    assert "--init-loss {kd,ce}" in flat and "(default None)" not in flat
+    for title in ("data and output:", "planting:", "training (every network):"):
+        assert title in help_text
+
+
 @pytest.mark.parametrize("argv, words", [
-    (["--dataset", "mnist"], "--dataset must be one of"),
+    (["--dataset", "mnist"], "argument --dataset: invalid choice: 'mnist' (choose from"),
     (["--plant-channels", "0"], "--plant-channels must be >= 1"),
     (["--label-weight", "2"], "--label-weight must be in [0, 1]"),
+    (["--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+    (["--plant-epochs", "0"], "--plant-epochs must be >= 1, got 0"),
+    (["--init-epochs", "0"], "--init-epochs must be >= 1, got 0"),
+    (["--teacher-epochs", "0"], "--teacher-epochs must be >= 1, got 0"),
+    (["--cuda-graphs", "yes"], "argument --cuda-graphs: invalid choice: 'yes'"),
 ])
-def test_bad_options_are_explained(argv, words):
-    with pytest.raises(ValueError) as info:
-        search.parse_args(argv)
-    assert words in str(info.value)
+def test_bad_options_are_one_line_errors_with_exit_code_2(argv, words, capsys):
+    try:
+        code = search.main(argv)
+    except SystemExit as exit:  # argparse's own checks
+        code = exit.code
+    err = capsys.readouterr().err
+    assert code == 2 and words in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_zero_teacher_epochs_are_fine_with_a_trained_teacher():
+    cfg = search.parse_args(["--teacher-epochs", "0", "--teacher", "runs/x/teacher.pt"])
+    assert cfg.teacher_epochs == 0
 
 
 def test_command_line_help_and_error_exit():
@@ -159,11 +223,12 @@ def test_channels_last_changes_no_choice(reference_run, image_folder, tmp_path):
                                                         rel=1e-4)
 
 
-@pytest.mark.parametrize("cache", [True, False], ids=["cached", "per-round"])
-def test_the_teacher_runs_once_per_view(image_folder, tmp_path, monkeypatch, cache):
+@pytest.mark.parametrize("cache", [True, False], ids=["in-memory", "from-disk"])
+def test_the_teacher_runs_once_per_view(image_folder, tmp_path, monkeypatch, capsys, cache):
     """Every candidate of every round sees the same views, so the teacher's logits of them
-    are computed once for the whole search (--no-cache-teacher: once per round), and once
-    for the validation set; the initial network's views are its own."""
+    are computed once for the whole search, kept in memory (--cache-teacher) or reloaded from
+    the output folder for each round, and once for the validation set; the initial network's
+    views are its own."""
     from plantops import engine
     passes = []
     real = engine.teacher_logits
@@ -177,8 +242,9 @@ def test_the_teacher_runs_once_per_view(image_folder, tmp_path, monkeypatch, cac
                       cache_teacher=cache, max_params=10 ** 9)
     search.run_search(cfg)
     val, initial, planting = (1, False), (cfg.init_epochs, True), (cfg.plant_epochs, True)
-    rounds = 1 if cache else 2
-    assert sorted(passes) == sorted([val, initial] + [planting] * rounds)
+    assert sorted(passes) == sorted([val, initial, planting])
+    loaded = capsys.readouterr().out.count("teacher logits: 3 epochs of views") - 1
+    assert loaded == (0 if cache else 1)
 
 
 def test_training_candidates_together_changes_no_choice(reference_run, image_folder, tmp_path):
@@ -325,3 +391,21 @@ def test_the_engine_makes_the_previous_loops_choices_and_losses(reference_run, i
         chosen = min(layers, key=lambda layer: (old_vals[layer]["loss"], layer))
         assert models.LAYER_NAMES[chosen] == accepted["layer"]
         parent, _ = search.load_network(out / f"round_{rnd}.pt", "cpu")
+
+
+def test_a_run_refused_before_training_leaves_no_folder(reference_run, tmp_path):
+    out, _ = reference_run
+    missing = tmp_path / "no-data"
+    assert search.main(["--dataset", "folder", "--data", str(tmp_path / "nowhere"),
+                        "--out", str(missing)]) == 2
+    assert not missing.exists()
+    other = write_image_folder(tmp_path / "five", per_class=(4, 1))
+    import shutil
+    for extra in ("bird", "ship"):  # a 3-class teacher against 5 classes: refused at its load
+        shutil.copytree(other / "train" / "cat", other / "train" / extra)
+        shutil.copytree(other / "test" / "cat", other / "test" / extra)
+    refused = tmp_path / "refused"
+    with pytest.raises(ValueError, match="3 classes"):
+        search.run_search(tiny_config(other, refused, teacher=str(out / "teacher.pt"),
+                                      val_size=5))
+    assert not refused.exists()

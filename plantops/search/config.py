@@ -1,131 +1,153 @@
 """The search's options: the Config dataclass, its presets, and the command line.
 
-``Config`` holds every option (the flags are its field names with dashes) with its help text;
-``--preset`` gives the starting values, ``--config FILE`` (JSON) overrides them, and flags
-override both. ``--resume DIR`` takes the options saved in DIR/config.json.
+``Config`` holds every option (the flags are its field names with dashes) with its help text,
+its group in ``--help`` and, for the options that take a word, its choices. Its defaults are
+the ``quick`` preset's, the one that applies when no ``--preset`` is given; ``--preset paper``
+changes the values in ``PRESETS["paper"]``. ``--config FILE`` (JSON) overrides the preset,
+and flags override both. ``--resume DIR`` takes the options saved in DIR/config.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
+import re
+import sys
 from pathlib import Path
 from typing import Optional
 
 from plantops import data as datasets
 from plantops.engine import CACHE_DTYPES, PRECISIONS
 
+GROUPS = {
+    "data": "data and output",
+    "networks": "teacher and initial network",
+    "planting": "planting",
+    "training": "training (every network)",
+    "speed": "speed (same results up to float rounding, unless said)",
+    "table": "the paper's comparison table",
+}
+
+
+def option(default, help: str, group: str, choices=None):
+    return dataclasses.field(default=default, metadata=dict(help=help, group=group,
+                                                            choices=choices))
+
+
 @dataclasses.dataclass
 class Config:
-    """Every option of the search; the command-line flags are these names with dashes."""
+    """Every option of the search; the command-line flags are these names with dashes.
+    The defaults are the ``quick`` preset (a reduced protocol for a 2-core CPU)."""
 
-    dataset: str = dataclasses.field(default="cifar10", metadata=dict(
-        help="cifar10, cifar100, stl10 or folder (train/<class>/*, test/<class>/*)"))
-    data: Optional[str] = dataclasses.field(default=None, metadata=dict(
-        help="where the dataset is: its folder, archive, or the folder holding it"))
-    out: str = dataclasses.field(default="runs/search", metadata=dict(help="output folder"))
-    device: str = dataclasses.field(default="auto", metadata=dict(help="cpu, cuda, or auto"))
-    seed: int = dataclasses.field(default=0, metadata=dict(help="seed of every random choice"))
-    split_seed: Optional[int] = dataclasses.field(default=None, metadata=dict(
-        help="seed of the train/validation split and of --train-subset (default: --seed); fix "
-             "it to rerun with other seeds on the same validation set, e.g. reusing a "
-             "teacher.pt and initial.pt"))
-    download: bool = dataclasses.field(default=True, metadata=dict(
-        help="download an official dataset that is missing (checksum verified)"))
-    train_subset: int = dataclasses.field(default=0, metadata=dict(
-        help="use this many training images (stratified, seeded); 0 = all"))
-    val_size: int = dataclasses.field(default=5000, metadata=dict(
-        help="validation images held out of the training set (images)"))
-    teacher_width: int = dataclasses.field(default=128, metadata=dict(help="Teacher[k] conv width"))
-    teacher_epochs: int = dataclasses.field(default=100, metadata=dict(help="teacher epochs"))
-    teacher: Optional[str] = dataclasses.field(default=None, metadata=dict(
-        help="reuse a trained teacher: a teacher.pt from an earlier --out"))
-    init_width: int = dataclasses.field(default=8, metadata=dict(help="initial Student[k] width"))
-    init_epochs: int = dataclasses.field(default=100, metadata=dict(help="initial network epochs"))
-    init_loss: str = dataclasses.field(default="kd", metadata=dict(
-        help="initial network loss: kd (distillation) or ce (labels)"))
-    plant_channels: int = dataclasses.field(default=4, metadata=dict(
-        help="channels planted per candidate (p)"))
-    plant_epochs: int = dataclasses.field(default=30, metadata=dict(
-        help="epochs of training the planted channels of each candidate"))
-    plant_fc1: bool = dataclasses.field(default=False, metadata=dict(
-        help="let fc1 be planted too (adds fc1 outputs and fc2 inputs)"))
-    plant_init: str = dataclasses.field(default="preserve", metadata=dict(
-        help="preserve: new outgoing weights start at zero (a candidate starts exactly at its "
-             "parent); random: default init for them too"))
-    max_rounds: int = dataclasses.field(default=20, metadata=dict(help="planting rounds at most"))
-    max_params: int = dataclasses.field(default=0, metadata=dict(
-        help="skip candidates above this many parameters; 0 = no budget"))
-    select_on: str = dataclasses.field(default="loss", metadata=dict(
-        help="validation criterion: loss (cross-entropy) or kd_loss (distillation loss)"))
-    batch_size: int = dataclasses.field(default=128, metadata=dict(help="images per step"))
-    lr: float = dataclasses.field(default=0.01, metadata=dict(help="SGD learning rate"))
-    momentum: float = dataclasses.field(default=0.9, metadata=dict(help="SGD momentum"))
-    weight_decay: float = dataclasses.field(default=5e-4, metadata=dict(help="SGD weight decay"))
-    lr_decay: float = dataclasses.field(default=0.2, metadata=dict(
-        help="lr multiplier after each third of every training run"))
-    temperature: float = dataclasses.field(default=1.0, metadata=dict(
-        help="distillation temperature (the poster's L_KL has none, i.e. 1; the loss is "
-             "scaled by T^2, so larger T needs a smaller --lr)"))
-    label_weight: float = dataclasses.field(default=0.0, metadata=dict(
-        help="weight of the label cross-entropy mixed into distillation (0 = pure KD)"))
-    precision: str = dataclasses.field(default="float32", metadata=dict(
-        help="training precision: float32, or bfloat16 (forward passes and losses under "
-             "torch.autocast; weights, gradients, optimizer and evaluation stay float32; "
-             "meant for GPUs with bfloat16 units)"))
-    channels_last: Optional[bool] = dataclasses.field(default=None, metadata=dict(
-        help="run the plain networks (teacher, initial network, --table students) in "
-             "channels-last memory layout; auto: on a CPU (training steps 1.3-1.6x faster with "
-             "oneDNN on 2 cores), not on a GPU (0.84-0.94x in float32 on an H100); sums in "
-             "another order, so a long run ends at slightly different numbers. Planting rounds "
-             "run in the planted kernels' own layout"))
-    cuda_graphs: str = dataclasses.field(default="auto", metadata=dict(
-        help="capture each training and evaluation step as a CUDA graph and replay it (one "
-             "launch per step): auto (on with CUDA), on, or off"))
-    cache_teacher: bool = dataclasses.field(default=True, metadata=dict(
-        help="keep the teacher's logits of every augmented view for the whole search: one "
-             "teacher pass per view for all the rounds (off: one per view and round; same "
-             "results, less memory)"))
-    cache_dtype: str = dataclasses.field(default="float32", metadata=dict(
-        help="dtype of the cached teacher logits: float32 (results identical to no cache), "
-             "or float16/bfloat16 (half the memory; rounded logits can change results "
-             "slightly)"))
-    train_together: bool = dataclasses.field(default=True, metadata=dict(
-        help="train a round's candidates together in one pass over the data, sharing the "
-             "parent's forward and their frozen layers' calls (same results up to float "
-             "rounding; faster); off: one candidate after another"))
-    table: bool = dataclasses.field(default=False, metadata=dict(
-        help="also train Student[k] for each --table-widths with cross-entropy and with "
-             "distillation (same epochs as the initial network) and put them, with the "
-             "paper's numbers, in the results table and plot"))
-    table_widths: str = dataclasses.field(default="16,32,64", metadata=dict(
-        help="comma-separated Student[k] widths for --table"))
-    compare_with: str = dataclasses.field(default="auto", metadata=dict(
-        help="whose paper table to print beside ours: cifar10, cifar100, stl10, none, or auto "
-             "(the dataset's own; none for an image folder)"))
-    cache_dir: Optional[str] = dataclasses.field(default=None, metadata=dict(
-        help="where decoded datasets are cached (default ~/.cache/plantops or $PLANTOPS_CACHE)"))
+    dataset: str = option("cifar10", "the dataset's format: cifar10, cifar100, stl10 (the "
+                          "official versions) or folder (train/<class>/*, test/<class>/*)",
+                          "data", tuple(datasets.FORMATS))
+    data: Optional[str] = option(None, "where the dataset is: its folder, archive, or the "
+                                 "folder holding it", "data")
+    out: str = option("runs/search", "output folder", "data")
+    device: str = option("auto", "where to train: cpu, cuda, cuda:N, or auto (cuda if there "
+                         "is one)", "data")
+    seed: int = option(0, "seed of every random choice", "data")
+    split_seed: Optional[int] = option(
+        None, "seed of the train/validation split and of --train-subset (unset: --seed's); "
+        "fix it to rerun with other seeds on the same validation set, e.g. reusing a "
+        "teacher.pt and initial.pt", "data")
+    download: bool = option(True, "download an official dataset that is missing (checksum "
+                            "verified)", "data")
+    train_subset: int = option(8000, "use this many training images (stratified, seeded); "
+                               "0 = all", "data")
+    val_size: int = option(2000, "validation images held out of the training set", "data")
+    cache_dir: Optional[str] = option(None, "where decoded datasets are cached (unset: "
+                                      "$PLANTOPS_CACHE or ~/.cache/plantops)", "data")
+    teacher_width: int = option(64, "Teacher[k] conv width", "networks")
+    teacher_epochs: int = option(15, "teacher epochs", "networks")
+    teacher: Optional[str] = option(None, "reuse a trained teacher: a teacher.pt from an "
+                                    "earlier --out", "networks")
+    init_width: int = option(8, "initial Student[k] width", "networks")
+    init_epochs: int = option(15, "initial network epochs (and the --table students')",
+                              "networks")
+    init_loss: str = option("kd", "initial network loss: kd (distillation) or ce (labels)",
+                            "networks", ("kd", "ce"))
+    plant_channels: int = option(4, "channels planted per candidate (p)", "planting")
+    plant_epochs: int = option(12, "epochs of training the planted channels of each "
+                               "candidate", "planting")
+    plant_fc1: bool = option(False, "let fc1 be planted too (adds fc1 outputs and fc2 inputs)",
+                             "planting")
+    plant_init: str = option("preserve", "preserve: new outgoing weights start at zero (a "
+                             "candidate starts exactly at its parent); random: default init "
+                             "for them too", "planting", ("preserve", "random"))
+    max_rounds: int = option(3, "planting rounds at most", "planting")
+    max_params: int = option(0, "skip candidates above this many parameters; 0 = no budget",
+                             "planting")
+    select_on: str = option("loss", "validation criterion: loss (cross-entropy) or kd_loss "
+                            "(distillation loss)", "planting", ("loss", "kd_loss"))
+    batch_size: int = option(128, "images per step", "training")
+    lr: float = option(0.05, "SGD learning rate", "training")
+    momentum: float = option(0.9, "SGD momentum", "training")
+    weight_decay: float = option(5e-4, "SGD weight decay", "training")
+    lr_decay: float = option(0.2, "lr multiplier after each third of every training run",
+                             "training")
+    temperature: float = option(1.0, "distillation temperature (the poster's L_KL has none, "
+                                "i.e. 1; the loss is scaled by T^2, so larger T needs a "
+                                "smaller --lr)", "training")
+    label_weight: float = option(0.0, "weight of the label cross-entropy mixed into "
+                                 "distillation (0 = pure KD)", "training")
+    precision: str = option("float32", "training precision: float32, or bfloat16 (forward "
+                            "passes and losses under torch.autocast; weights, gradients, "
+                            "optimizer and evaluation stay float32; for GPUs with bfloat16 "
+                            "units; changes results slightly)", "training", PRECISIONS)
+    channels_last: Optional[bool] = option(
+        None, "run the plain networks (teacher, initial network, --table students) in "
+        "channels-last memory layout; unset: on a CPU (their training steps 1.3-1.6x faster "
+        "with oneDNN on 2 cores), not on a GPU (0.84-0.94x on an H100). Planting rounds run "
+        "in the planted kernels' own layout", "speed")
+    cuda_graphs: str = option("auto", "capture each training and evaluation step as a CUDA "
+                              "graph and replay it (one launch per step): auto (on with "
+                              "CUDA), on, or off", "speed", ("auto", "on", "off"))
+    cache_teacher: bool = option(True, "keep the teacher's logits of every augmented view in "
+                                 "memory for the whole search (they are computed once and "
+                                 "saved in the output folder; off: reloaded from there for "
+                                 "each round, less memory)", "speed")
+    cache_dtype: str = option("float32", "dtype of the cached teacher logits: float32, or "
+                              "float16/bfloat16 (half the memory; the rounded logits change "
+                              "results slightly)", "speed", tuple(CACHE_DTYPES))
+    train_together: bool = option(True, "train a round's candidates together in one pass "
+                                  "over the data, sharing the parent's forward and their "
+                                  "frozen layers' calls; off: one candidate after another",
+                                  "speed")
+    table: bool = option(False, "also train Student[k] for each --table-widths with "
+                         "cross-entropy and with distillation (--init-epochs) and put them, "
+                         "with the paper's numbers, in the results table and plot", "table")
+    table_widths: str = option("16,32,64", "comma-separated Student[k] widths for --table",
+                               "table")
+    compare_with: str = option("auto", "whose paper table to print beside ours: cifar10, "
+                               "cifar100, stl10, none, or auto (the dataset's own; none for "
+                               "an image folder)", "table",
+                               ("auto", "cifar10", "cifar100", "stl10", "none"))
 
     def validate(self):
-        choices = dict(dataset=tuple(datasets.FORMATS), init_loss=("kd", "ce"),
-                       plant_init=("preserve", "random"), select_on=("loss", "kd_loss"),
-                       compare_with=("auto", "cifar10", "cifar100", "stl10", "none"),
-                       cache_dtype=tuple(CACHE_DTYPES), precision=PRECISIONS,
-                       cuda_graphs=("auto", "on", "off"))
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
-                                 f"got {getattr(self, name)!r}")
-        positive = ("teacher_width", "init_width", "plant_channels", "batch_size", "val_size")
-        for name in positive:
+        for f in dataclasses.fields(self):
+            allowed = f.metadata["choices"]
+            if allowed and getattr(self, f.name) not in allowed:
+                raise ValueError(f"{flag(f.name)} must be one of {', '.join(allowed)}, "
+                                 f"got {getattr(self, f.name)!r}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
+            raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        for name in ("teacher_width", "init_width", "plant_channels", "batch_size", "val_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("teacher_epochs", "init_epochs", "plant_epochs", "max_rounds",
-                     "train_subset", "max_params", "seed", "split_seed"):
+                raise ValueError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
+        # Every phase that trains needs an epoch: 0 would run for minutes and change nothing.
+        for name in ("init_epochs", "plant_epochs") + (() if self.teacher else ("teacher_epochs",)):
+            if getattr(self, name) < 1:
+                hint = " (or --teacher FILE to reuse a trained one)" if name == "teacher_epochs" else ""
+                raise ValueError(f"{flag(name)} must be >= 1, got {getattr(self, name)}: a "
+                                 f"network trained for 0 epochs does not change{hint}")
+        for name in ("max_rounds", "train_subset", "max_params", "seed", "split_seed"):
             value = getattr(self, name)
             if value is not None and value < 0:  # split_seed None: --seed's
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+                raise ValueError(f"{flag(name)} must be >= 0, got {value}")
         if not 0 <= self.label_weight <= 1:
             raise ValueError(f"--label-weight must be in [0, 1], got {self.label_weight}")
         try:
@@ -140,23 +162,30 @@ class Config:
         return self
 
 
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 PRESETS = {
-    # Reduced protocol for a 2-core CPU (about ten minutes with the data present).
-    "quick": dict(train_subset=8000, val_size=2000, teacher_width=64, teacher_epochs=15,
-                  init_epochs=15, plant_epochs=12, max_rounds=3, lr=0.05),
-    # The first author's training recipe of the period (METHOD.md): 100 epochs, SGD 0.01.
+    # Config's own defaults: a reduced protocol for a 2-core CPU.
+    "quick": {},
+    # The first author's training recipe of the period (docs/method.md): all the training
+    # images, Teacher[128], 100 epochs, SGD 0.01, 30 epochs per candidate, up to 20 rounds.
     "paper": dict(train_subset=0, val_size=5000, teacher_width=128, teacher_epochs=100,
                   init_epochs=100, plant_epochs=30, max_rounds=20, lr=0.01),
 }
 
 
-def config_from_dict(values: dict, base: Config | None = None) -> Config:
-    """A Config from a mapping of option names; unknown names are rejected."""
-    known = {f.name for f in dataclasses.fields(Config)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)}; known options: "
-                         f"{', '.join(sorted(known))}")
+def config_from_dict(values: dict, base: Config | None = None, source: str = "") -> Config:
+    """A Config from a mapping of option names; unknown names are rejected with the closest
+    known one. ``source`` names where the mapping came from, for the error."""
+    known = [f.name for f in dataclasses.fields(Config)]
+    for name in values:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else \
+                f"; known options: {', '.join(known)}"
+            raise ValueError(f"{source + ': ' if source else ''}unknown option {name!r}{hint}")
     return dataclasses.replace(base or Config(), **values)
 
 
@@ -166,36 +195,66 @@ def shown(f: dataclasses.Field, value):
 
 
 def options_table() -> str:
-    """The README's table of options, from Config (tests/test_search.py keeps them equal)."""
-    rows = ["| option | default (`--preset quick`) | `--preset paper` | meaning |",
-            "|---|---|---|---|"]
-    quick, paper = config_from_dict(PRESETS["quick"]), config_from_dict(PRESETS["paper"])
-    for f in dataclasses.fields(Config):
-        rows.append(f"| `--{f.name.replace('_', '-')}` | {shown(f, getattr(quick, f.name))} | "
-                    f"{shown(f, getattr(paper, f.name))} | {f.metadata['help']} |")
-    return "\n".join(rows)
+    """The README's tables of options, one per group, from Config (tests/test_search.py
+    keeps the README equal to it)."""
+    quick, paper = Config(), config_from_dict(PRESETS["paper"])
+    lines = []
+    for group, title in GROUPS.items():
+        lines += ["", f"*{title.capitalize()}*", "", "| option | default | `--preset paper` | meaning |",
+                  "|---|---|---|---|"]
+        for f in dataclasses.fields(Config):
+            if f.metadata["group"] != group:
+                continue
+            default, other = shown(f, getattr(quick, f.name)), shown(f, getattr(paper, f.name))
+            lines.append(f"| `{flag(f.name)}` | {default} | {other if other != default else ''}"
+                         f" | {f.metadata['help']} |")
+    return "\n".join(lines[1:])
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (what was wrong, and --help) and exit code 2."""
+
+    def error(self, message):
+        print(f"error: {message}; see python -m plantops.search --help", file=sys.stderr)
+        sys.exit(2)
+
+
+def _help(f: dataclasses.Field) -> str:
+    paper = getattr(config_from_dict(PRESETS["paper"]), f.name)
+    text = f.metadata["help"]
+    if f.default is not None:
+        text += f" (default {shown(f, f.default)}"
+        text += f"; --preset paper: {paper})" if paper != f.default else ")"
+    return text.replace("%", "%%")
 
 
 def parse_args(argv=None, description: str = "") -> Config:
-    parser = argparse.ArgumentParser(
-        prog="python -m plantops.search", description=description,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                        help="starting values of every option (default quick): " +
-                        "; ".join(f"{k}: {v}" for k, v in PRESETS.items()))
-    parser.add_argument("--config", help="JSON file of options (same names, dashes or "
-                        "underscores); command-line flags override it")
-    parser.add_argument("--resume", metavar="DIR", help="continue the search saved in DIR")
+    parser = _Parser(prog="python -m plantops.search", description=description,
+                     usage="python -m plantops.search [--preset quick|paper] [options]",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    run = parser.add_argument_group("the run")
+    run.add_argument("--preset", choices=sorted(PRESETS), default="quick",
+                     help="starting values of every option: quick (the defaults shown below, a "
+                     "reduced protocol for a 2-core CPU) or paper (the paper's protocol, for "
+                     "a GPU; the values it changes are marked below)")
+    run.add_argument("--config", metavar="FILE", help="JSON file of options (the same names, "
+                     "with dashes or underscores); flags override it")
+    run.add_argument("--resume", metavar="DIR", help="continue the search saved in DIR")
+    groups = {name: parser.add_argument_group(title) for name, title in GROUPS.items()}
     for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
         kind = {"Optional[str]": str, "str": str, "int": int, "Optional[int]": int,
                 "float": float}.get(str(f.type))
+        group = groups[f.metadata["group"]]
         if f.type in ("bool", "Optional[bool]"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=f.metadata["help"] + f" (default {shown(f, f.default)})")
+            group.add_argument(flag(f.name), action=argparse.BooleanOptionalAction,
+                               default=None, help=_help(f))
         else:
-            parser.add_argument(flag, type=kind, default=None,
-                                help=f.metadata["help"] + f" (default {shown(f, f.default)})")
+            metavar = {"int": "N", "Optional[int]": "N", "float": "X"}.get(
+                str(f.type), "PATH" if f.name in ("data", "out", "cache_dir", "teacher")
+                else f.name.upper())
+            group.add_argument(flag(f.name), type=kind, default=None, help=_help(f),
+                               choices=f.metadata["choices"],
+                               metavar=None if f.metadata["choices"] else metavar)
     args = parser.parse_args(argv)
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
              if getattr(args, f.name) is not None}
@@ -205,9 +264,24 @@ def parse_args(argv=None, description: str = "") -> Config:
             raise FileNotFoundError(f"--resume {args.resume}: no config.json there; pass the "
                                     "--out folder of the search to continue")
         saved = json.loads(saved_path.read_text())["config"]
-        return config_from_dict({**saved, **flags, "out": args.resume}).validate()
+        return config_from_dict({**saved, **flags, "out": args.resume}, source=str(saved_path)
+                                ).validate()
     cfg = config_from_dict(PRESETS[args.preset])
     if args.config:
-        loaded = json.loads(Path(args.config).read_text())
-        cfg = config_from_dict({k.replace("-", "_"): v for k, v in loaded.items()}, cfg)
+        cfg = config_from_dict(read_config_file(Path(args.config)), cfg, source=args.config)
     return config_from_dict(flags, cfg).validate()
+
+
+def read_config_file(path: Path) -> dict:
+    """The options of a --config JSON file, with underscores; errors name the file."""
+    try:
+        loaded = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--config {path}: no such file") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--config {path}: not valid JSON (line {err.lineno} column "
+                         f"{err.colno}: {err.msg})") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"--config {path}: expected a JSON object of options, got "
+                         f"{type(loaded).__name__}")
+    return {k.replace("-", "_"): v for k, v in loaded.items()}

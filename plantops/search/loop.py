@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,8 +27,10 @@ from plantops import engine, models
 from plantops.data import DeviceData, ViewSchedule
 from plantops.engine import CACHE_DTYPES, Schedule
 from plantops.planted_round import PlantedRound
+from plantops.progress import Progress
 from plantops.search.checkpoints import (Log, atomic_write, candidate_stem, code_version,
-                                         load_network, save_network, teacher_path, write_json)
+                                         load_network, load_partial, save_network, save_partial,
+                                         teacher_path, write_json)
 from plantops.search.config import Config
 
 NORMALIZATION = {  # per-channel mean and std of the training images
@@ -124,16 +127,17 @@ class Search:
     def __init__(self, cfg: Config, data: SearchData | None = None):
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "candidates").mkdir(exist_ok=True)
         self.device = resolve_device(cfg.device)
         self.graphs = engine.use_graphs(cfg.cuda_graphs, self.device)
         self.layout = layout(cfg, self.device)
+        # The data first: a run that cannot start leaves no output folder behind.
+        self.data = data or prepare_data(cfg, self.device)
+        self.created = not self.out.exists()
+        (self.out / "candidates").mkdir(parents=True, exist_ok=True)
         write_json(self.out / "config.json", dict(
             config=dataclasses.asdict(cfg), plantops=plantops.__version__, code=code_version(),
             torch=torch.__version__, device=str(self.device)))
         self.log = Log(self.out / "log.jsonl")
-        self.data = data or prepare_data(cfg, self.device)
         self.schedule = functools.partial(training_schedule, cfg)
         self.eval_views = {split: ViewSchedule(getattr(self.data, split), EVAL_BATCH)
                            for split in ("val", "test")}
@@ -158,13 +162,23 @@ class Search:
         kept for every later run with the same views)."""
         tables = self._teacher_tables.get(id(views))
         if tables is None:
+            # Kept on disk too, so that a resumed search does not run the teacher again.
+            path = self.out / "teacher_logits" / f"epochs_{views.epochs}.pt"
             start = time.perf_counter()
-            tables = engine.teacher_logits(self.teacher_net, views,
-                                           CACHE_DTYPES[self.cfg.cache_dtype], self.cfg.precision)
+            if path.is_file():
+                tables = torch.load(path, map_location=self.device, weights_only=True)
+                how = "loaded"
+            else:
+                tables = engine.teacher_logits(self.teacher_net, views,
+                                               CACHE_DTYPES[self.cfg.cache_dtype],
+                                               self.cfg.precision)
+                path.parent.mkdir(exist_ok=True)
+                atomic_write(path, lambda p: torch.save(tables, p))
+                how = "computed"
             seconds = self._add_seconds("teacher logits", start)
             print(f"teacher logits: {views.epochs} epochs of views, "
                   f"{engine.table_nbytes(tables) / 1e6:.1f} MB of {self.cfg.cache_dtype}, "
-                  f"{seconds:.1f}s")
+                  f"{how} in {seconds:.1f}s")
             if self.cfg.cache_teacher:
                 self._teacher_tables[id(views)] = tables
         return tables
@@ -173,6 +187,29 @@ class Search:
         seconds = time.perf_counter() - start
         self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
         return seconds
+
+    def fit(self, name: str, label: str, forward, params, epochs: int, loss: str,
+            count: int = 1, teacher=None):
+        """Trains ``params`` for ``epochs`` epochs through the engine, with a checkpoint at the
+        end of every epoch (out/partial/NAME.pt: the parameters, SGD's momentum, the epoch;
+        the views are the epoch's own): a run killed and resumed redoes at most the epoch it
+        was in."""
+        cfg = self.cfg
+        views = self.views(epochs)
+        training = engine.Training(forward, params, views, self.schedule(epochs), loss,
+                                   count=count, teacher=teacher, temperature=cfg.temperature,
+                                   alpha=cfg.label_weight, graphs=self.graphs)
+        partial = self.out / "partial" / f"{name}.pt"
+        start = load_partial(partial, params, training.sgd)
+        progress = Progress(label, epochs, views.steps_per_epoch, start)
+        try:
+            for epoch in range(start, epochs):
+                report = training.epoch(epoch, progress.step)
+                save_partial(partial, epoch + 1, params, training.sgd)
+                progress.epoch_done(epoch, report.losses)
+        finally:
+            progress.close()
+        return partial
 
     def evaluate(self, network, split: str, count: int = 1) -> list[dict]:
         """``engine.evaluate`` on ``split``; a plain network runs through its frozen layers."""
@@ -200,18 +237,17 @@ class Search:
         torch.manual_seed(cfg.seed)
         net = models.student(width, self.data.arch, self.data.classes).to(
             self.device, memory_format=self.layout)
-        views = self.views(epochs)
-        teacher = self.teacher_table(views) if loss == "kd" else None
+        teacher = self.teacher_table(self.views(epochs)) if loss == "kd" else None
         net.train()
-        engine.fit(net, list(net.parameters()), views, self.schedule(epochs), loss,
-                   teacher=teacher, temperature=cfg.temperature, alpha=cfg.label_weight,
-                   graphs=self.graphs)
+        partial = self.fit(path.stem, kind, net, list(net.parameters()), epochs, loss,
+                           teacher=teacher)
         net.eval()
         val, = self.evaluate(net, "val")
         test, = self.evaluate(net, "test")
         seconds = time.perf_counter() - start
         meta = dict(kind=kind, loss_fn=loss, val=val, test=test, seconds=seconds)
         save_network(path, net, meta)
+        partial.unlink(missing_ok=True)
         self.log.add(dict(kind=kind, round=0, layer=None, widths=net.widths,
                           fc_width=net.fc_width, params=models.count_params(net),
                           val_loss=val["loss"], val_acc=val["acc"], seconds=seconds))
@@ -323,7 +359,7 @@ class Search:
         one's result, None for a candidate above --max-params."""
         cfg = self.cfg
         layers = models.plantable_layers(cfg.plant_fc1)
-        results, todo = {}, {}
+        results, eligible = {}, {}
         for layer in layers:
             stem = candidate_stem(self.out, rnd, layer)
             name = models.LAYER_NAMES[layer]
@@ -332,7 +368,6 @@ class Search:
                 print(line("candidate", f"r{rnd} +{cfg.plant_channels} {name}",
                            results[layer]["params"], results[layer]["val"],
                            results[layer]["seconds"], "(from checkpoint)"))
-                continue
             generator = torch.Generator().manual_seed(candidate_seed(cfg, rnd, layer))
             candidate = models.plant(current.cpu(), layer, cfg.plant_channels, cfg.plant_init,
                                      generator).to(self.device)
@@ -343,26 +378,33 @@ class Search:
                       f"above --max-params {cfg.max_params:,}, skipped")
                 results[layer] = None
                 continue
-            todo[layer] = candidate
-        if todo:
-            views = self.views(cfg.plant_epochs)
-            teacher = self.teacher_table(views)
-            groups = [todo] if cfg.train_together else [{k: v} for k, v in todo.items()]
-            for group in groups:
-                start = time.perf_counter()
-                round_op = PlantedRound(current, group)
-                engine.fit(round_op, round_op.parameters(), views,
-                           self.schedule(cfg.plant_epochs), "kd", count=len(round_op),
-                           teacher=teacher, temperature=cfg.temperature,
-                           alpha=cfg.label_weight, graphs=self.graphs)
-                vals = self.evaluate(round_op, "val", len(round_op))
-                # One pass trained them all: each is charged an equal share of its time.
-                seconds = (time.perf_counter() - start) / len(group)
-                for layer, val in zip(round_op.layers, vals):
-                    results[layer] = self.save_candidate(rnd, layer, group[layer], val, seconds)
+            eligible[layer] = candidate
+        groups = [eligible] if cfg.train_together else [{k: v} for k, v in eligible.items()]
+        for group in groups:
+            if all(results.get(layer) is not None for layer in group):
+                continue  # trained and saved before an interruption
+            # A group is always all its candidates (those saved before an interruption too):
+            # the same group trains the same way, and its epoch checkpoint is kept until every
+            # member is saved.
+            start = time.perf_counter()
+            round_op = PlantedRound(current, group)
+            names = "+".join(models.LAYER_NAMES[layer] for layer in round_op.layers)
+            teacher = self.teacher_table(self.views(cfg.plant_epochs))
+            partial = self.fit(f"r{rnd}_" + "_".join(map(str, round_op.layers)),
+                               f"round {rnd} ({names})", round_op, round_op.parameters(),
+                               cfg.plant_epochs, "kd", count=len(round_op), teacher=teacher)
+            vals = self.evaluate(round_op, "val", len(round_op))
+            # One pass trained them all: each is charged an equal share of its time.
+            total = time.perf_counter() - start
+            note = f"(trained with {len(group) - 1} others in {total:.1f}s)" if len(group) > 1 else ""
+            for layer, val in zip(round_op.layers, vals):
+                if results.get(layer) is None:
+                    results[layer] = self.save_candidate(rnd, layer, group[layer], val,
+                                                         total / len(group), note)
+            partial.unlink(missing_ok=True)
         return [results[layer] for layer in layers]
 
-    def save_candidate(self, rnd, layer, candidate, val, seconds) -> dict:
+    def save_candidate(self, rnd, layer, candidate, val, seconds, note="") -> dict:
         cfg = self.cfg
         stem = candidate_stem(self.out, rnd, layer)
         name = models.LAYER_NAMES[layer]
@@ -374,7 +416,8 @@ class Search:
         self.log.add(dict(kind="candidate", round=rnd, layer=name, widths=candidate.widths,
                           fc_width=candidate.fc_width, params=params, val_loss=val["loss"],
                           val_acc=val["acc"], val_kd_loss=val["kd_loss"], seconds=seconds))
-        print(line("candidate", f"r{rnd} +{cfg.plant_channels} {name}", params, val, seconds))
+        print(line("candidate", f"r{rnd} +{cfg.plant_channels} {name}", params, val, seconds,
+                   note))
         return result
 
     # ------------------------------------------------------------------------- the report
@@ -413,10 +456,13 @@ class Search:
         result = dict(final=final, initial=initial, teacher=teacher, rounds=rounds,
                       students=student_rows, compare_with=compare, stop_reason=stop_reason,
                       config=dataclasses.asdict(cfg))
-        atomic_write(self.out / "final.pt",
-                     lambda p: torch.save(final_net.cpu().to_sequential(), p))
+        train = self.data.train
+        exported = final_net.cpu().to_sequential(train.mean.cpu(), train.std.cpu())
+        atomic_write(self.out / "final.pt", lambda p: torch.save(exported, p))
         report.write_results(self.out, result)
-        self._add_seconds("report", start)
+        seconds = self._add_seconds("report", start)
+        print(f"report: results.md, accuracy_vs_params.png, final.pt, result.json "
+              f"({seconds:.1f}s)")
         result["seconds"] = dict(self.seconds)
         write_json(self.out / "result.json", result)
         print(f"done: {final['network']} {models.PlantNet.describe(final_net)} "
@@ -426,6 +472,16 @@ class Search:
         return result
 
     def run(self) -> dict:
+        try:
+            return self._run()
+        except (ValueError, FileNotFoundError, datasets.DataError):
+            # Refused before anything was trained (a teacher of another dataset, say): remove
+            # the folder this run made, rather than leave one that holds nothing to resume.
+            if self.created and not any(self.out.glob("*.pt")):
+                shutil.rmtree(self.out, ignore_errors=True)
+            raise
+
+    def _run(self) -> dict:
         cfg = self.cfg
         print(f"plantops {plantops.__version__}: {cfg.dataset} ({self.data.arch}), "
               f"{len(self.data.train)} train / {len(self.data.val)} val / {len(self.data.test)} "

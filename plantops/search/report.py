@@ -67,23 +67,48 @@ def results_table(result: dict, paper: list[dict] | None = None) -> str:
 
 
 def plot(points: list[tuple[str, float, float]], path: Path, title: str,
-         curves: dict[str, list[tuple[float, float]]] | None = None):
-    """points: (label, params, test accuracy); curves: name -> [(params, acc)] joined by lines."""
+         curves: dict[str, list[tuple[float, float]]] | None = None,
+         teacher: tuple[str, float, float] | None = None):
+    """points: (label, params, test accuracy); curves: name -> [(params, acc)] joined by lines.
+
+    The axes frame the students (points and curves). The teacher, usually 10-40x their size,
+    is marked apart: a dashed line at its accuracy, or a note at the top edge when its
+    accuracy is above the frame, with its size in the label."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    xs, ys = [], []
     for name, pts in (curves or {}).items():
         pts = sorted(pts)
         ax.plot([p / 1000 for p, _ in pts], [a * 100 for _, a in pts], "o-", label=name)
+        xs += [p / 1000 for p, _ in pts]
+        ys += [a * 100 for _, a in pts]
     for label, params, acc in points:
         # Small black dots on top of the curves: a colour of their own would read as a curve's.
         ax.scatter([params / 1000], [acc * 100], s=8, color="black", zorder=3)
         ax.annotate(label, (params / 1000, acc * 100), textcoords="offset points",
                     xytext=(4, -10), fontsize=7)
+        xs.append(params / 1000)
+        ys.append(acc * 100)
     ax.set_xscale("log")
+    if xs:
+        ax.set_xlim(min(xs) / 1.15, max(xs) * 1.15)
+        span = max(max(ys) - min(ys), 1.0)
+        low, high = min(ys) - 0.15 * span, max(ys) + 0.15 * span
+        if teacher is not None and teacher[2] * 100 <= high + 0.5 * span:
+            high = max(high, teacher[2] * 100 + 0.08 * span)
+        ax.set_ylim(low, high)
+    if teacher is not None:
+        label, params, acc = teacher
+        text = f"{label} ({params / 1000:.1f}K params): {acc * 100:.2f}%"
+        if acc * 100 <= ax.get_ylim()[1]:
+            ax.axhline(acc * 100, color="gray", linestyle="--", linewidth=1, label=text)
+        else:
+            ax.annotate(text + " (above)", xy=(0.99, 0.98), xycoords="axes fraction",
+                        ha="right", va="top", fontsize=7, color="gray")
     plain = FuncFormatter(lambda value, _: f"{value:g}")  # 20, 30, 40 rather than 2x10^1
     ax.xaxis.set_major_formatter(plain)
     ax.xaxis.set_minor_formatter(plain)
@@ -91,7 +116,7 @@ def plot(points: list[tuple[str, float, float]], path: Path, title: str,
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    if curves:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
@@ -111,10 +136,10 @@ def write_results(out: Path, result: dict):
             pts.append((result["initial"]["params"], result["initial"]["test_acc"]))
         if len(pts) > 1:
             curves[f"Student[k], {loss}"] = pts
-    plot([("teacher", result["teacher"]["params"], result["teacher"]["test_acc"]),
-          ("initial", result["initial"]["params"], result["initial"]["test_acc"]), *planted],
+    teacher = result["teacher"]
+    plot([("initial", result["initial"]["params"], result["initial"]["test_acc"]), *planted],
          out / "accuracy_vs_params.png", f"{cfg['dataset']}: planting from Student[{cfg['init_width']}]",
-         curves=curves)
+         curves=curves, teacher=(teacher["network"], teacher["params"], teacher["test_acc"]))
     text = [f"# Channel planting on {cfg['dataset']}", "",
             "Test loss is the test cross-entropy (the paper's \"Test Err.\").", "",
             results_table(result), "",
