@@ -50,6 +50,21 @@ void forward(const Geometry& g, const std::string& dtype, std::uintptr_t x,
   });
 }
 
+bool forward_relu_pool(const Geometry& g, const std::string& dtype, std::uintptr_t x,
+                       std::uintptr_t w_frozen, std::uintptr_t b_frozen, std::uintptr_t w_in,
+                       std::uintptr_t w_out, std::uintptr_t b_out, std::uintptr_t x_planted,
+                       std::uintptr_t out, int nthreads) {
+  check(g);
+  bool done = false;
+  by_dtype(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    done = plantops::cpu::forward_relu_pool<T>(
+        g, in_ptr<T>(x), in_ptr<T>(x_planted), in_ptr<T>(w_frozen), in_ptr<T>(b_frozen),
+        in_ptr<T>(w_in), in_ptr<T>(w_out), in_ptr<T>(b_out), out_ptr<T>(out), nthreads);
+  });
+  return done;
+}
+
 void input_grad(const Geometry& g, const std::string& dtype, std::uintptr_t grad_out,
                 std::uintptr_t w_frozen, std::uintptr_t w_in, std::uintptr_t w_out,
                 int64_t c_begin, int64_t c_end, std::uintptr_t grad_x, int nthreads) {
@@ -124,6 +139,7 @@ PYBIND11_MODULE(_C, m) {
   bind_geometry(m);
   const auto release = py::call_guard<py::gil_scoped_release>();
   m.def("forward", &forward, release);
+  m.def("forward_relu_pool", &forward_relu_pool, release);
   m.def("input_grad", &input_grad, release);
   m.def("weight_grad", &weight_grad, release);
   m.def("planted_input_grads", &planted_input_grads, release);

@@ -222,15 +222,23 @@ struct DenseConv {
 
 }  // namespace
 
+// The whole weight [O][C][KH][KW] and bias [O] (zeros where there is none) of the blocks.
+template <typename T>
+void assembled(const Geometry& g, const T* w_frozen, const T* b_frozen, const T* w_in,
+               const T* w_out, const T* b_out, std::vector<T>& w, std::vector<T>& b) {
+  const BlockWeight<T> weight{g, w_frozen, w_in, w_out};
+  w = dense_weight(g, weight, 0, g.C(), false);
+  b.assign(g.O(), T(0));
+  for (int64_t o = 0; o < g.O_f && b_frozen; ++o) b[o] = b_frozen[o];
+  for (int64_t o = 0; o < g.O_p && b_out; ++o) b[g.O_f + o] = b_out[o];
+}
+
 template <typename T>
 void forward(const Geometry& g, const T* x, const T* x_planted, const T* w_frozen,
              const T* b_frozen, const T* w_in, const T* w_out, const T* b_out, T* out,
              int nthreads) {
-  const BlockWeight<T> weight{g, w_frozen, w_in, w_out};
-  const std::vector<T> w = dense_weight(g, weight, 0, g.C(), false);
-  std::vector<T> b(g.O(), T(0));
-  for (int64_t o = 0; o < g.O_f && b_frozen; ++o) b[o] = b_frozen[o];
-  for (int64_t o = 0; o < g.O_p && b_out; ++o) b[g.O_f + o] = b_out[o];
+  std::vector<T> w, b;
+  assembled(g, w_frozen, b_frozen, w_in, w_out, b_out, w, b);
   const Planes<T> in = input_planes(g, x, x_planted);
   if (use_winograd<T>(g, g.PH, g.PW)) {
     winograd::conv(g.N, g.C(), g.H, g.W, g.PH, g.PW, g.O(), in, w.data(), b.data(), out,
@@ -241,6 +249,18 @@ void forward(const Geometry& g, const T* x, const T* x_planted, const T* w_froze
                     g.W + 2 * g.PW);
   conv.load(w.data(), b.data());
   conv.batch(g.N, in, g.H, g.W, g.PH, g.PW, out, nthreads);
+}
+
+template <typename T>
+bool forward_relu_pool(const Geometry& g, const T* x, const T* x_planted, const T* w_frozen,
+                       const T* b_frozen, const T* w_in, const T* w_out, const T* b_out, T* out,
+                       int nthreads) {
+  if (!use_winograd<T>(g, g.PH, g.PW)) return false;
+  std::vector<T> w, b;
+  assembled(g, w_frozen, b_frozen, w_in, w_out, b_out, w, b);
+  return winograd::conv_relu_pool(g.N, g.C(), g.H, g.W, g.PH, g.PW, g.O(),
+                                  input_planes(g, x, x_planted), w.data(), b.data(), out,
+                                  nthreads);
 }
 
 template <typename T>
@@ -413,6 +433,8 @@ bool planted_input_grads(const Geometry& g, const T* grad_out, const T* x, const
 }
 
 #define PLANTOPS_INSTANTIATE(T)                                                              \
+  template bool forward_relu_pool<T>(const Geometry&, const T*, const T*, const T*, const T*,  \
+                                     const T*, const T*, const T*, T*, int);                   \
   template void forward<T>(const Geometry&, const T*, const T*, const T*, const T*, const T*,  \
                            const T*, const T*, T*, int);                                      \
   template void input_grad<T>(const Geometry&, const T*, const T*, const T*, const T*, int64_t, \

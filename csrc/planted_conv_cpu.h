@@ -15,6 +15,14 @@ void forward(const Geometry& g, const T* x, const T* x_planted, const T* w_froze
              const T* b_frozen, const T* w_in, const T* w_out, const T* b_out, T* out,
              int nthreads);
 
+// out[N, O_f+O_p, OH/2, OW/2] = max_pool2d(relu(forward(...)), 2), in one pass, where the
+// Winograd kernels compute the layer and OH, OW are even (for frozen layers: no gradient);
+// returns false, computing nothing, elsewhere.
+template <typename T>
+bool forward_relu_pool(const Geometry& g, const T* x, const T* x_planted, const T* w_frozen,
+                       const T* b_frozen, const T* w_in, const T* w_out, const T* b_out, T* out,
+                       int nthreads);
+
 // grad_x[N, c_end-c_begin, H, W]: the input gradient for input channels [c_begin, c_end) only.
 template <typename T>
 void input_grad(const Geometry& g, const T* grad_out, const T* w_frozen, const T* w_in,

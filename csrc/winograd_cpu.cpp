@@ -19,7 +19,10 @@
 namespace plantops::cpu::winograd {
 namespace {
 
-template <typename T, int OB>
+// Pool: each output tile is a 2x2 max-pool window (OH, OW even; tiles start at output (0, 0)),
+// so the tile's 4 outputs are reduced to max(0, their maximum) before they are stored: out is
+// [N, Cout, OH/2, OW/2], a quarter of the stores, and no pass of its own for the pool.
+template <typename T, int OB, bool Pool>
 void conv_groups(int64_t N, int64_t Cin, const Tiles& tl, int64_t Cout, const Planes<T>& x,
                  const T* weight, const T* bias, T* out, int nthreads) {
   using S = Simd<T>;
@@ -37,11 +40,14 @@ void conv_groups(int64_t N, int64_t Cin, const Tiles& tl, int64_t Cout, const Pl
   // (1 MB together; at least 4 tile rows, since each band interleaves 2 input rows twice): a
   // whole group of 16 samples of 32 channels on 32x32 maps is 2.4 MB each way, and on
   // STL-10's 96x96 maps tens of MB per thread.
-  const int64_t groups = (N + L - 1) / L, OWp = 2 * tl.TW;
-  const int64_t row_bytes = 2 * (Cin * tl.Wp + Cout * OWp) * L * sizeof(T);  // per tile row
+  const int64_t groups = (N + L - 1) / L;
+  // Per tile row: 2 rows of output (of 2 TW pixels each), or 1 of TW pooled pixels.
+  const int64_t OWp = Pool ? tl.TW : 2 * tl.TW, rows_per_tile = Pool ? 1 : 2;
+  const int64_t OHo = Pool ? tl.OH / 2 : tl.OH, OWo = Pool ? tl.OW / 2 : tl.OW;
+  const int64_t row_bytes = (2 * Cin * tl.Wp + rows_per_tile * Cout * OWp) * L * sizeof(T);
   const int64_t band = std::min(tl.TH, std::max<int64_t>((1 << 20) / row_bytes, 4));
-  const int64_t band_in = 2 * band + 2, band_out = 2 * band;  // rows of xs and ys
-  const bool stream = N * Cout * tl.OH * tl.OW * int64_t(sizeof(T)) > (4 << 20);
+  const int64_t band_in = 2 * band + 2, band_out = rows_per_tile * band;  // rows of xs and ys
+  const bool stream = N * Cout * OHo * OWo * int64_t(sizeof(T)) > (4 << 20);
 #pragma omp parallel num_threads(nthreads)
   {
     // One tile's transformed values, V[c][xi] and M[o][xi]: a transform touches 16 adjacent
@@ -72,19 +78,29 @@ void conv_groups(int64_t N, int64_t Cin, const Tiles& tl, int64_t Cout, const Pl
               vec m[16], y[2][2];
               for (int xi = 0; xi < 16; ++xi) m[xi] = S::load(M.get() + (o * 16 + xi) * L);
               output_tile(m, y);
-              T* dst = ys.get() + ((o * band_out + 2 * (ty - ty0)) * OWp + 2 * tx) * L;
-              for (int a = 0; a < 2; ++a)
-                for (int bb = 0; bb < 2; ++bb)
-                  S::store(dst + (a * OWp + bb) * L, y[a][bb] + b[o]);
+              if constexpr (Pool) {
+                // max(y + b) = max(y) + b exactly (adding b rounds monotonically).
+                vec top = y[0][0] > y[0][1] ? y[0][0] : y[0][1];
+                vec bottom = y[1][0] > y[1][1] ? y[1][0] : y[1][1];
+                vec v = (top > bottom ? top : bottom) + b[o];
+                v = v > vec{} ? v : vec{};
+                S::store(ys.get() + ((o * band_out + (ty - ty0)) * OWp + tx) * L, v);
+              } else {
+                T* dst = ys.get() + ((o * band_out + 2 * (ty - ty0)) * OWp + 2 * tx) * L;
+                for (int a = 0; a < 2; ++a)
+                  for (int bb = 0; bb < 2; ++bb)
+                    S::store(dst + (a * OWp + bb) * L, y[a][bb] + b[o]);
+              }
             }
           }
-        const int64_t ny = std::min(tl.OH, 2 * ty1) - 2 * ty0;
+        const int64_t y0 = rows_per_tile * ty0;
+        const int64_t ny = std::min(OHo, rows_per_tile * ty1) - y0;
         if (stream)
-          deinterleave<T, true>(ys.get(), band_out, OWp, N, Cout, tl.OH, tl.OW, grp * L,
-                                2 * ty0, ny, out);
+          deinterleave<T, true>(ys.get(), band_out, OWp, N, Cout, OHo, OWo, grp * L, y0, ny,
+                                out);
         else
-          deinterleave<T, false>(ys.get(), band_out, OWp, N, Cout, tl.OH, tl.OW, grp * L,
-                                 2 * ty0, ny, out);
+          deinterleave<T, false>(ys.get(), band_out, OWp, N, Cout, OHo, OWo, grp * L, y0, ny,
+                                 out);
       }
   }
 }
@@ -100,25 +116,42 @@ int64_t group_size() {
   return Simd<T>::L;
 }
 
+template <typename T, bool Pool>
+void conv_by_tile(int64_t N, int64_t Cin, const Tiles& tl, int64_t Cout, const Planes<T>& x,
+                  const T* weight, const T* bias, T* out, int nthreads) {
+  switch (pick_filters_per_tile(Cout)) {
+    case 4:
+      return conv_groups<T, 4, Pool>(N, Cin, tl, Cout, x, weight, bias, out, nthreads);
+    case 8:
+      return conv_groups<T, 8, Pool>(N, Cin, tl, Cout, x, weight, bias, out, nthreads);
+    case 12:
+      return conv_groups<T, 12, Pool>(N, Cin, tl, Cout, x, weight, bias, out, nthreads);
+    case 16:
+      return conv_groups<T, 16, Pool>(N, Cin, tl, Cout, x, weight, bias, out, nthreads);
+    case 20:
+      return conv_groups<T, 20, Pool>(N, Cin, tl, Cout, x, weight, bias, out, nthreads);
+    default:
+      return conv_groups<T, 24, Pool>(N, Cin, tl, Cout, x, weight, bias, out, nthreads);
+  }
+}
+
 template <typename T>
 void conv(int64_t N, int64_t Cin, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t Cout,
           const Planes<T>& x, const T* weight, const T* bias, T* out, int nthreads) {
   const Tiles tl(H, W, ph, pw);
   if (N == 0 || Cout == 0 || tl.OH <= 0 || tl.OW <= 0) return;
-  switch (pick_filters_per_tile(Cout)) {
-    case 4:
-      return conv_groups<T, 4>(N, Cin, tl, Cout, x, weight, bias, out, nthreads);
-    case 8:
-      return conv_groups<T, 8>(N, Cin, tl, Cout, x, weight, bias, out, nthreads);
-    case 12:
-      return conv_groups<T, 12>(N, Cin, tl, Cout, x, weight, bias, out, nthreads);
-    case 16:
-      return conv_groups<T, 16>(N, Cin, tl, Cout, x, weight, bias, out, nthreads);
-    case 20:
-      return conv_groups<T, 20>(N, Cin, tl, Cout, x, weight, bias, out, nthreads);
-    default:
-      return conv_groups<T, 24>(N, Cin, tl, Cout, x, weight, bias, out, nthreads);
-  }
+  conv_by_tile<T, false>(N, Cin, tl, Cout, x, weight, bias, out, nthreads);
+}
+
+template <typename T>
+bool conv_relu_pool(int64_t N, int64_t Cin, int64_t H, int64_t W, int64_t ph, int64_t pw,
+                    int64_t Cout, const Planes<T>& x, const T* weight, const T* bias, T* out,
+                    int nthreads) {
+  const Tiles tl(H, W, ph, pw);
+  if (tl.OH < 2 || tl.OW < 2 || tl.OH % 2 || tl.OW % 2) return false;
+  if (N > 0 && Cout > 0)
+    conv_by_tile<T, true>(N, Cin, tl, Cout, x, weight, bias, out, nthreads);
+  return true;
 }
 
 // One element xi = 4 I + J of the transforms, computed alone from the tile at `at` (rows
@@ -264,6 +297,8 @@ void weight_grad(int64_t N, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_
   template int64_t group_size<T>();                                                            \
   template void conv<T>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,         \
                         const Planes<T>&, const T*, const T*, T*, int);                        \
+  template bool conv_relu_pool<T>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,        \
+                                  int64_t, const Planes<T>&, const T*, const T*, T*, int);     \
   template void weight_grad<T>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,           \
                                const Planes<T>&, const T*, int64_t, int64_t, int64_t, int64_t, \
                                T*, int);

@@ -27,6 +27,15 @@ template <typename T>
 void conv(int64_t N, int64_t Cin, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t Cout,
           const Planes<T>& x, const T* weight, const T* bias, T* out, int nthreads);
 
+// out[N, Cout, OH / 2, OW / 2] = max_pool2d(relu(conv(...) + bias), 2) of that convolution in one
+// pass (for frozen layers that need no gradient): each 2x2 output tile is a pool window.
+// Returns false, computing nothing, when OH or OW is odd. NaN outputs are not propagated as
+// max_pool2d propagates them.
+template <typename T>
+bool conv_relu_pool(int64_t N, int64_t Cin, int64_t H, int64_t W, int64_t ph, int64_t pw,
+                    int64_t Cout, const Planes<T>& x, const T* weight, const T* bias, T* out,
+                    int nthreads);
+
 // grad_w[o_end-o_begin, c_end-c_begin, 3, 3]: the weight gradient of that convolution for
 // output channels [o_begin, o_end) of grad_out[N, O, OH, OW] and input channels
 // [c_begin, c_end) of x[N, C, H, W]. Samples are summed in fixed groups in a fixed order, so

@@ -22,7 +22,7 @@ from torch import nn
 
 from plantops.planted_conv import PlantedConv2d, planted_conv2d
 from plantops.planted_linear import PlantedLinear
-from plantops.relu_pool import relu_max_pool2d
+from plantops.relu_pool import conv_relu_max_pool2d, relu_max_pool2d
 
 ARCHS = {
     # input size, convs followed by a 2x2 max pool, spatial size at fc1
@@ -107,8 +107,20 @@ class PlantNet(nn.Module):
         channels-last on a 2-core CPU (Teacher[128], the planted kernels' Winograd)."""
         h = x
         for j in range(6):
-            h = self.activate(j, self.frozen_layer(j, h, backend))
+            h = self.frozen_activated(j, h, backend)
         return self.frozen_layer(6, h, backend)
+
+    @torch.no_grad()
+    def frozen_activated(self, index: int, x, backend: str = "auto"):
+        """``activate(index, frozen_layer(index, x))`` without gradients: a pooling conv's
+        ReLU and max pool fold into its convolution where the kernels can
+        (relu_pool.conv_relu_max_pool2d)."""
+        if index < 5 and index in self.pools:
+            layer = self.convs[index]
+            h = conv_relu_max_pool2d(x, layer.weight, layer.bias, layer.stride, layer.padding,
+                                     backend)
+            return h.flatten(1) if index == 4 else h
+        return self.activate(index, self.frozen_layer(index, x, backend))
 
     def activations(self, x) -> tuple[list, list]:
         """Every layer's input and output, as lists indexed by layer (0-6)."""

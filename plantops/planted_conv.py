@@ -295,6 +295,21 @@ def planted_conv2d(x: Tensor, frozen_weight: Tensor, frozen_bias: Optional[Tenso
         x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, x_planted = (
             t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t
             for t in (x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, x_planted))
+    name, in_weight, out_weight, stride, padding = _prepare(
+        x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride, padding, backend,
+        x_planted)
+    # Plain tensors outside torch.compile take the eager path; compiled graphs, fake and
+    # other subclassed tensors the custom op (same computation, registered with torch).
+    eager = type(x) is Tensor and not torch.compiler.is_compiling()
+    op = _EagerPlantedConv2d.apply if eager else _planted_conv2d_op
+    return op(x, frozen_weight.detach(), None if frozen_bias is None else frozen_bias.detach(),
+              in_weight, out_weight, out_bias, list(stride), list(padding), name, x_planted)
+
+
+def _prepare(x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride, padding,
+             backend, x_planted):
+    """Checks the arguments; returns the backend that runs them, the weight blocks with
+    empty ones for None, and stride and padding as pairs."""
     stride, padding = check_planted_conv_args(x, frozen_weight, frozen_bias, in_weight,
                                               out_weight, out_bias, stride, padding, x_planted)
     o_frozen, i_frozen, kh, kw = frozen_weight.shape
@@ -307,12 +322,7 @@ def planted_conv2d(x: Tensor, frozen_weight: Tensor, frozen_bias: Optional[Tenso
     shape_key = (x.shape[0], channels, out_weight.shape[0] + o_frozen, x.shape[2], x.shape[3],
                  kh, kw, stride, padding)
     name = _backends.resolve(backend, x.device.type, x.dtype, shape_key)
-    # Plain tensors outside torch.compile take the eager path; compiled graphs, fake and
-    # other subclassed tensors the custom op (same computation, registered with torch).
-    eager = type(x) is Tensor and not torch.compiler.is_compiling()
-    op = _EagerPlantedConv2d.apply if eager else _planted_conv2d_op
-    return op(x, frozen_weight.detach(), None if frozen_bias is None else frozen_bias.detach(),
-              in_weight, out_weight, out_bias, list(stride), list(padding), name, x_planted)
+    return name, in_weight, out_weight, stride, padding
 
 
 def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:

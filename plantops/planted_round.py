@@ -5,7 +5,8 @@ A candidate of a round is its parent plus ``p`` channels planted into one layer 
 ``l + 1`` (the reader); everything else is the parent's and frozen. So for one batch, at each
 layer ``j`` of the network:
 
-1. the parent's layer ``j`` runs once, without gradients (its activations feed everything);
+1. the parent's layer ``j`` runs once, without gradients (its activations feed everything;
+   where only they are needed, a pooling conv's ReLU and pool are folded into it);
 2. candidate ``j``'s planted filters run over the parent's input to ``j``: a planted
    convolution with no frozen filters (``planted_conv2d``, gradients for the filters only);
 3. the candidates planted before ``j - 1`` have all their channels from here on, and layer
@@ -100,10 +101,15 @@ class PlantedRound:
         stack = None          # the stacked candidates' input to layer j
         planted = None        # candidate j-1's planted channels, activated
         for j in range(7):
-            parent_out = None
-            if j < 6 or j - 1 in self.candidates:  # the parent's logits only for fc1's reader
+            # The parent's output of layer j is needed by candidate j-1's reader (its logits by
+            # fc1's only); otherwise only its activation is, and a pooling conv's ReLU and pool
+            # fold into the convolution (PlantNet.frozen_activated).
+            parent_out = h_next = None
+            if j - 1 in self.candidates:
                 with torch.no_grad():
                     parent_out = self._frozen(j, h)
+            elif j < 6:
+                h_next = net.frozen_activated(j, h, self.backend)
             new = self._planted_filters(j, h) if j in self.candidates else None
             out = None if stack is None else self._frozen(j, stack)
             if j - 1 in self.candidates:
@@ -113,8 +119,10 @@ class PlantedRound:
                 return out
             stack = None if out is None else net.activate(j, out)
             planted = None if new is None else net.activate(j, new)
-            with torch.no_grad():
-                h = net.activate(j, parent_out)
+            if h_next is None:
+                with torch.no_grad():
+                    h_next = net.activate(j, parent_out)
+            h = h_next
 
 
 def _planted(layer, side: str) -> int:

@@ -14,6 +14,8 @@ benchmarks/test_bench_relu_pool.py), and ``torch`` elsewhere (plantops.kernels d
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -86,3 +88,24 @@ def relu_max_pool2d(x: Tensor, backend: str = "auto") -> Tensor:
     if resolve(backend, x) == "cpu":
         return _CpuReluMaxPool.apply(x)
     return reference_relu_max_pool2d(x)
+
+
+@torch.no_grad()
+def conv_relu_max_pool2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1,
+                         padding=0, backend: str = "auto") -> Tensor:
+    """``relu_max_pool2d(planted_conv2d(x, weight, bias, ...))`` of a frozen layer, without
+    gradients: how a trained network's pooled layers run when it is only evaluated (the
+    teacher's logits, a round's parent). Where the convolution runs on the CPU kernels'
+    Winograd path, the pool is folded into it: each 2x2 output tile is a pool window,
+    reduced before it is stored (a quarter of the stores, and no pass of its own). The
+    result is the composite's, bit for bit, except that a NaN output is not propagated."""
+    from plantops.planted_conv import _prepare, planted_conv2d
+    name, in_weight, out_weight, pair_stride, pair_padding = _prepare(
+        x, weight, bias, None, None, None, stride, padding, backend, None)
+    if name == "cpu" and not torch.is_autocast_enabled("cpu"):
+        fused = _kernels.get("cpu").forward_relu_pool(x, weight, bias, in_weight, out_weight,
+                                                      None, pair_stride, pair_padding)
+        if fused is not None:
+            return fused
+    return relu_max_pool2d(planted_conv2d(x, weight, bias, stride=stride, padding=padding,
+                                          backend=backend))

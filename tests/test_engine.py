@@ -36,6 +36,15 @@ def test_views_are_the_batches_of_device_data():
             assert torch.equal(got_x, x) and torch.equal(got_y, y)
 
 
+def test_the_views_of_fewer_epochs_are_the_first_epochs_of_more():
+    data = tiny_data()
+    short, long = ViewSchedule(data, 8, 2, seed=3), ViewSchedule(data, 8, 5, seed=3)
+    for kind, steps in short.kinds.items():
+        for name in ("index", "dy", "dx", "flip"):
+            assert torch.equal(getattr(steps, name),
+                               getattr(long.kinds[kind], name)[:len(steps)])
+
+
 def test_evaluation_views_are_the_data_in_order():
     data = tiny_data(n=11)
     views = ViewSchedule(data, 4)

@@ -61,3 +61,38 @@ def test_bad_input_is_explained():
         relu_max_pool2d(torch.randn(1, 1, 4, 4), "cuda")
     with pytest.raises(ValueError, match="backend 'cpu' of relu_max_pool2d needs"):
         relu_max_pool2d(torch.randn(1, 1, 4, 4, dtype=torch.float16), "cpu")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", [(16, 3, 12, 32, 32, 1), (9, 5, 7, 16, 10, 1),
+                                   (8, 4, 3, 10, 12, 0), (11, 2, 5, 6, 8, 2),
+                                   (8, 3, 4, 7, 9, 1), (3, 4, 4, 8, 8, 1)], ids=str)
+def test_conv_relu_pool_folds_the_pool_into_the_convolution_bit_for_bit(dtype, shape,
+                                                                        monkeypatch):
+    """The frozen layer's fused forward (Winograd tiles as pool windows, where the batch is
+    8 or more and the output size even; the composite elsewhere) equals
+    relu_max_pool2d(planted_conv2d(...)) exactly: the same sums, then the same selections."""
+    from plantops import kernels, planted_conv2d
+    from plantops.relu_pool import conv_relu_max_pool2d
+    cpu = kernels.get("cpu")
+    fused = []
+    real = cpu.forward_relu_pool
+    monkeypatch.setattr(cpu, "forward_relu_pool",
+                        lambda *a, **k: fused.append(real(*a, **k)) or fused[-1])
+    n, c, o, h, w, pad = shape
+    x, weight, bias = (torch.randn(n, c, h, w, dtype=dtype), torch.randn(o, c, 3, 3, dtype=dtype),
+                       torch.randn(o, dtype=dtype))
+    got = conv_relu_max_pool2d(x, weight, bias, 1, pad)
+    want = relu_max_pool2d(planted_conv2d(x, weight, bias, padding=pad))
+    assert got.shape == want.shape and torch.equal(got, want)
+    even = (h + 2 * pad - 2) % 2 == 0 and (w + 2 * pad - 2) % 2 == 0
+    if n >= 8:  # the fused kernel ran where it applies, and only there
+        assert fused and (fused[-1] is not None) == even
+
+
+def test_a_networks_frozen_forward_is_its_forward():
+    from plantops import models
+    for arch, size in (("cifar", 32), ("stl", 96)):
+        net = models.PlantNet([5, 4, 6, 3, 4], arch).double().eval()
+        x = torch.randn(9, 3, size, size, dtype=torch.float64)
+        torch.testing.assert_close(net.frozen_forward(x), net(x), rtol=1e-10, atol=1e-12)

@@ -216,19 +216,23 @@ def test_compact_teacher_cache_makes_the_same_choices(reference_run, image_folde
 
 
 def test_channels_last_changes_no_choice(reference_run, image_folder, tmp_path):
-    _, channels_last = reference_run
-    plain = search.run_search(tiny_config(image_folder, tmp_path / "nchw", channels_last=False))
+    _, plain = reference_run  # the fixture's narrow networks run NCHW by default
+    channels_last = search.run_search(tiny_config(image_folder, tmp_path / "cl",
+                                                  channels_last=True))
     assert [r["layer"] for r in plain["rounds"]] == [r["layer"] for r in channels_last["rounds"]]
     assert plain["final"]["test_loss"] == pytest.approx(channels_last["final"]["test_loss"],
                                                         rel=1e-4)
 
 
+@pytest.mark.parametrize("plant_epochs", [3, 6], ids=["fewer", "more"])
 @pytest.mark.parametrize("cache", [True, False], ids=["in-memory", "from-disk"])
-def test_the_teacher_runs_once_per_view(image_folder, tmp_path, monkeypatch, capsys, cache):
+def test_the_teacher_runs_once_per_view(image_folder, tmp_path, monkeypatch, capsys, cache,
+                                        plant_epochs):
     """Every candidate of every round sees the same views, so the teacher's logits of them
     are computed once for the whole search, kept in memory (--cache-teacher) or reloaded from
-    the output folder for each round, and once for the validation set; the initial network's
-    views are its own."""
+    the output folder for each round, and once for the validation set. The rounds' views
+    are the first --plant-epochs of the initial network's (4 epochs): with fewer, they cost
+    no teacher pass of their own."""
     from plantops import engine
     passes = []
     real = engine.teacher_logits
@@ -238,13 +242,17 @@ def test_the_teacher_runs_once_per_view(image_folder, tmp_path, monkeypatch, cap
         return real(teacher, views, *args, **kwargs)
 
     monkeypatch.setattr(engine, "teacher_logits", spy)
-    cfg = tiny_config(image_folder, tmp_path / "views", max_rounds=2, plant_epochs=3,
+    cfg = tiny_config(image_folder, tmp_path / "views", max_rounds=2, plant_epochs=plant_epochs,
                       cache_teacher=cache, max_params=10 ** 9)
+    assert cfg.init_epochs == 4
     search.run_search(cfg)
-    val, initial, planting = (1, False), (cfg.init_epochs, True), (cfg.plant_epochs, True)
-    assert sorted(passes) == sorted([val, initial, planting])
-    loaded = capsys.readouterr().out.count("teacher logits: 3 epochs of views") - 1
-    assert loaded == (0 if cache else 1)
+    val, initial, planting = (1, False), (4, True), (plant_epochs, True)
+    assert sorted(passes) == sorted([val, initial] + ([planting] if plant_epochs > 4 else []))
+    out = capsys.readouterr().out
+    # Lines for the rounds' tables: each is said when computed or read from the folder,
+    # not when it is (a prefix of) one in memory.
+    said = out.count(f"teacher logits: {plant_epochs} epochs of views, ")
+    assert said == {(True, 3): 0, (False, 3): 2, (True, 6): 1, (False, 6): 2}[cache, plant_epochs]
 
 
 def test_training_candidates_together_changes_no_choice(reference_run, image_folder, tmp_path):
@@ -344,16 +352,18 @@ def test_unknown_precision_is_refused():
         Schedule(1, 0.1, precision="float16")
 
 
-def test_channels_last_default_follows_the_device_and_a_flag_overrides_it():
-    """Unset, --channels-last is on for CPUs only (measured faster there, slower on an H100);
-    an explicit choice is honoured on either device."""
+def test_channels_last_default_follows_the_device_and_the_width_and_a_flag_overrides_it():
+    """Unset, --channels-last is on for CPUs and networks 32 channels wide or more (measured
+    faster there; NCHW for narrower ones, and on an H100); an explicit choice is honoured on
+    either device at any width."""
     auto = search.config_from_dict({})
-    assert search.layout(auto, "cpu") == torch.channels_last
-    assert search.layout(auto, torch.device("cuda")) == torch.contiguous_format
+    assert search.layout(auto, "cpu", 64) == torch.channels_last
+    assert search.layout(auto, "cpu", 8) == torch.contiguous_format
+    assert search.layout(auto, torch.device("cuda"), 64) == torch.contiguous_format
     for flag, expected in (("--channels-last", torch.channels_last),
                            ("--no-channels-last", torch.contiguous_format)):
         cfg = search.parse_args(["--dataset", "folder", "--data", "x", flag])
-        assert search.layout(cfg, "cpu") == search.layout(cfg, "cuda") == expected
+        assert search.layout(cfg, "cpu", 8) == search.layout(cfg, "cuda", 64) == expected
 
 
 def test_the_engine_makes_the_previous_loops_choices_and_losses(reference_run, image_folder):
@@ -379,7 +389,7 @@ def test_the_engine_makes_the_previous_loops_choices_and_losses(reference_run, i
                                           torch.Generator().manual_seed(
                                               search.candidate_seed(cfg, rnd, layer)))
                       for layer in layers}
-        old = Round(parent, candidates, search.layout(cfg, "cpu"))
+        old = Round(parent, candidates, search.layout(cfg, "cpu", max(parent.widths)))
         train_round(old, data.train, search.training_schedule(cfg, cfg.plant_epochs), teacher,
                     cfg.temperature, cfg.label_weight, cfg.seed, cache)
         old_vals = evaluate_round(old, data.val, teacher, cfg.temperature, cache)

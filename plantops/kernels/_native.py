@@ -76,6 +76,22 @@ def forward(module, extra, x, frozen_weight, frozen_bias, in_weight, out_weight,
     return out
 
 
+def forward_relu_pool(module, extra, x, frozen_weight, frozen_bias, in_weight, out_weight,
+                      out_bias, stride, padding, x_planted=None):
+    """max_pool2d(relu(forward(...)), 2) in one pass of the module's kernels, or None where
+    they do not compute it (not a Winograd layer, or an odd output size)."""
+    x, fw, iw, ow = (x.contiguous(), frozen_weight.contiguous(), in_weight.contiguous(),
+                     out_weight.contiguous())
+    xp = None if x_planted is None else x_planted.contiguous()
+    fb = None if frozen_bias is None else frozen_bias.contiguous()
+    ob = None if out_bias is None else out_bias.contiguous()
+    g = _geometry(module, x.shape, fw.shape, iw.shape, ow.shape, stride, padding)
+    out = x.new_empty((g.N, g.O_f + g.O_p, g.OH // 2, g.OW // 2))
+    done = module.forward_relu_pool(g, _DTYPE_NAMES[x.dtype], ptr(x), ptr(fw), ptr(fb), ptr(iw),
+                                    ptr(ow), ptr(ob), ptr(xp), out.data_ptr(), extra)
+    return out if done else None
+
+
 def backward(module, extra, grad_out, x, frozen_weight, in_weight, out_weight, stride, padding,
              x_channels, need_in_weight, need_out_weight, need_out_bias, x_planted=None):
     grad_out, x, fw, iw, ow = (grad_out.contiguous(), x.contiguous(),

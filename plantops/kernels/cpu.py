@@ -35,3 +35,9 @@ def forward(*args, x_planted=None):
 def backward(*args, x_planted=None):
     module = _native.load("plantops._C")[0]
     return _native.backward(module, torch.get_num_threads(), *args, x_planted=x_planted)
+
+
+def forward_relu_pool(*args, x_planted=None):
+    """The forward's max_pool2d(relu(.), 2) in one pass, or None where it does not apply."""
+    module = _native.load("plantops._C")[0]
+    return _native.forward_relu_pool(module, torch.get_num_threads(), *args, x_planted=x_planted)

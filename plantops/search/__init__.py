@@ -42,6 +42,9 @@ def parse_args(argv=None) -> Config:
 
 
 def main(argv=None) -> int:
+    # One line at a time, also into a log file: a long phase's progress shows as it happens.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         cfg = parse_args(argv)
         run_search(cfg)

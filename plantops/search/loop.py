@@ -90,10 +90,20 @@ def _stats(images):
     return tuple(x.mean(0)), tuple(x.std(0))
 
 
-def layout(cfg: Config, device) -> torch.memory_format:
-    """The memory layout the search's plain networks run in on ``device`` (--channels-last;
-    unset: channels-last on a CPU only, where it was measured faster)."""
-    on = cfg.channels_last if cfg.channels_last is not None else torch.device(device).type == "cpu"
+# Plain networks at least this wide train in channels-last on a CPU by default: oneDNN's
+# channels-last kernels measured 1.02-1.16x faster there from Student[32] up, while narrower
+# ones train faster in NCHW, with plantops' ReLU + max pool kernel (Student[8] 1.9x,
+# benchmarks/test_bench_layout.py).
+CHANNELS_LAST_FROM = 32
+
+
+def layout(cfg: Config, device, width: int = CHANNELS_LAST_FROM) -> torch.memory_format:
+    """The memory layout a plain network ``width`` channels wide runs in on ``device``
+    (--channels-last; unset: channels-last on a CPU for networks of CHANNELS_LAST_FROM
+    channels or more, where it was measured faster)."""
+    on = cfg.channels_last
+    if on is None:
+        on = torch.device(device).type == "cpu" and width >= CHANNELS_LAST_FROM
     return torch.channels_last if on else torch.contiguous_format
 
 
@@ -106,6 +116,11 @@ def training_schedule(cfg: Config, epochs: int) -> Schedule:
     """How every network of the search trains, for ``epochs`` epochs."""
     return Schedule(epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size,
                     cfg.lr_decay, precision=cfg.precision)
+
+
+def prefix(tables: dict, views: ViewSchedule) -> dict:
+    """The rows of a teacher table (of as many epochs, or more) that belong to ``views``."""
+    return {kind: tables[kind][:len(steps)] for kind, steps in views.kinds.items()}
 
 
 def candidate_seed(cfg, rnd: int, layer: int) -> int:
@@ -129,7 +144,6 @@ class Search:
         self.out = Path(cfg.out)
         self.device = resolve_device(cfg.device)
         self.graphs = engine.use_graphs(cfg.cuda_graphs, self.device)
-        self.layout = layout(cfg, self.device)
         # The data first: a run that cannot start leaves no output folder behind.
         self.data = data or prepare_data(cfg, self.device)
         self.created = not self.out.exists()
@@ -142,7 +156,7 @@ class Search:
         self.eval_views = {split: ViewSchedule(getattr(self.data, split), EVAL_BATCH)
                            for split in ("val", "test")}
         self._views: dict[int, ViewSchedule] = {}
-        self._teacher_tables: dict[int, dict] = {}
+        self._teacher_tables: dict[int, dict] = {}  # epochs of views -> the teacher's logits
         self.teacher_net = None
         self.val_teacher = None  # the teacher's logits of the validation set
         self.seconds: dict[str, float] = {}  # wall time of each phase run in this process
@@ -158,30 +172,38 @@ class Search:
         return self._views[epochs]
 
     def teacher_table(self, views: ViewSchedule) -> dict:
-        """The teacher's logits of every view of ``views``, computed once (--cache-teacher:
-        kept for every later run with the same views)."""
-        tables = self._teacher_tables.get(id(views))
-        if tables is None:
-            # Kept on disk too, so that a resumed search does not run the teacher again.
-            path = self.out / "teacher_logits" / f"epochs_{views.epochs}.pt"
-            start = time.perf_counter()
-            if path.is_file():
-                tables = torch.load(path, map_location=self.device, weights_only=True)
-                how = "loaded"
-            else:
-                tables = engine.teacher_logits(self.teacher_net, views,
-                                               CACHE_DTYPES[self.cfg.cache_dtype],
-                                               self.cfg.precision)
-                path.parent.mkdir(exist_ok=True)
-                atomic_write(path, lambda p: torch.save(tables, p))
-                how = "computed"
-            seconds = self._add_seconds("teacher logits", start)
-            print(f"teacher logits: {views.epochs} epochs of views, "
-                  f"{engine.table_nbytes(tables) / 1e6:.1f} MB of {self.cfg.cache_dtype}, "
-                  f"{how} in {seconds:.1f}s")
-            if self.cfg.cache_teacher:
-                self._teacher_tables[id(views)] = tables
-        return tables
+        """The teacher's logits of every view of ``views``, computed once.
+
+        A run of E epochs sees the first E epochs of a longer run's views (the same seeded
+        draws, in the same order), so a table of more epochs serves it too: the rounds'
+        views are the first --plant-epochs of the initial network's, and cost no teacher
+        pass when they are fewer. Tables are kept in memory (--cache-teacher) and in the
+        output folder, so that a resumed search does not run the teacher again."""
+        epochs = views.epochs
+        longer = [e for e in self._teacher_tables if e >= epochs]
+        if longer:
+            return prefix(self._teacher_tables[min(longer)], views)
+        folder = self.out / "teacher_logits"
+        saved = sorted(e for e in (int(p.stem.split("_")[1]) for p in folder.glob("epochs_*.pt"))
+                       if e >= epochs) if folder.is_dir() else []
+        start = time.perf_counter()
+        if saved:
+            tables = torch.load(folder / f"epochs_{saved[0]}.pt", map_location=self.device,
+                                weights_only=True)
+            how, kept = f"loaded ({saved[0]} epochs kept)", saved[0]
+        else:
+            tables = engine.teacher_logits(self.teacher_net, views,
+                                           CACHE_DTYPES[self.cfg.cache_dtype], self.cfg.precision)
+            folder.mkdir(exist_ok=True)
+            atomic_write(folder / f"epochs_{epochs}.pt", lambda p: torch.save(tables, p))
+            how, kept = "computed", epochs
+        seconds = self._add_seconds("teacher logits", start)
+        print(f"teacher logits: {epochs} epochs of views, "
+              f"{engine.table_nbytes(tables) / 1e6:.1f} MB of {self.cfg.cache_dtype}, "
+              f"{how} in {seconds:.1f}s")
+        if self.cfg.cache_teacher:
+            self._teacher_tables[kept] = tables
+        return prefix(tables, views)
 
     def _add_seconds(self, phase: str, start: float) -> float:
         seconds = time.perf_counter() - start
@@ -219,7 +241,8 @@ class Search:
                                self.cfg.temperature, self.graphs)
 
     def load(self, path: Path):
-        return load_network(path, self.device, self.layout)
+        net, meta = load_network(path, self.device)
+        return net.to(memory_format=layout(self.cfg, self.device, max(net.widths))), meta
 
     # ------------------------------------------------------------------------- plain networks
 
@@ -236,7 +259,7 @@ class Search:
         # before it were trained in this process or loaded by --resume.
         torch.manual_seed(cfg.seed)
         net = models.student(width, self.data.arch, self.data.classes).to(
-            self.device, memory_format=self.layout)
+            self.device, memory_format=layout(cfg, self.device, width))
         teacher = self.teacher_table(self.views(epochs)) if loss == "kd" else None
         net.train()
         partial = self.fit(path.stem, kind, net, list(net.parameters()), epochs, loss,
