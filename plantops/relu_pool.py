@@ -99,13 +99,15 @@ def conv_relu_max_pool2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
     Winograd path, the pool is folded into it: each 2x2 output tile is a pool window,
     reduced before it is stored (a quarter of the stores, and no pass of its own). The
     result is the composite's, bit for bit, except that a NaN output is not propagated."""
-    from plantops.planted_conv import _prepare, planted_conv2d
-    name, in_weight, out_weight, pair_stride, pair_padding = _prepare(
-        x, weight, bias, None, None, None, stride, padding, backend, None)
-    if name == "cpu" and not torch.is_autocast_enabled("cpu"):
-        fused = _kernels.get("cpu").forward_relu_pool(x, weight, bias, in_weight, out_weight,
-                                                      None, pair_stride, pair_padding)
-        if fused is not None:
-            return fused
+    from plantops.planted_conv import _autocast_dtype, _prepare, planted_conv2d
+    if _autocast_dtype(x.device.type) is None:  # under autocast, planted_conv2d casts first
+        name, in_weight, out_weight, pair_stride, pair_padding = _prepare(
+            x, weight, bias, None, None, None, stride, padding, backend, None)
+        if name == "cpu":
+            fused = _kernels.get("cpu").forward_relu_pool(x, weight, bias, in_weight,
+                                                          out_weight, None, pair_stride,
+                                                          pair_padding)
+            if fused is not None:
+                return fused
     return relu_max_pool2d(planted_conv2d(x, weight, bias, stride=stride, padding=padding,
                                           backend=backend))
