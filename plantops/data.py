@@ -10,6 +10,7 @@ the data was looked for, which formats are accepted and which flag points at it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import io
@@ -484,6 +485,17 @@ class ViewSchedule:
                 self.kinds[kind] = _Steps(index.to(device), dy.to(device, torch.uint8),
                                           dx.to(device, torch.uint8), flip.to(device))
         self.augment = generator is not None
+
+    def shard(self, rank: int, size: int) -> "ViewSchedule":
+        """Rank ``rank``'s share of every batch (every size-th sample, from its rank on): the
+        same steps, on ``size`` processes that together see each batch once."""
+        if size == 1:
+            return self
+        shard = copy.copy(self)
+        shard.kinds = {kind: _Steps(*(t[:, rank::size].contiguous() for t in
+                                      (s.index, s.dy, s.dx, s.flip)))
+                       for kind, s in self.kinds.items()}
+        return shard
 
     @property
     def steps_per_epoch(self) -> int:

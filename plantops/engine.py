@@ -94,15 +94,18 @@ def kd_loss(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
 
 
 def losses(logits: torch.Tensor, labels: torch.Tensor, teacher: Optional[torch.Tensor],
-           loss: str, count: int, temperature: float = 1.0, alpha: float = 0.0) -> torch.Tensor:
+           loss: str, count: int, temperature: float = 1.0, alpha: float = 0.0,
+           batch: Optional[int] = None) -> torch.Tensor:
     """The loss of each of ``count`` networks whose logits are stacked along the batch
     (``logits [count * N, classes]``, each against the same ``labels [N]`` and ``teacher``
-    logits): ``[count]``, each the mean over its N samples."""
+    logits): ``[count]``, each the mean over its N samples; with ``batch``, the sum over them
+    divided by ``batch`` (a shard's part of the mean over a whole batch)."""
     n = labels.shape[0]
     logits = logits.float().view(count, n, -1)
+    mean = (lambda v: v.mean(1)) if batch is None else (lambda v: v.sum(1) / batch)
     if loss == "ce":
-        return F.cross_entropy(logits.transpose(1, 2), labels.expand(count, n),
-                               reduction="none").mean(1)
+        return mean(F.cross_entropy(logits.transpose(1, 2), labels.expand(count, n),
+                                    reduction="none"))
     if loss != "kd":
         raise ValueError(f"loss must be 'ce' or 'kd', got {loss!r}")
     if teacher is None:
@@ -111,10 +114,10 @@ def losses(logits: torch.Tensor, labels: torch.Tensor, teacher: Optional[torch.T
     target = F.log_softmax(teacher.float() / t, -1)
     kl = F.kl_div(F.log_softmax(logits / t, -1), target.expand_as(logits), reduction="none",
                   log_target=True)
-    result = kl.sum(-1).mean(1) * t * t
+    result = mean(kl.sum(-1)) * t * t
     if alpha:
-        ce = F.cross_entropy(logits.transpose(1, 2), labels.expand(count, n),
-                             reduction="none").mean(1)
+        ce = mean(F.cross_entropy(logits.transpose(1, 2), labels.expand(count, n),
+                                  reduction="none"))
         result = (1 - alpha) * result + alpha * ce
     return result
 
@@ -207,13 +210,15 @@ class Steps:
 @torch.no_grad()
 def teacher_logits(teacher: torch.nn.Module, views: ViewSchedule,
                    dtype: torch.dtype = torch.float32, precision: str = "float32",
-                   images_per_pass: int = 1024) -> dict[str, torch.Tensor]:
+                   images_per_pass: int = 1024, part: tuple[int, int] = (0, 1)
+                   ) -> dict[str, torch.Tensor]:
     """The teacher's logits of every view of ``views``: ``{kind: [steps, batch, classes]}``
     in ``dtype``. Computed in passes of about ``images_per_pass`` images, through the
     teacher's frozen layers (``PlantNet.frozen_forward``: the planted kernels where their auto
     rule takes them; 1.4x faster than oneDNN in channels-last for Teacher[128] on a 2-core
     CPU). float32 keeps the results those of running the teacher on every batch, up to
-    float rounding; a 16-bit dtype halves the memory but rounds the logits."""
+    float rounding; a 16-bit dtype halves the memory but rounds the logits. ``part=(i, k)``:
+    only the i-th of k equal blocks of each kind's steps (``part_rows``)."""
     teacher.eval()
     forward = getattr(teacher, "frozen_forward", teacher)
     device = views.data.device
@@ -221,14 +226,22 @@ def teacher_logits(teacher: torch.nn.Module, views: ViewSchedule,
     for kind, steps in views.kinds.items():
         per_pass = max(1, images_per_pass // steps.index.shape[1])
         chunks = []
-        for start in range(0, len(steps), per_pass):
-            pos = torch.arange(start, min(start + per_pass, len(steps)), device=device)
+        first, stop = part_rows(len(steps), *part)
+        for start in range(first, stop, per_pass):
+            pos = torch.arange(start, min(start + per_pass, stop), device=device)
             x, _ = views.batch(kind, pos)
             with autocast(precision, device):
                 logits = forward(x)
             chunks.append(logits.to(dtype).view(len(pos), steps.index.shape[1], -1))
-        tables[kind] = torch.cat(chunks)
+        tables[kind] = torch.cat(chunks) if chunks else torch.empty(
+            (0, steps.index.shape[1], teacher.num_classes), dtype=dtype, device=device)
     return tables
+
+
+def part_rows(rows: int, index: int, parts: int) -> tuple[int, int]:
+    """The rows [start, stop) of the ``index``-th of ``parts`` equal blocks of ``rows``."""
+    per = -(-rows // parts)
+    return min(rows, index * per), min(rows, (index + 1) * per)
 
 
 def table_nbytes(tables: dict[str, torch.Tensor]) -> int:
@@ -257,7 +270,8 @@ class Training:
     def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor],
                  params: Sequence[torch.Tensor], views: ViewSchedule, schedule: Schedule,
                  loss: str, *, count: int = 1, teacher: Optional[dict] = None,
-                 temperature: float = 1.0, alpha: float = 0.0, graphs: bool = False):
+                 temperature: float = 1.0, alpha: float = 0.0, graphs: bool = False,
+                 ranks=None):
         params = list(params)
         if not params:
             raise ValueError("nothing to train: no parameter requires grad")
@@ -267,6 +281,17 @@ class Training:
             raise ValueError(f"the views are {views.epochs} epochs of batch {views.batch_size}, "
                              f"the schedule {schedule.epochs} epochs of batch "
                              f"{schedule.batch_size}")
+        # With several ranks (search.distributed.Ranks), each takes its share of every batch
+        # and the gradients are summed over the ranks at every step: data parallelism, the
+        # same steps as one process up to float rounding.
+        self.ranks = ranks if ranks is not None and ranks.size > 1 else None
+        batch = {kind: s.index.shape[1] for kind, s in views.kinds.items()}
+        if self.ranks is not None:
+            views = views.shard(self.ranks.rank, self.ranks.size)
+            if teacher is not None:
+                teacher = {kind: t[:, self.ranks.rank::self.ranks.size]
+                           for kind, t in teacher.items()}
+            graphs = False  # a collective in every step: no CUDA graph
         self.views, self.schedule = views, schedule
         device = views.data.device
         self.sgd = SGD(params, schedule.momentum, schedule.weight_decay)
@@ -283,14 +308,32 @@ class Training:
                 target = None if teacher is None or loss == "ce" else \
                     teacher[kind].index_select(0, pos)[0]
                 with autocast(schedule.precision, device, graphs):
-                    values = losses(forward(x), labels, target, loss, count, temperature, alpha)
-                grads = torch.autograd.grad(values.sum(), params)
+                    values = losses(forward(x), labels, target, loss, count, temperature, alpha,
+                                    None if self.ranks is None else batch[kind])
+                grads = list(torch.autograd.grad(values.sum(), params))
+                if self.ranks is not None:
+                    self.ranks.sum_(grads)
                 self.sgd.step(grads)
                 self.sums.add_(values.detach())
                 pos.add_(1)
             return step
 
         self.steps = Steps({kind: make_step(kind) for kind in views.kinds}, graphs)
+
+    def state(self) -> dict:
+        """The parameters and SGD's momentum, as CPU copies (for a checkpoint)."""
+        return dict(params=[p.detach().cpu().clone() for p in self.sgd.params],
+                    sgd=self.sgd.state())
+
+    def load_state(self, state: dict):
+        """Puts back what ``state`` returned; ValueError if it is of other parameters."""
+        if [tuple(p.shape) for p in state["params"]] != [tuple(p.shape) for p in self.sgd.params]:
+            raise ValueError("the epoch checkpoint holds parameters of other shapes: it is of "
+                             "another run (remove its partial/ folder to start the run over)")
+        with torch.no_grad():
+            for p, saved in zip(self.sgd.params, state["params"]):
+                p.copy_(saved)
+        self.sgd.load_state(state["sgd"])
 
     def epoch(self, epoch: int, on_step: Optional[Callable[[], None]] = None) -> EpochReport:
         """Runs epoch ``epoch`` (0-based) and returns its mean training losses; ``on_step()``
@@ -304,6 +347,8 @@ class Training:
             self.steps.run(kind)
             if on_step is not None:
                 on_step()
+        if self.ranks is not None:
+            self.ranks.sum_([self.sums])
         return EpochReport(epoch, (self.sums / self.views.steps_per_epoch).tolist(), lr)
 
 

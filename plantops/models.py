@@ -221,6 +221,17 @@ def planted_parameters(net: PlantNet) -> list[nn.Parameter]:
     return [p for p in net.parameters() if p.requires_grad and p.numel()]
 
 
+def planted_state(net: PlantNet) -> list:
+    """The planted parameters of ``net`` as CPU copies (what training changed)."""
+    return [p.detach().cpu().clone() for p in planted_parameters(net)]
+
+
+def load_planted_state(net: PlantNet, state: list):
+    with torch.no_grad():
+        for p, saved in zip(planted_parameters(net), state, strict=True):
+            p.copy_(saved)
+
+
 def merge(net: PlantNet) -> PlantNet:
     """A plain copy: planted layers become nn.Conv2d / nn.Linear with their whole weight."""
     out = copy.deepcopy(net)

@@ -26,12 +26,14 @@ command line), ``checkpoints`` (files of the output folder), ``loop`` (the phase
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from plantops import data as datasets
 from plantops.search.checkpoints import (Log, atomic_write, candidate_stem, load_network,
                                          save_network, teacher_path, write_json)
+from plantops.search import runs
 from plantops.search.config import (PRESETS, Config, config_from_dict, options_table,
-                                    parse_args as _parse_args)
+                                    parse_args as _parse_args, parse_command)
 from plantops.search.loop import (Search, SearchData, candidate_seed, layout, prepare_data,
                                   resolve_device, run_search, training_schedule)
 
@@ -46,8 +48,14 @@ def main(argv=None) -> int:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
     try:
-        cfg = parse_args(argv)
-        run_search(cfg)
+        cfg, seeds, sweep, resume = parse_command(argv, description=__doc__)
+        many = runs.resumed_runs(Path(resume)) if resume else None
+        if many is None and (seeds is not None or sweep is not None):
+            many = runs.plan(cfg, runs.parse_seeds(seeds), runs.parse_sweep(sweep))
+        if many is not None:
+            runs.run_many(many, Path(cfg.out), lambda c, ranks: Search(c, ranks=ranks).run())
+        else:
+            run_search(cfg)
     except (ValueError, FileNotFoundError, datasets.DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -34,38 +34,36 @@ def save_network(path: Path, net: models.PlantNet, meta: dict):
     atomic_write(path, lambda p: torch.save(payload, p))
 
 
-def save_partial(path: Path, epochs_done: int, params, sgd):
-    """A training run's state after ``epochs_done`` epochs: its parameters and SGD's momentum
-    (the views of the next epoch follow from the epoch alone)."""
+def save_partial(path: Path, epochs_done: int, states: dict):
+    """A training run's state after ``epochs_done`` epochs: ``{rank: state}``, each state the
+    parameters and SGD's momentum of what that rank trains (engine.Training.state); the
+    views of the next epoch follow from the epoch alone."""
     path.parent.mkdir(exist_ok=True)
-    state = dict(epochs_done=epochs_done, params=[p.detach().cpu() for p in params],
-                 sgd=sgd.state())
-    atomic_write(path, lambda p: torch.save(state, p))
+    atomic_write(path, lambda p: torch.save(dict(epochs_done=epochs_done, states=states), p))
 
 
-def load_partial(path: Path, params, sgd) -> int:
-    """Loads the state ``save_partial`` wrote into ``params`` and ``sgd``; returns the epochs
-    done (0 without a checkpoint, or with one of other parameter shapes)."""
-    if not path.is_file():
-        return 0
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    params = list(params)
-    if [p.shape for p in state["params"]] != [p.shape for p in params]:
-        return 0
-    with torch.no_grad():
-        for p, saved in zip(params, state["params"]):
-            p.copy_(saved)
-    sgd.load_state(state["sgd"])
-    return state["epochs_done"]
+def read_partial(path: Path):
+    """What save_partial wrote, or None."""
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+
+
+def read_network(path: Path) -> dict:
+    """What save_network wrote (on the CPU)."""
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def network_from(payload: dict, device) -> tuple[models.PlantNet, dict]:
+    """The network and meta of a read_network payload, on ``device``."""
+    net = models.PlantNet(payload["widths"], payload["arch"], payload["num_classes"],
+                          payload["fc_width"])
+    net.load_state_dict(payload["state_dict"])
+    return net.to(device), payload["meta"]
 
 
 def load_network(path: Path, device, memory_format=torch.contiguous_format
                  ) -> tuple[models.PlantNet, dict]:
-    payload = torch.load(path, map_location=device, weights_only=False)
-    net = models.PlantNet(payload["widths"], payload["arch"], payload["num_classes"],
-                          payload["fc_width"])
-    net.load_state_dict(payload["state_dict"])
-    return net.to(device, memory_format=memory_format), payload["meta"]
+    net, meta = network_from(read_network(path), device)
+    return net.to(memory_format=memory_format), meta
 
 
 class Log:

@@ -230,6 +230,13 @@ def _help(f: dataclasses.Field) -> str:
 
 
 def parse_args(argv=None, description: str = "") -> Config:
+    """The Config of a command line."""
+    return parse_command(argv, description)[0]
+
+
+def parse_command(argv=None, description: str = ""):
+    """(Config, the --seeds text or None, the --sweep text or None, --resume's folder or None)
+    of a command line."""
     parser = _Parser(prog="python -m plantops.search", description=description,
                      usage="python -m plantops.search [--preset quick|paper] [options]",
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -240,7 +247,14 @@ def parse_args(argv=None, description: str = "") -> Config:
                      "a GPU; the values it changes are marked below)")
     run.add_argument("--config", metavar="FILE", help="JSON file of options (the same names, "
                      "with dashes or underscores); flags override it")
-    run.add_argument("--resume", metavar="DIR", help="continue the search saved in DIR")
+    run.add_argument("--resume", metavar="DIR", help="continue the search (or the runs of "
+                     "--seeds/--sweep) saved in DIR")
+    run.add_argument("--seeds", metavar="S,S,...", help="independent searches, one per seed "
+                     "(in DIR/seed_S), with a combined report (summary.md: mean +- std); under "
+                     "torchrun spread over the ranks")
+    run.add_argument("--sweep", metavar="OPTION=V,V,...", help="independent searches, one per "
+                     "value of one option (with --seeds: per value and seed), combined in "
+                     "summary.md, e.g. --sweep plant_epochs=12,30")
     groups = {name: parser.add_argument_group(title) for name, title in GROUPS.items()}
     for f in dataclasses.fields(Config):
         kind = {"Optional[str]": str, "str": str, "int": int, "Optional[int]": int,
@@ -259,18 +273,20 @@ def parse_args(argv=None, description: str = "") -> Config:
     args = parser.parse_args(argv)
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
              if getattr(args, f.name) is not None}
+    if args.resume and (Path(args.resume) / "runs.json").is_file():
+        return Config(out=args.resume), None, None, args.resume  # the runs of --seeds/--sweep
     if args.resume:
         saved_path = Path(args.resume) / "config.json"
         if not saved_path.is_file():
             raise FileNotFoundError(f"--resume {args.resume}: no config.json there; pass the "
                                     "--out folder of the search to continue")
         saved = json.loads(saved_path.read_text())["config"]
-        return config_from_dict({**saved, **flags, "out": args.resume}, source=str(saved_path)
-                                ).validate()
+        cfg = config_from_dict({**saved, **flags, "out": args.resume}, source=str(saved_path))
+        return cfg.validate(), args.seeds, args.sweep, args.resume
     cfg = config_from_dict(PRESETS[args.preset])
     if args.config:
         cfg = config_from_dict(read_config_file(Path(args.config)), cfg, source=args.config)
-    return config_from_dict(flags, cfg).validate()
+    return config_from_dict(flags, cfg).validate(), args.seeds, args.sweep, None
 
 
 def read_config_file(path: Path) -> dict:

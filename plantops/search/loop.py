@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import shutil
 import sys
 import time
@@ -29,8 +30,9 @@ from plantops.engine import CACHE_DTYPES, Schedule
 from plantops.planted_round import PlantedRound
 from plantops.progress import Progress
 from plantops.search.checkpoints import (Log, atomic_write, candidate_stem, code_version,
-                                         load_network, load_partial, save_network, save_partial,
-                                         teacher_path, write_json)
+                                         network_from, read_network, read_partial,
+                                         save_network, save_partial, teacher_path, write_json)
+from plantops.search.distributed import Ranks
 from plantops.search.config import Config
 
 NORMALIZATION = {  # per-channel mean and std of the training images
@@ -137,21 +139,36 @@ class Search:
     ``Search(cfg).run()`` is ``run_search(cfg)``. ``data`` replaces the dataset of
     ``cfg.dataset``/``cfg.data`` (benchmarks bring synthetic data). Checkpoints found in the
     output folder are reused, phase by phase.
+
+    Under ``torchrun`` the search runs on every rank (search.distributed): the plain networks
+    train data-parallel (each rank a share of every batch), the teacher's logits are computed
+    in shares and gathered, and each round's candidates are spread over the ranks. Rank 0
+    alone reads and writes the output folder and tells the others what it holds.
     """
 
-    def __init__(self, cfg: Config, data: SearchData | None = None):
+    def __init__(self, cfg: Config, data: SearchData | None = None, ranks: Ranks | None = None):
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.device = resolve_device(cfg.device)
+        self.ranks = ranks or Ranks.start(self.device.type)
+        if self.ranks.size > 1:
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", self.ranks.local_rank)
+            if not self.ranks.main:  # one voice: rank 0's (errors still reach stderr)
+                sys.stdout = open(os.devnull, "w")
+            self.ranks.same("options", dataclasses.asdict(cfg))
         self.graphs = engine.use_graphs(cfg.cuda_graphs, self.device)
         # The data first: a run that cannot start leaves no output folder behind.
         self.data = data or prepare_data(cfg, self.device)
-        self.created = not self.out.exists()
-        (self.out / "candidates").mkdir(parents=True, exist_ok=True)
-        write_json(self.out / "config.json", dict(
-            config=dataclasses.asdict(cfg), plantops=plantops.__version__, code=code_version(),
-            torch=torch.__version__, device=str(self.device)))
-        self.log = Log(self.out / "log.jsonl")
+        self.created = self.ranks.broadcast(not self.out.exists() if self.ranks.main else None)
+        self.log = None
+        if self.ranks.main:
+            (self.out / "candidates").mkdir(parents=True, exist_ok=True)
+            write_json(self.out / "config.json", dict(
+                config=dataclasses.asdict(cfg), plantops=plantops.__version__,
+                code=code_version(), torch=torch.__version__, device=str(self.device),
+                world_size=self.ranks.size))
+            self.log = Log(self.out / "log.jsonl")
         self.schedule = functools.partial(training_schedule, cfg)
         self.eval_views = {split: ViewSchedule(getattr(self.data, split), EVAL_BATCH)
                            for split in ("val", "test")}
@@ -160,6 +177,28 @@ class Search:
         self.teacher_net = None
         self.val_teacher = None  # the teacher's logits of the validation set
         self.seconds: dict[str, float] = {}  # wall time of each phase run in this process
+
+    # ------------------------------------------------------------------------- the folder
+
+    def exists(self, path: Path) -> bool:
+        """Whether ``path`` exists, as rank 0 sees it."""
+        return self.ranks.broadcast(path.exists() if self.ranks.main else None)
+
+    def read(self, read, path: Path):
+        """``read(path)`` on rank 0, sent to every rank."""
+        return self.ranks.broadcast(read(path) if self.ranks.main else None)
+
+    def load(self, path: Path):
+        net, meta = network_from(self.read(read_network, path), self.device)
+        return net.to(memory_format=layout(self.cfg, self.device, max(net.widths))), meta
+
+    def save(self, path: Path, net, meta: dict):
+        if self.ranks.main:
+            save_network(path, net, meta)
+
+    def add_log(self, record: dict):
+        if self.ranks.main:
+            self.log.add(record)
 
     # ------------------------------------------------------------------------- building blocks
 
@@ -178,24 +217,32 @@ class Search:
         draws, in the same order), so a table of more epochs serves it too: the rounds'
         views are the first --plant-epochs of the initial network's, and cost no teacher
         pass when they are fewer. Tables are kept in memory (--cache-teacher) and in the
-        output folder, so that a resumed search does not run the teacher again."""
+        output folder, so that a resumed search does not run the teacher again. Over several
+        ranks each computes an equal share of the steps and all gather the whole table: the
+        teacher's passes are the bulk of the work, and every rank needs every view."""
         epochs = views.epochs
         longer = [e for e in self._teacher_tables if e >= epochs]
         if longer:
             return prefix(self._teacher_tables[min(longer)], views)
         folder = self.out / "teacher_logits"
-        saved = sorted(e for e in (int(p.stem.split("_")[1]) for p in folder.glob("epochs_*.pt"))
-                       if e >= epochs) if folder.is_dir() else []
+        saved = self.read(lambda f: sorted(
+            e for e in (int(p.stem.split("_")[1]) for p in f.glob("epochs_*.pt"))
+            if e >= epochs) if f.is_dir() else [], folder)
         start = time.perf_counter()
         if saved:
-            tables = torch.load(folder / f"epochs_{saved[0]}.pt", map_location=self.device,
-                                weights_only=True)
+            tables = self.read(lambda f: torch.load(f, map_location="cpu", weights_only=True),
+                               folder / f"epochs_{saved[0]}.pt")
+            tables = {kind: t.to(self.device) for kind, t in tables.items()}
             how, kept = f"loaded ({saved[0]} epochs kept)", saved[0]
         else:
-            tables = engine.teacher_logits(self.teacher_net, views,
-                                           CACHE_DTYPES[self.cfg.cache_dtype], self.cfg.precision)
-            folder.mkdir(exist_ok=True)
-            atomic_write(folder / f"epochs_{epochs}.pt", lambda p: torch.save(tables, p))
+            part = engine.teacher_logits(self.teacher_net, views,
+                                         CACHE_DTYPES[self.cfg.cache_dtype], self.cfg.precision,
+                                         part=(self.ranks.rank, self.ranks.size))
+            tables = {kind: self.ranks.gather_rows(part[kind], len(steps))
+                      for kind, steps in views.kinds.items()}
+            if self.ranks.main:
+                folder.mkdir(exist_ok=True)
+                atomic_write(folder / f"epochs_{epochs}.pt", lambda p: torch.save(tables, p))
             how, kept = "computed", epochs
         seconds = self._add_seconds("teacher logits", start)
         print(f"teacher logits: {epochs} epochs of views, "
@@ -211,24 +258,35 @@ class Search:
         return seconds
 
     def fit(self, name: str, label: str, forward, params, epochs: int, loss: str,
-            count: int = 1, teacher=None):
+            count: int = 1, teacher=None, shared: bool = True) -> Path:
         """Trains ``params`` for ``epochs`` epochs through the engine, with a checkpoint at the
         end of every epoch (out/partial/NAME.pt: the parameters, SGD's momentum, the epoch;
         the views are the epoch's own): a run killed and resumed redoes at most the epoch it
-        was in."""
+        was in. ``shared``: every rank trains these same parameters on its share of each
+        batch (a plain network); otherwise each rank trains its own, or none (``params``
+        empty: it keeps step with the others' epochs), and every rank's state is kept."""
         cfg = self.cfg
         views = self.views(epochs)
-        training = engine.Training(forward, params, views, self.schedule(epochs), loss,
-                                   count=count, teacher=teacher, temperature=cfg.temperature,
-                                   alpha=cfg.label_weight, graphs=self.graphs)
+        training = None
+        if params:
+            training = engine.Training(
+                forward, params, views, self.schedule(epochs), loss, count=count,
+                teacher=teacher, temperature=cfg.temperature, alpha=cfg.label_weight,
+                graphs=self.graphs, ranks=self.ranks if shared else None)
         partial = self.out / "partial" / f"{name}.pt"
-        start = load_partial(partial, params, training.sgd)
+        saved = self.read(read_partial, partial)
+        start = 0 if saved is None else saved["epochs_done"]
+        if saved is not None and training is not None:
+            training.load_state(saved["states"][0 if shared else self.ranks.rank])
         progress = Progress(label, epochs, views.steps_per_epoch, start)
         try:
             for epoch in range(start, epochs):
-                report = training.epoch(epoch, progress.step)
-                save_partial(partial, epoch + 1, params, training.sgd)
-                progress.epoch_done(epoch, report.losses)
+                report = training.epoch(epoch, progress.step) if training else None
+                state = None if training is None else training.state()
+                states = {0: state} if shared else dict(enumerate(self.ranks.gather(state)))
+                if self.ranks.main:
+                    save_partial(partial, epoch + 1, states)
+                progress.epoch_done(epoch, report.losses if report else [])
         finally:
             progress.close()
         return partial
@@ -240,16 +298,12 @@ class Search:
         return engine.evaluate(forward, self.eval_views[split], count, teacher,
                                self.cfg.temperature, self.graphs)
 
-    def load(self, path: Path):
-        net, meta = load_network(path, self.device)
-        return net.to(memory_format=layout(self.cfg, self.device, max(net.widths))), meta
-
     # ------------------------------------------------------------------------- plain networks
 
     def trained(self, path: Path, kind: str, width: int, loss: str, epochs: int):
         """Student[width] (or Teacher[width]) trained with ``loss``, or loaded from ``path``."""
         cfg = self.cfg
-        if path.exists():
+        if self.exists(path):
             net, meta = self.load(path)
             print(line(kind, net.describe(), models.count_params(net), meta["val"],
                        meta["seconds"], "(from checkpoint)"))
@@ -269,13 +323,14 @@ class Search:
         test, = self.evaluate(net, "test")
         seconds = time.perf_counter() - start
         meta = dict(kind=kind, loss_fn=loss, val=val, test=test, seconds=seconds)
-        save_network(path, net, meta)
-        partial.unlink(missing_ok=True)
-        self.log.add(dict(kind=kind, round=0, layer=None, widths=net.widths,
+        self.save(path, net, meta)
+        if self.ranks.main:
+            partial.unlink(missing_ok=True)
+        self.add_log(dict(kind=kind, round=0, layer=None, widths=net.widths,
                           fc_width=net.fc_width, params=models.count_params(net),
                           val_loss=val["loss"], val_acc=val["acc"], seconds=seconds))
         print(line(kind, net.describe(), models.count_params(net), val, seconds))
-        if val["acc"] <= 1.5 / self.data.classes:
+        if val["acc"] <= 1.5 / self.data.classes and self.ranks.main:
             print(f"warning: {kind} is at chance level ({val['acc'] * 100:.1f}% validation "
                   f"accuracy): training diverged or its ReLUs died; try a lower --lr "
                   f"(now {cfg.lr}) or --temperature (now {cfg.temperature})", file=sys.stderr)
@@ -284,7 +339,7 @@ class Search:
     def teacher(self):
         cfg = self.cfg
         path = teacher_path(cfg, self.out)
-        if cfg.teacher and not path.exists():
+        if cfg.teacher and not self.exists(path):
             raise FileNotFoundError(f"--teacher {path} does not exist: pass a teacher.pt "
                                     "written by an earlier search")
         start = time.perf_counter()
@@ -298,8 +353,7 @@ class Search:
         for p in net.parameters():
             p.requires_grad_(False)
         self.teacher_net = net
-        val_tables = engine.teacher_logits(net, self.eval_views["val"])
-        self.val_teacher = val_tables
+        self.val_teacher = engine.teacher_logits(net, self.eval_views["val"])
         self._add_seconds("teacher", start)
         return net, meta
 
@@ -338,24 +392,28 @@ class Search:
         stop_reason = f"reached --max-rounds {cfg.max_rounds}"
         for rnd in range(1, cfg.max_rounds + 1):
             round_path = self.out / f"round_{rnd}.pt"
-            if round_path.exists():
+            if self.exists(round_path):
                 current, meta = self.load(round_path)
                 current_val = meta["val"]
                 accepted.append(dict(round=rnd, **meta["round"]))
                 print(line(f"round {rnd}", current.describe(), models.count_params(current),
                            current_val, meta["seconds"], "(from checkpoint)"))
                 continue
-            start = time.perf_counter()
+            start, comm = time.perf_counter(), self.ranks.seconds
             results = self.run_candidates(rnd, current)
             eligible = [r for r in results if r is not None]
             if not eligible:
                 stop_reason = f"every candidate is above --max-params {cfg.max_params}"
                 break
+            # The same results on every rank, so every rank makes this choice; ties go to
+            # the lower layer.
             best = min(eligible, key=lambda r: (r["val"][cfg.select_on], r["layer"]))
             improved = best["val"][cfg.select_on] < current_val[cfg.select_on]
             name = models.LAYER_NAMES[best["layer"]]
             verdict = "accepted" if improved else "rejected: no lower validation loss, stop"
             seconds = self._add_seconds(f"round {rnd}", start)
+            if self.ranks.size > 1:
+                self.seconds[f"round {rnd} communication"] = self.ranks.seconds - comm
             print(f"round {rnd:<3} best {name:<6} val {cfg.select_on} "
                   f"{best['val'][cfg.select_on]:.4f} vs {current_val[cfg.select_on]:.4f}  "
                   f"{verdict}  ({seconds:.1f}s)")
@@ -368,9 +426,9 @@ class Search:
             test, = self.evaluate(current, "test")
             info = dict(layer=name, widths=current.widths, fc_width=current.fc_width,
                         params=models.count_params(current), val=current_val)
-            save_network(round_path, current, dict(val=current_val, test=test, round=info,
-                                                   seconds=seconds))
-            self.log.add(dict(kind="round", round=rnd, layer=name, widths=current.widths,
+            self.save(round_path, current, dict(val=current_val, test=test, round=info,
+                                                seconds=seconds))
+            self.add_log(dict(kind="round", round=rnd, layer=name, widths=current.widths,
                               fc_width=current.fc_width, params=info["params"],
                               val_loss=current_val["loss"], val_acc=current_val["acc"],
                               seconds=seconds))
@@ -379,18 +437,26 @@ class Search:
 
     def run_candidates(self, rnd: int, current) -> list:
         """Trains (or reloads) round ``rnd``'s candidate for each plantable layer; returns each
-        one's result, None for a candidate above --max-params."""
+        one's result, None for a candidate above --max-params.
+
+        The candidates are spread over the ranks (rank r takes every size-th, from the r-th;
+        one process takes them all), and each rank trains its share together, or one after
+        another without --train-together, in slots that every rank steps through at once.
+        The validation metrics and the trained weights of every candidate are then gathered
+        on every rank, and rank 0 saves them."""
         cfg = self.cfg
         layers = models.plantable_layers(cfg.plant_fc1)
         results, eligible = {}, {}
         for layer in layers:
             stem = candidate_stem(self.out, rnd, layer)
             name = models.LAYER_NAMES[layer]
-            if stem.with_suffix(".json").exists() and stem.with_suffix(".pt").exists():
-                results[layer] = json.loads(stem.with_suffix(".json").read_text())
+            saved = self.read(lambda p: json.loads(p.read_text())
+                              if p.exists() and p.with_suffix(".pt").exists() else None,
+                              stem.with_suffix(".json"))
+            if saved is not None:
+                results[layer] = saved
                 print(line("candidate", f"r{rnd} +{cfg.plant_channels} {name}",
-                           results[layer]["params"], results[layer]["val"],
-                           results[layer]["seconds"], "(from checkpoint)"))
+                           saved["params"], saved["val"], saved["seconds"], "(from checkpoint)"))
             generator = torch.Generator().manual_seed(candidate_seed(cfg, rnd, layer))
             candidate = models.plant(current.cpu(), layer, cfg.plant_channels, cfg.plant_init,
                                      generator).to(self.device)
@@ -402,43 +468,64 @@ class Search:
                 results[layer] = None
                 continue
             eligible[layer] = candidate
-        groups = [eligible] if cfg.train_together else [{k: v} for k, v in eligible.items()]
-        for group in groups:
-            if all(results.get(layer) is not None for layer in group):
-                continue  # trained and saved before an interruption
-            # A group is always all its candidates (those saved before an interruption too):
-            # the same group trains the same way, and its epoch checkpoint is kept until every
+        mine = self.ranks.share(sorted(eligible))
+        groups = [mine] if cfg.train_together else [[layer] for layer in mine]
+        slots = 1 if cfg.train_together else -(-len(eligible) // self.ranks.size)
+        for slot in range(slots):
+            # A slot is always all its candidates (those saved before an interruption too):
+            # the same groups train the same way, and its epoch checkpoint is kept until every
             # member is saved.
+            members = [layer for layers_r in self.ranks.gather(groups[slot] if slot < len(groups)
+                                                                else [])
+                       for layer in layers_r]
+            if all(results.get(layer) is not None for layer in members):
+                continue  # trained and saved before an interruption
+            group = groups[slot] if slot < len(groups) else []
             start = time.perf_counter()
-            round_op = PlantedRound(current, group)
-            names = "+".join(models.LAYER_NAMES[layer] for layer in round_op.layers)
+            round_op = PlantedRound(current, {layer: eligible[layer] for layer in group}) \
+                if group else None
+            names = "+".join(models.LAYER_NAMES[layer] for layer in group)
+            where = f", rank {self.ranks.rank} of {self.ranks.size}" if self.ranks.size > 1 else ""
             teacher = self.teacher_table(self.views(cfg.plant_epochs))
-            partial = self.fit(f"r{rnd}_" + "_".join(map(str, round_op.layers)),
-                               f"round {rnd} ({names})", round_op, round_op.parameters(),
-                               cfg.plant_epochs, "kd", count=len(round_op), teacher=teacher)
-            vals = self.evaluate(round_op, "val", len(round_op))
-            # One pass trained them all: each is charged an equal share of its time.
-            total = time.perf_counter() - start
-            note = f"(trained with {len(group) - 1} others in {total:.1f}s)" if len(group) > 1 else ""
-            for layer, val in zip(round_op.layers, vals):
-                if results.get(layer) is None:
-                    results[layer] = self.save_candidate(rnd, layer, group[layer], val,
-                                                         total / len(group), note)
-            partial.unlink(missing_ok=True)
+            partial = self.fit(f"r{rnd}_" + "_".join(map(str, sorted(members))),
+                               f"round {rnd} ({names}{where})", round_op,
+                               round_op.parameters() if round_op else [], cfg.plant_epochs,
+                               "kd", count=len(group), teacher=teacher, shared=False)
+            vals = self.evaluate(round_op, "val", len(group)) if group else []
+            seconds = time.perf_counter() - start
+            states = [models.planted_state(eligible[layer]) for layer in group]
+            for rank, (layers_r, vals_r, states_r, seconds_r) in enumerate(
+                    self.ranks.gather((group, vals, states, seconds))):
+                for layer, val, state in zip(layers_r, vals_r, states_r):
+                    models.load_planted_state(eligible[layer], state)
+                    if results.get(layer) is None:
+                        note = (f"(trained with {len(layers_r) - 1} others in {seconds_r:.1f}s"
+                                f"{f' on rank {rank}' if self.ranks.size > 1 else ''})"
+                                if len(layers_r) > 1 else
+                                (f"(rank {rank})" if self.ranks.size > 1 else ""))
+                        # One pass trained them all: each is charged an equal share of its time.
+                        results[layer] = self.save_candidate(rnd, layer, eligible[layer], val,
+                                                             seconds_r / len(layers_r), note,
+                                                             rank)
+            if self.ranks.main:
+                partial.unlink(missing_ok=True)
         return [results[layer] for layer in layers]
 
-    def save_candidate(self, rnd, layer, candidate, val, seconds, note="") -> dict:
+    def save_candidate(self, rnd, layer, candidate, val, seconds, note="", rank=0) -> dict:
         cfg = self.cfg
         stem = candidate_stem(self.out, rnd, layer)
         name = models.LAYER_NAMES[layer]
         params = models.count_params(candidate)
         result = dict(round=rnd, layer=layer, layer_name=name, widths=candidate.widths,
-                      fc_width=candidate.fc_width, params=params, val=val, seconds=seconds)
-        save_network(stem.with_suffix(".pt"), candidate, dict(val=val, seconds=seconds))
-        write_json(stem.with_suffix(".json"), result)
-        self.log.add(dict(kind="candidate", round=rnd, layer=name, widths=candidate.widths,
+                      fc_width=candidate.fc_width, params=params, val=val, seconds=seconds,
+                      rank=rank)
+        self.save(stem.with_suffix(".pt"), candidate, dict(val=val, seconds=seconds))
+        if self.ranks.main:
+            write_json(stem.with_suffix(".json"), result)
+        self.add_log(dict(kind="candidate", round=rnd, layer=name, widths=candidate.widths,
                           fc_width=candidate.fc_width, params=params, val_loss=val["loss"],
-                          val_acc=val["acc"], val_kd_loss=val["kd_loss"], seconds=seconds))
+                          val_acc=val["acc"], val_kd_loss=val["kd_loss"], seconds=seconds,
+                          rank=rank))
         print(line("candidate", f"r{rnd} +{cfg.plant_channels} {name}", params, val, seconds,
                    note))
         return result
@@ -478,16 +565,20 @@ class Search:
             compare = cfg.dataset if cfg.dataset in report.PAPER else "none"
         result = dict(final=final, initial=initial, teacher=teacher, rounds=rounds,
                       students=student_rows, compare_with=compare, stop_reason=stop_reason,
-                      config=dataclasses.asdict(cfg))
-        train = self.data.train
-        exported = final_net.cpu().to_sequential(train.mean.cpu(), train.std.cpu())
-        atomic_write(self.out / "final.pt", lambda p: torch.save(exported, p))
-        report.write_results(self.out, result)
+                      config=dataclasses.asdict(cfg), world_size=self.ranks.size)
+        if self.ranks.main:
+            train = self.data.train
+            exported = final_net.cpu().to_sequential(train.mean.cpu(), train.std.cpu())
+            atomic_write(self.out / "final.pt", lambda p: torch.save(exported, p))
+            report.write_results(self.out, result)
         seconds = self._add_seconds("report", start)
         print(f"report: results.md, accuracy_vs_params.png, final.pt, result.json "
               f"({seconds:.1f}s)")
+        if self.ranks.size > 1:  # of the phases' times, spent in collectives (rank 0's)
+            self.seconds["communication"] = self.ranks.seconds
         result["seconds"] = dict(self.seconds)
-        write_json(self.out / "result.json", result)
+        if self.ranks.main:
+            write_json(self.out / "result.json", result)
         print(f"done: {final['network']} {models.PlantNet.describe(final_net)} "
               f"{final['params']:,} params, test loss {final['test_loss']:.4f}, test acc "
               f"{final['test_acc'] * 100:.2f}% ({stop_reason}). Results in {self.out}/results.md")
@@ -500,15 +591,16 @@ class Search:
         except (ValueError, FileNotFoundError, datasets.DataError):
             # Refused before anything was trained (a teacher of another dataset, say): remove
             # the folder this run made, rather than leave one that holds nothing to resume.
-            if self.created and not any(self.out.glob("*.pt")):
+            if self.ranks.main and self.created and not any(self.out.glob("*.pt")):
                 shutil.rmtree(self.out, ignore_errors=True)
             raise
 
     def _run(self) -> dict:
         cfg = self.cfg
+        where = f", {self.ranks.size} ranks" if self.ranks.size > 1 else ""
         print(f"plantops {plantops.__version__}: {cfg.dataset} ({self.data.arch}), "
               f"{len(self.data.train)} train / {len(self.data.val)} val / {len(self.data.test)} "
-              f"test images, device {self.device}, out {self.out}")
+              f"test images, device {self.device}{where}, out {self.out}")
         self.teacher()
         current, meta = self.initial()
         accepted, stop_reason = self.plant_rounds(current, meta["val"])
