@@ -419,3 +419,15 @@ def test_a_run_refused_before_training_leaves_no_folder(reference_run, tmp_path)
         search.run_search(tiny_config(other, refused, teacher=str(out / "teacher.pt"),
                                       val_size=5))
     assert not refused.exists()
+
+
+def test_progress_and_times_are_shown(image_folder, tmp_path, capsys):
+    """Outside a terminal every phase says each finished epoch; each candidate says the
+    time its round took; the run ends with the wall time of every phase."""
+    search.run_search(tiny_config(image_folder, tmp_path / "progress", max_rounds=1))
+    out = capsys.readouterr().out
+    for phase in ("teacher", "initial", "round 1 (conv1+conv2+conv3+conv4+conv5)"):
+        assert f"  {phase}: epoch 1/" in out and "done, training loss" in out
+    assert "(trained with 4 others in " in out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("time: teacher ") and "round 1 " in last and "report " in last

@@ -63,16 +63,8 @@ def forward(module, extra, x, frozen_weight, frozen_bias, in_weight, out_weight,
             stride, padding, x_planted=None):
     """Runs ``module.forward``; ``extra`` is the trailing argument (threads or stream). With
     ``x_planted``, x holds the frozen input channels and x_planted the planted ones."""
-    x, fw, iw, ow = (x.contiguous(), frozen_weight.contiguous(), in_weight.contiguous(),
-                     out_weight.contiguous())
-    xp = None if x_planted is None else x_planted.contiguous()
-    fb = None if frozen_bias is None else frozen_bias.contiguous()
-    ob = None if out_bias is None else out_bias.contiguous()
-    g = _geometry(module, x.shape, fw.shape, iw.shape, ow.shape, stride, padding)
-    out = x.new_empty((g.N, g.O_f + g.O_p, g.OH, g.OW))
-    if out.numel():
-        module.forward(g, _DTYPE_NAMES[x.dtype], ptr(x), ptr(fw), ptr(fb), ptr(iw), ptr(ow),
-                       ptr(ob), ptr(xp), out.data_ptr(), extra)
+    out, _ = _run_forward(module, "forward", 1, extra, x, frozen_weight, frozen_bias, in_weight,
+                          out_weight, out_bias, stride, padding, x_planted)
     return out
 
 
@@ -80,16 +72,28 @@ def forward_relu_pool(module, extra, x, frozen_weight, frozen_bias, in_weight, o
                       out_bias, stride, padding, x_planted=None):
     """max_pool2d(relu(forward(...)), 2) in one pass of the module's kernels, or None where
     they do not compute it (not a Winograd layer, or an odd output size)."""
+    out, done = _run_forward(module, "forward_relu_pool", 2, extra, x, frozen_weight, frozen_bias,
+                             in_weight, out_weight, out_bias, stride, padding, x_planted)
+    return out if done else None
+
+
+def _run_forward(module, kernel, pool, extra, x, frozen_weight, frozen_bias, in_weight,
+                 out_weight, out_bias, stride, padding, x_planted):
+    """(the output, the answer) of ``module``'s forward kernel ``kernel``, which writes
+    [N, O, OH / pool, OW / pool]."""
     x, fw, iw, ow = (x.contiguous(), frozen_weight.contiguous(), in_weight.contiguous(),
                      out_weight.contiguous())
     xp = None if x_planted is None else x_planted.contiguous()
     fb = None if frozen_bias is None else frozen_bias.contiguous()
     ob = None if out_bias is None else out_bias.contiguous()
     g = _geometry(module, x.shape, fw.shape, iw.shape, ow.shape, stride, padding)
-    out = x.new_empty((g.N, g.O_f + g.O_p, g.OH // 2, g.OW // 2))
-    done = module.forward_relu_pool(g, _DTYPE_NAMES[x.dtype], ptr(x), ptr(fw), ptr(fb), ptr(iw),
-                                    ptr(ow), ptr(ob), ptr(xp), out.data_ptr(), extra)
-    return out if done else None
+    out = x.new_empty((g.N, g.O_f + g.O_p, g.OH // pool, g.OW // pool))
+    done = None
+    if out.numel() or pool > 1:
+        done = getattr(module, kernel)(g, _DTYPE_NAMES[x.dtype], ptr(x), ptr(fw), ptr(fb),
+                                       ptr(iw), ptr(ow), ptr(ob), ptr(xp), out.data_ptr(),
+                                       extra)
+    return out, done
 
 
 def backward(module, extra, grad_out, x, frozen_weight, in_weight, out_weight, stride, padding,
