@@ -15,7 +15,7 @@ Writes to ``--out``: config.json, log.jsonl, result.json, results.md, accuracy_v
 checkpoints (teacher.pt, initial.pt, round_K.pt), and final.pt, the chosen network as a plain
 ``nn.Sequential`` (``torch.load(path, weights_only=False)``; no plantops needed).
 
-The ``quick`` preset (default) runs a reduced protocol meant for a CPU: 5.5 minutes on 2
+The ``quick`` preset (default) runs a reduced protocol meant for a CPU: 5 minutes on 2
 cores (measured on an AMD EPYC, plus 11 s to decode CIFAR-10's JPEGs the first time);
 ``paper`` is the full protocol of the first author's code (100 epochs, SGD 0.01), for a GPU.
 Under ``torchrun`` one search, or the runs of ``--seeds``/``--sweep``, spread over the ranks.
