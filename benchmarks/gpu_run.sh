@@ -63,4 +63,4 @@ for step in $steps; do
   esac
   echo "$step: rc $? in $(( $(date +%s) - start )) s" | tee -a "$OUT/steps.txt"
 done
-tail -5 "$OUT"/*.log
+tail -n 5 "$OUT"/*.log
