@@ -43,9 +43,7 @@ def resolve(backend: str, x: Tensor) -> str:
                          f"{', '.join(BACKENDS)}")
     if backend == "auto":
         return _kernels.relu_pool_backend(x)
-    runs_cpu = (x.device.type == "cpu" and x.dtype in _DTYPE_NAMES and x.shape[2] >= 2
-                and x.shape[3] >= 2 and _cpu_module() is not None)
-    if backend == "cpu" and not runs_cpu:
+    if backend == "cpu" and not _kernels.relu_pool_cpu_runs(x):
         raise ValueError(f"backend 'cpu' of relu_max_pool2d needs a float32 or float64 CPU "
                          f"tensor [N, C, H, W] with H, W >= 2 and the compiled plantops._C; got "
                          f"{x.dtype} {tuple(x.shape)} on {x.device}; pass backend='auto'")

@@ -123,16 +123,18 @@ def _auto(device_type: str, dtype: torch.dtype, shape_key) -> str:
     return "torch"
 
 
+def relu_pool_cpu_runs(x: torch.Tensor) -> bool:
+    """Whether relu_max_pool2d's C++ kernel can take ``x`` (in any layout): a float32 or
+    float64 CPU tensor [N, C, H, W] with H, W >= 2, and the compiled plantops._C."""
+    return (x.device.type == "cpu" and min(x.shape[2:]) >= 2
+            and get("cpu").unavailable_reason("cpu", x.dtype) is None)
+
+
 def relu_pool_backend(x: torch.Tensor) -> str:
-    """relu_max_pool2d's auto choice: its C++ kernel for float32/float64 NCHW CPU tensors,
-    where ATen's max_pool2d is 8-16x slower (benchmarks/test_bench_relu_pool.py); ATen
-    elsewhere (channels-last CPU tensors, whose ATen kernel is vectorized over channels, and
-    GPUs)."""
-    if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-            and x.is_contiguous() and min(x.shape[2:]) >= 2
-            and get("cpu").unavailable_reason("cpu", x.dtype) is None):
-        return "cpu"
-    return "torch"
+    """relu_max_pool2d's auto choice: its C++ kernel for NCHW tensors it can take, where
+    ATen's max_pool2d is 8-16x slower (benchmarks/test_bench_relu_pool.py); ATen elsewhere
+    (channels-last CPU tensors, whose ATen kernel is vectorized over channels, and GPUs)."""
+    return "cpu" if x.is_contiguous() and relu_pool_cpu_runs(x) else "torch"
 
 
 def cpu_kernels_win(shape_key) -> bool:
