@@ -144,7 +144,7 @@ def test_ranks_with_different_options_are_refused(setting):
              str(root / "mismatch"), "--plant-epochs", epochs], env=rank_env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = [p.communicate(timeout=120) for p in procs]
-    assert all(p.returncode == 2 for p in procs)
+    assert all(p.returncode == 2 for p in procs), [(p.returncode, o[1][-1500:]) for p, o in zip(procs, outputs)]
     err = outputs[0][1]
     assert "rank 1's options differ from rank 0's" in err and "plant_epochs: 2 against 3" in err
     assert not (root / "mismatch").exists()

@@ -33,7 +33,7 @@ from pathlib import Path
 from plantops import data as datasets
 from plantops.search.checkpoints import (Log, atomic_write, candidate_stem, load_network,
                                          save_network, teacher_path, write_json)
-from plantops.search import runs
+from plantops.search import distributed, runs
 from plantops.search.config import (PRESETS, Config, config_from_dict, options_table,
                                     parse_args as _parse_args, parse_command)
 from plantops.search.loop import (Search, SearchData, candidate_seed, layout, prepare_data,
@@ -49,6 +49,7 @@ def main(argv=None) -> int:
     # One line at a time, also into a log file: a long phase's progress shows as it happens.
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
+    code = 0
     try:
         cfg, seeds, sweep, resume = parse_command(argv, description=__doc__)
         many = runs.resumed_runs(Path(resume)) if resume else None
@@ -60,8 +61,11 @@ def main(argv=None) -> int:
             run_search(cfg)
     except (ValueError, FileNotFoundError, datasets.DataError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        code = 2
+    # Under torchrun, every rank that ends here (done, or refused like the others) leaves the
+    # job cleanly; a crash propagates as it is.
+    distributed.shutdown()
+    return code
 
 
 __all__ = ["PRESETS", "Config", "Log", "Search", "SearchData", "atomic_write", "candidate_seed",
