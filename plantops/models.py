@@ -179,6 +179,10 @@ def plantable_layers(include_fc1: bool) -> list[int]:
     return list(range(6 if include_fc1 else 5))
 
 
+# How the planted outgoing weights start: the scale of the layer's default init (0: zero).
+PLANT_INITS = {"preserve": 0.0, "small": 0.1, "random": 1.0}
+
+
 def plant(net: PlantNet, layer: int, count: int, init: str = "preserve",
           generator: torch.Generator | None = None) -> PlantNet:
     """A copy of ``net`` with ``count`` channels planted into ``layer`` (0-4 convs, 5 fc1).
@@ -186,10 +190,12 @@ def plant(net: PlantNet, layer: int, count: int, init: str = "preserve",
     Only the planted blocks are trainable. ``init="preserve"`` starts the new outgoing
     weights (the next layer's planted input slices) at zero, so the candidate computes
     exactly its parent's function before training; ``"random"`` gives them the layer's
-    default initialization too.
+    default initialization too, and ``"small"`` a tenth of it: the candidate starts near its
+    parent, and the new filters get a gradient from the first step (with zero outgoing
+    weights they get none until the slices have moved).
     """
-    if init not in ("preserve", "random"):
-        raise ValueError(f"plant init must be 'preserve' or 'random', got {init!r}")
+    if init not in PLANT_INITS:
+        raise ValueError(f"plant init must be one of {', '.join(PLANT_INITS)}, got {init!r}")
     if layer not in range(6):
         raise ValueError(f"layer must be 0-4 (conv1-conv5) or 5 (fc1), got {layer}")
     net = merge(net)
@@ -209,8 +215,8 @@ def plant(net: PlantNet, layer: int, count: int, init: str = "preserve",
         net.fc1 = grown
         reader = PlantedLinear.from_linear(net.fc2).plant_inputs(count)
         net.fc2 = reader
-    if init == "random":
-        bound = 1.0 / reader._fan_in() ** 0.5
+    if init != "preserve":
+        bound = PLANT_INITS[init] / reader._fan_in() ** 0.5
         with torch.no_grad():
             reader.in_weight.uniform_(-bound, bound, generator=generator)
     return net

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from plantops import data as datasets
+from plantops import models
 from plantops.engine import CACHE_DTYPES, PRECISIONS
 
 GROUPS = {
@@ -76,13 +77,33 @@ class Config:
     plant_fc1: bool = option(False, "let fc1 be planted too (adds fc1 outputs and fc2 inputs)",
                              "planting")
     plant_init: str = option("preserve", "preserve: new outgoing weights start at zero (a "
-                             "candidate starts exactly at its parent); random: default init "
-                             "for them too", "planting", ("preserve", "random"))
+                             "candidate starts exactly at its parent); small: at a tenth of "
+                             "the default init (near its parent, and the new filters get a "
+                             "gradient from the first step); random: default init for them "
+                             "too", "planting", tuple(models.PLANT_INITS))
+    plant_lr: Optional[float] = option(None, "SGD learning rate of the planted parameters "
+                                       "(unset: --lr)", "planting")
+    plant_lr_decay: Optional[float] = option(None, "lr multiplier after each third of a "
+                                             "candidate's training (unset: --lr-decay; 1 = "
+                                             "constant)", "planting")
+    plant_weight_decay: Optional[float] = option(None, "SGD weight decay of the planted "
+                                                 "parameters (unset: --weight-decay)",
+                                                 "planting")
     max_rounds: int = option(3, "planting rounds at most", "planting")
     max_params: int = option(0, "skip candidates above this many parameters; 0 = no budget",
                              "planting")
     select_on: str = option("loss", "validation criterion: loss (cross-entropy) or kd_loss "
                             "(distillation loss)", "planting", ("loss", "kd_loss"))
+    select_rule: str = option("lowest", "which candidate a round keeps: lowest (the lowest "
+                              "validation --select-on, the poster's rule) or per_param (the "
+                              "largest fall of it per added parameter, among those that "
+                              "lower it)", "planting", ("lowest", "per_param"))
+    finetune_epochs: int = option(0, "after each accepted round, train the whole network "
+                                  "this many epochs by distillation (a departure from the "
+                                  "poster, which keeps every old parameter fixed; 0 = off)",
+                                  "planting")
+    finetune_lr: Optional[float] = option(None, "SGD learning rate of --finetune-epochs "
+                                          "(unset: --lr)", "planting")
     batch_size: int = option(128, "images per step", "training")
     lr: float = option(0.05, "SGD learning rate", "training")
     momentum: float = option(0.9, "SGD momentum", "training")
@@ -145,7 +166,8 @@ class Config:
                 hint = " (or --teacher FILE to reuse a trained one)" if name == "teacher_epochs" else ""
                 raise ValueError(f"{flag(name)} must be >= 1, got {getattr(self, name)}: a "
                                  f"network trained for 0 epochs does not change{hint}")
-        for name in ("max_rounds", "train_subset", "max_params", "seed", "split_seed"):
+        for name in ("max_rounds", "train_subset", "max_params", "seed", "split_seed",
+                     "finetune_epochs", "plant_weight_decay"):
             value = getattr(self, name)
             if value is not None and value < 0:  # split_seed None: --seed's
                 raise ValueError(f"{flag(name)} must be >= 0, got {value}")
@@ -160,11 +182,21 @@ class Config:
                              f"got {self.table_widths!r}")
         if self.temperature <= 0 or self.lr <= 0:
             raise ValueError("--temperature and --lr must be > 0")
+        for name in ("plant_lr", "plant_lr_decay", "finetune_lr"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{flag(name)} must be > 0, got {value}")
         return self
 
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def value_type(f: dataclasses.Field):
+    """The Python type of an option's values (str for words and paths, bool for on/off)."""
+    return {"int": int, "Optional[int]": int, "float": float, "Optional[float]": float,
+            "bool": bool, "Optional[bool]": bool}.get(str(f.type), str)
 
 
 PRESETS = {
@@ -257,15 +289,14 @@ def parse_command(argv=None, description: str = ""):
                      "summary.md, e.g. --sweep plant_epochs=12,30")
     groups = {name: parser.add_argument_group(title) for name, title in GROUPS.items()}
     for f in dataclasses.fields(Config):
-        kind = {"Optional[str]": str, "str": str, "int": int, "Optional[int]": int,
-                "float": float}.get(str(f.type))
+        kind = value_type(f)
         group = groups[f.metadata["group"]]
-        if f.type in ("bool", "Optional[bool]"):
+        if kind is bool:
             group.add_argument(flag(f.name), action=argparse.BooleanOptionalAction,
                                default=None, help=_help(f))
         else:
-            metavar = {"int": "N", "Optional[int]": "N", "float": "X"}.get(
-                str(f.type), "PATH" if f.name in ("data", "out", "cache_dir", "teacher")
+            metavar = {int: "N", float: "X"}.get(
+                kind, "PATH" if f.name in ("data", "out", "cache_dir", "teacher")
                 else f.name.upper())
             group.add_argument(flag(f.name), type=kind, default=None, help=_help(f),
                                choices=f.metadata["choices"],

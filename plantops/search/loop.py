@@ -114,15 +114,43 @@ def line(kind, name, params, metrics, seconds, extra=""):
             f"val acc {metrics['acc'] * 100:6.2f}%  {seconds:7.1f}s {extra}")
 
 
-def training_schedule(cfg: Config, epochs: int) -> Schedule:
-    """How every network of the search trains, for ``epochs`` epochs."""
-    return Schedule(epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size,
-                    cfg.lr_decay, precision=cfg.precision)
+def training_schedule(cfg: Config, epochs: int, kind: str = "plain") -> Schedule:
+    """How the search trains for ``epochs`` epochs: a plain network (``"plain"``: the teacher,
+    the initial network, the --table students), a round's planted parameters
+    (``"planted"``: --plant-lr, --plant-lr-decay, --plant-weight-decay where set), or a whole
+    network after an accepted round (``"finetune"``: --finetune-lr where set)."""
+    pick = lambda value, default: default if value is None else value
+    lr, decay, weight_decay = cfg.lr, cfg.lr_decay, cfg.weight_decay
+    if kind == "planted":
+        lr = pick(cfg.plant_lr, lr)
+        decay = pick(cfg.plant_lr_decay, decay)
+        weight_decay = pick(cfg.plant_weight_decay, weight_decay)
+    elif kind == "finetune":
+        lr = pick(cfg.finetune_lr, lr)
+    elif kind != "plain":
+        raise ValueError(f"kind must be plain, planted or finetune, got {kind!r}")
+    return Schedule(epochs, lr, cfg.momentum, weight_decay, cfg.batch_size, decay,
+                    precision=cfg.precision)
 
 
 def prefix(tables: dict, views: ViewSchedule) -> dict:
     """The rows of a teacher table (of as many epochs, or more) that belong to ``views``."""
     return {kind: tables[kind][:len(steps)] for kind, steps in views.kinds.items()}
+
+
+def choose(results: list[dict], current_val: dict, current_params: int, cfg: Config) -> dict:
+    """The candidate a round keeps (--select-rule): the lowest validation --select-on
+    ("lowest", the poster's rule), or the largest fall of it below ``current_val`` per added
+    parameter ("per_param": a cheap layer's tiny gain no longer beats a dear layer's large
+    one). Where none falls, the lowest, which the round then rejects. Ties go to the lower
+    layer."""
+    metric = cfg.select_on
+    lowest = min(results, key=lambda r: (r["val"][metric], r["layer"]))
+    gains = [r for r in results if r["val"][metric] < current_val[metric]]
+    if cfg.select_rule == "lowest" or not gains:
+        return lowest
+    return max(gains, key=lambda r: ((current_val[metric] - r["val"][metric])
+                                     / max(1, r["params"] - current_params), -r["layer"]))
 
 
 def candidate_seed(cfg, rnd: int, layer: int) -> int:
@@ -177,6 +205,7 @@ class Search:
         self.teacher_net = None
         self.val_teacher = None  # the teacher's logits of the validation set
         self.seconds: dict[str, float] = {}  # wall time of each phase run in this process
+        self.warnings: list[str] = []  # what the user was warned of, for result.json
 
     # ------------------------------------------------------------------------- the folder
 
@@ -258,19 +287,20 @@ class Search:
         return seconds
 
     def fit(self, name: str, label: str, forward, params, epochs: int, loss: str,
-            count: int = 1, teacher=None, shared: bool = True) -> Path:
+            count: int = 1, teacher=None, shared: bool = True, kind: str = "plain") -> Path:
         """Trains ``params`` for ``epochs`` epochs through the engine, with a checkpoint at the
         end of every epoch (out/partial/NAME.pt: the parameters, SGD's momentum, the epoch;
         the views are the epoch's own): a run killed and resumed redoes at most the epoch it
         was in. ``shared``: every rank trains these same parameters on its share of each
         batch (a plain network); otherwise each rank trains its own, or none (``params``
-        empty: it keeps step with the others' epochs), and every rank's state is kept."""
+        empty: it keeps step with the others' epochs), and every rank's state is kept.
+        ``kind``: which schedule (training_schedule)."""
         cfg = self.cfg
         views = self.views(epochs)
         training = None
         if params:
             training = engine.Training(
-                forward, params, views, self.schedule(epochs), loss, count=count,
+                forward, params, views, self.schedule(epochs, kind), loss, count=count,
                 teacher=teacher, temperature=cfg.temperature, alpha=cfg.label_weight,
                 graphs=self.graphs, ranks=self.ranks if shared else None)
         partial = self.out / "partial" / f"{name}.pt"
@@ -335,6 +365,27 @@ class Search:
                   f"accuracy): training diverged or its ReLUs died; try a lower --lr "
                   f"(now {cfg.lr}) or --temperature (now {cfg.temperature})", file=sys.stderr)
         return net, meta
+
+    def warn(self, text: str, result: dict | None = None):
+        """A warning: one line on stderr (rank 0's), kept for result.json."""
+        (self.warnings if result is None else result["warnings"]).append(text)
+        if self.ranks.main:
+            print(f"warning: {text}", file=sys.stderr)
+
+    def check_teacher(self, teacher_val: dict, initial_val: dict):
+        """Distillation cannot lift a student above its teacher: say so before the rounds
+        when the teacher is no better than the initial network on the validation set: a
+        validation loss no lower, or a lower accuracy."""
+        cfg = self.cfg
+        if teacher_val["loss"] < initial_val["loss"] and teacher_val["acc"] >= initial_val["acc"]:
+            return
+        how = (f"train it longer (--teacher-epochs, now {cfg.teacher_epochs})"
+               if not cfg.teacher else "pass a stronger one (--teacher FILE)")
+        self.warn(f"the teacher (val loss {teacher_val['loss']:.4f}, val acc "
+                  f"{teacher_val['acc'] * 100:.2f}%) is no better than the initial network "
+                  f"(val loss {initial_val['loss']:.4f}, val acc {initial_val['acc'] * 100:.2f}%)"
+                  f": distilling from it cannot make planting beat the initial network; {how}, "
+                  f"or a wider one (--teacher-width, now {cfg.teacher_width})")
 
     def teacher(self):
         cfg = self.cfg
@@ -405,9 +456,8 @@ class Search:
             if not eligible:
                 stop_reason = f"every candidate is above --max-params {cfg.max_params}"
                 break
-            # The same results on every rank, so every rank makes this choice; ties go to
-            # the lower layer.
-            best = min(eligible, key=lambda r: (r["val"][cfg.select_on], r["layer"]))
+            # The same results on every rank, so every rank makes this choice.
+            best = choose(eligible, current_val, models.count_params(current), cfg)
             improved = best["val"][cfg.select_on] < current_val[cfg.select_on]
             name = models.LAYER_NAMES[best["layer"]]
             verdict = "accepted" if improved else "rejected: no lower validation loss, stop"
@@ -423,6 +473,10 @@ class Search:
                 break
             current, _ = self.load(candidate_stem(self.out, rnd, best["layer"]).with_suffix(".pt"))
             current_val = best["val"]
+            if cfg.finetune_epochs:
+                tuned = time.perf_counter()
+                current, current_val = self.finetune(rnd, current)
+                seconds += self._add_seconds(f"round {rnd}", tuned)
             test, = self.evaluate(current, "test")
             info = dict(layer=name, widths=current.widths, fc_width=current.fc_width,
                         params=models.count_params(current), val=current_val)
@@ -434,6 +488,28 @@ class Search:
                               seconds=seconds))
             accepted.append(dict(round=rnd, **info))
         return accepted, stop_reason
+
+    def finetune(self, rnd: int, net):
+        """--finetune-epochs: the accepted network of round ``rnd``, every parameter trained by
+        distillation (a departure from the poster, docs/method.md); returns it and its
+        validation numbers. Its views are the first epochs of the initial network's, so the
+        teacher's logits are already in the table."""
+        cfg = self.cfg
+        start = time.perf_counter()
+        for p in net.parameters():
+            p.requires_grad_(True)
+        teacher = self.teacher_table(self.views(cfg.finetune_epochs))
+        net.train()
+        partial = self.fit(f"finetune_r{rnd}", f"round {rnd} fine-tuning", net,
+                           list(net.parameters()), cfg.finetune_epochs, "kd", teacher=teacher,
+                           kind="finetune")
+        net.eval()
+        val, = self.evaluate(net, "val")
+        if self.ranks.main:
+            partial.unlink(missing_ok=True)
+        print(line("finetune", net.describe(), models.count_params(net), val,
+                   time.perf_counter() - start, f"(round {rnd}, {cfg.finetune_epochs} epochs)"))
+        return net, val
 
     def run_candidates(self, rnd: int, current) -> list:
         """Trains (or reloads) round ``rnd``'s candidate for each plantable layer; returns each
@@ -490,7 +566,8 @@ class Search:
             partial = self.fit(f"r{rnd}_" + "_".join(map(str, sorted(members))),
                                f"round {rnd} ({names}{where})", round_op,
                                round_op.parameters() if round_op else [], cfg.plant_epochs,
-                               "kd", count=len(group), teacher=teacher, shared=False)
+                               "kd", count=len(group), teacher=teacher, shared=False,
+                               kind="planted")
             vals = self.evaluate(round_op, "val", len(group)) if group else []
             seconds = time.perf_counter() - start
             states = [models.planted_state(eligible[layer]) for layer in group]
@@ -565,7 +642,12 @@ class Search:
             compare = cfg.dataset if cfg.dataset in report.PAPER else "none"
         result = dict(final=final, initial=initial, teacher=teacher, rounds=rounds,
                       students=student_rows, compare_with=compare, stop_reason=stop_reason,
-                      config=dataclasses.asdict(cfg), world_size=self.ranks.size)
+                      config=dataclasses.asdict(cfg), world_size=self.ranks.size,
+                      warnings=list(self.warnings))
+        result["against_curves"] = report.against_curves(result)
+        if any(c["margin"] < 0 for c in result["against_curves"].values()):
+            self.warn(report.curve_sentence(result) + ": planting did not beat the "
+                      "networks of its size trained the standard way", result)
         if self.ranks.main:
             train = self.data.train
             exported = final_net.cpu().to_sequential(train.mean.cpu(), train.std.cpu())
@@ -601,8 +683,9 @@ class Search:
         print(f"plantops {plantops.__version__}: {cfg.dataset} ({self.data.arch}), "
               f"{len(self.data.train)} train / {len(self.data.val)} val / {len(self.data.test)} "
               f"test images, device {self.device}{where}, out {self.out}")
-        self.teacher()
+        _, teacher_meta = self.teacher()
         current, meta = self.initial()
+        self.check_teacher(teacher_meta["val"], meta["val"])
         accepted, stop_reason = self.plant_rounds(current, meta["val"])
         students = self.students() if cfg.table else []
         return self.finish(accepted, stop_reason, students)

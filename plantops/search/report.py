@@ -3,6 +3,7 @@ accuracy_vs_params.png (test accuracy against parameters)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 # The poster's tables (METHOD.md): network, params, test loss ("Test Err."), test acc, loss.
@@ -29,6 +30,59 @@ PAPER = {
               ("Student[128]", "1.2M", 1.7612, 67.04, "CE"), ("Student[128]", "1.2M", 1.1643, 67.71, "KD"),
               ("Planted", "82.6K", 1.0772, 67.12, "KD")],
 }
+
+
+def student_curves(result: dict) -> dict[str, list[tuple[int, float]]]:
+    """The trained students' curves: loss ("CE", "KD") -> [(params, test accuracy)] sorted by
+    params, the initial network on the curve of its own loss; curves of 2 points or more."""
+    curves = {}
+    for loss in ("CE", "KD"):
+        pts = [(r["params"], r["test_acc"]) for r in result.get("students", [])
+               if r["loss_fn"] == loss]
+        if result["initial"]["loss_fn"] == loss:
+            pts.append((result["initial"]["params"], result["initial"]["test_acc"]))
+        if len(pts) > 1:
+            curves[loss] = sorted(pts)
+    return curves
+
+
+def curve_at(points: list[tuple[int, float]], params: int) -> float | None:
+    """A curve's accuracy at ``params``, interpolated linearly in log parameters between the
+    two points around it; None outside the curve (no extrapolation)."""
+    points = sorted(points)
+    for (p0, a0), (p1, a1) in zip(points, points[1:]):
+        if p0 <= params <= p1:
+            if p1 == p0:
+                return max(a0, a1)
+            t = (math.log(params) - math.log(p0)) / (math.log(p1) - math.log(p0))
+            return a0 + t * (a1 - a0)
+    return None
+
+
+def against_curves(result: dict) -> dict:
+    """Where the final network lies against each students' curve at its size:
+    {loss: {"curve_acc", "margin"}} (test accuracy, margin = final - curve), for the curves
+    that reach its size."""
+    final = result["final"]
+    out = {}
+    for loss, pts in student_curves(result).items():
+        acc = curve_at(pts, final["params"])
+        if acc is not None:
+            out[loss] = dict(curve_acc=acc, margin=final["test_acc"] - acc)
+    return out
+
+
+def curve_sentence(result: dict) -> str | None:
+    """One line: the final network against the students' curves, in numbers, or None without
+    a curve at its size."""
+    final, where = result["final"], result.get("against_curves") or {}
+    if not where:
+        return None
+    parts = [f"{'above' if c['margin'] >= 0 else 'below'} the {loss} students' curve "
+             f"({c['curve_acc'] * 100:.2f}% there, {c['margin'] * 100:+.2f} points)"
+             for loss, c in sorted(where.items(), key=lambda kv: kv[0] != "KD")]
+    return (f"Planted (final), {final['test_acc'] * 100:.2f}% at {final['params'] / 1000:.1f}K "
+            f"params, is " + " and ".join(parts) + " (interpolated in log parameters)")
 
 
 def comparison_table(result: dict) -> str:
@@ -130,12 +184,8 @@ def write_results(out: Path, result: dict):
     planted = [(f"round {r['round']}", r["params"], r["test_acc"]) for r in result["rounds"]]
     curves = {"planting": [(result["initial"]["params"], result["initial"]["test_acc"])]
               + [(p, a) for _, p, a in planted]}
-    for loss in ("CE", "KD"):
-        pts = [(r["params"], r["test_acc"]) for r in result.get("students", []) if r["loss_fn"] == loss]
-        if result["initial"]["loss_fn"] == loss:
-            pts.append((result["initial"]["params"], result["initial"]["test_acc"]))
-        if len(pts) > 1:
-            curves[f"Student[k], {loss}"] = pts
+    for loss, pts in student_curves(result).items():
+        curves[f"Student[k], {loss}"] = pts
     teacher = result["teacher"]
     plot([("initial", result["initial"]["params"], result["initial"]["test_acc"]), *planted],
          out / "accuracy_vs_params.png", f"{cfg['dataset']}: planting from Student[{cfg['init_width']}]",
@@ -146,6 +196,9 @@ def write_results(out: Path, result: dict):
             *([f"Beside the paper's {result['compare_with']} table (METHOD.md):", "",
                comparison_table(result), ""] if result.get("compare_with", "none") != "none" else []),
             f"Stopped: {result['stop_reason']}.", "",
+            *[f"{line}." for line in [curve_sentence(result)] if line],
+            *[f"Warning: {w}" for w in result.get("warnings", [])],
+            *([""] if curve_sentence(result) or result.get("warnings") else []),
             "![test accuracy against parameters](accuracy_vs_params.png)", "",
             "Configuration: see config.json; every trained network and candidate: log.jsonl."]
     tmp = out / "results.md.tmp"

@@ -19,7 +19,7 @@ import statistics
 from pathlib import Path
 
 from plantops.search.checkpoints import atomic_write, write_json
-from plantops.search.config import Config, config_from_dict, flag
+from plantops.search.config import Config, config_from_dict, flag, value_type
 from plantops.search.distributed import Ranks
 
 
@@ -48,11 +48,11 @@ def parse_sweep(text: str | None) -> tuple[str, list] | None:
     if name in ("out", "seed"):
         raise ValueError(f"--sweep {name}=... is not a sweep: use --out for the folder and "
                          "--seeds for seeds")
-    kind = {"int": int, "Optional[int]": int, "float": float}.get(str(fields[name].type), str)
+    kind = value_type(fields[name])
     parsed = []
     for value in values.split(","):
         value = value.strip()
-        if str(fields[name].type) in ("bool", "Optional[bool]"):
+        if kind is bool:
             if value.lower() not in ("true", "false", "1", "0", "on", "off"):
                 raise ValueError(f"--sweep {name}: {value!r} is not on/off")
             parsed.append(value.lower() in ("true", "1", "on"))

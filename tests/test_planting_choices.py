@@ -1,0 +1,151 @@
+"""The planting choices that the poster leaves open (docs/method.md): how new channels start,
+the planted parameters' schedule, which candidate a round keeps, fine-tuning after a round,
+and the warnings when distillation cannot help."""
+
+import json
+
+import pytest
+import torch
+
+from plantops import models, search
+from plantops.search import report
+from plantops.search.loop import choose
+
+from test_search import image_folder, reference_run, tiny_config  # noqa: F401 (fixtures)
+
+
+def result_of(layer, loss, params):
+    return dict(layer=layer, params=params, val=dict(loss=loss, kd_loss=loss))
+
+
+def test_lowest_rule_keeps_the_lowest_loss_and_per_param_the_best_fall_per_parameter():
+    current = dict(loss=1.0, kd_loss=1.0)
+    cheap = result_of(0, 0.99, 1_100)   # falls 0.01 for 100 parameters
+    dear = result_of(4, 0.95, 3_000)    # falls 0.05 for 2,000 parameters
+    lowest = search.config_from_dict(dict(select_rule="lowest"))
+    per_param = search.config_from_dict(dict(select_rule="per_param"))
+    assert choose([cheap, dear], current, 1_000, lowest) is dear
+    assert choose([cheap, dear], current, 1_000, per_param) is cheap
+    # A candidate that does not lower the loss is never kept for its tiny cost.
+    worse_but_cheap = result_of(1, 1.001, 1_001)
+    assert choose([worse_but_cheap, dear], current, 1_000, per_param) is dear
+    # None lowers it: the lowest, which the round then rejects.
+    assert choose([result_of(2, 1.2, 2_000), worse_but_cheap], current, 1_000,
+                  per_param) is worse_but_cheap
+    # Ties go to the lower layer, under both rules.
+    twin = result_of(3, 0.95, 3_000)
+    assert choose([twin, dear], current, 1_000, lowest)["layer"] == 3
+    assert choose([dear, twin], current, 1_000, per_param)["layer"] == 3
+
+
+def test_the_planted_schedule_takes_its_own_options_and_the_plain_one_ignores_them():
+    cfg = search.config_from_dict(dict(lr=0.05, plant_lr=0.2, plant_lr_decay=1.0,
+                                       plant_weight_decay=0.0, finetune_lr=0.01))
+    plain = search.training_schedule(cfg, 9)
+    planted = search.training_schedule(cfg, 9, "planted")
+    tuned = search.training_schedule(cfg, 9, "finetune")
+    assert (plain.lr, plain.decay, plain.weight_decay) == (0.05, 0.2, 5e-4)
+    assert (planted.lr, planted.decay, planted.weight_decay) == (0.2, 1.0, 0.0)
+    assert [planted.lr_at(e) for e in (0, 4, 8)] == [0.2, 0.2, 0.2]  # constant
+    assert (tuned.lr, tuned.decay, tuned.weight_decay) == (0.01, 0.2, 5e-4)
+    unset = search.training_schedule(search.Config(), 9, "planted")
+    assert (unset.lr, unset.decay, unset.weight_decay) == (0.05, 0.2, 5e-4)
+    with pytest.raises(ValueError, match="kind must be"):
+        search.training_schedule(cfg, 9, "teacher")
+
+
+@pytest.mark.parametrize("layer", [0, 2, 4, 5])
+def test_small_init_starts_near_the_parent_and_preserve_at_it(layer):
+    torch.manual_seed(0)
+    parent = models.student(3)
+    x = torch.randn(4, 3, 32, 32)
+    before = parent(x)
+    gen = lambda: torch.Generator().manual_seed(7)
+    kept = models.plant(parent, layer, 2, "preserve", gen())(x)
+    near = models.plant(parent, layer, 2, "small", gen())
+    far = models.plant(parent, layer, 2, "random", gen())
+    torch.testing.assert_close(kept, before, rtol=1e-5, atol=1e-6)  # other summation orders
+    reader_near, reader_far = near.layer(layer + 1), far.layer(layer + 1)
+    # The same draws, a tenth of the scale.
+    torch.testing.assert_close(reader_near.in_weight * 10, reader_far.in_weight)
+    assert reader_near.in_weight.abs().min() > 0
+    change = (near(x) - before).abs().max()
+    assert 1e-5 < change < (far(x) - before).abs().max()
+
+
+def test_bad_values_of_the_new_options_are_refused():
+    for values, words in [(dict(plant_lr=0.0), "--plant-lr must be > 0"),
+                          (dict(finetune_lr=-1.0), "--finetune-lr must be > 0"),
+                          (dict(finetune_epochs=-1), "--finetune-epochs must be >= 0"),
+                          (dict(plant_init="zero"), "--plant-init must be one of preserve, "
+                                                    "small, random")]:
+        with pytest.raises(ValueError, match=words):
+            search.config_from_dict(values).validate()
+
+
+def test_finetuning_trains_every_parameter_of_the_accepted_network(image_folder, tmp_path):
+    out = tmp_path / "tuned"
+    result = search.run_search(tiny_config(image_folder, out, finetune_epochs=2, max_rounds=1,
+                                           finetune_lr=0.05))
+    assert len(result["rounds"]) == 1, result["stop_reason"]
+    rnd = result["rounds"][0]
+    layer = models.LAYER_NAMES.index(rnd["layer"])
+    candidate = torch.load(out / "candidates" / f"r1_l{layer}.pt", weights_only=False)
+    tuned = torch.load(out / "round_1.pt", weights_only=False)
+    initial = torch.load(out / "initial.pt", weights_only=False)
+    # The candidate kept every old parameter; fine-tuning moved them (and the planted ones).
+    old = initial["state_dict"]["fc2.weight"]
+    assert torch.equal(candidate["state_dict"]["fc2.weight"], old)
+    assert not torch.equal(tuned["state_dict"]["fc2.weight"], old)
+    assert tuned["widths"] == candidate["widths"]
+    assert tuned["meta"]["val"] != candidate["meta"]["val"]
+    assert rnd["val_loss"] == pytest.approx(tuned["meta"]["val"]["loss"])
+    assert not (out / "partial" / "finetune_r1.pt").exists()
+    records = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["val_loss"] for r in records if r["kind"] == "round"] == [rnd["val_loss"]]
+
+
+def test_a_teacher_no_better_than_the_initial_network_is_warned_of(reference_run, image_folder,
+                                                                    tmp_path, capsys):
+    ref, _ = reference_run
+    weak = tmp_path / "weak_teacher.pt"
+    saved = torch.load(ref / "teacher.pt", weights_only=False)
+    saved["meta"]["val"] = dict(loss=9.0, acc=0.0)  # as a teacher that learnt nothing
+    torch.save(saved, weak)
+    out = tmp_path / "weak"
+    result = search.run_search(tiny_config(image_folder, out, teacher=str(weak), max_rounds=1))
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if line.startswith("warning: the teacher")]
+    assert len(warned) == 1, err
+    assert "val acc 0.00%" in warned[0] and "is no better than the initial network" in warned[0]
+    assert "pass a stronger one (--teacher FILE)" in warned[0]
+    assert result["warnings"] == [warned[0][len("warning: "):]]
+    assert json.loads((out / "result.json").read_text())["warnings"] == result["warnings"]
+    assert "Warning: the teacher" in (out / "results.md").read_text()
+
+
+def test_no_warning_when_the_teacher_is_better(reference_run):
+    _, result = reference_run
+    assert not [w for w in result["warnings"] if w.startswith("the teacher")]
+
+
+def test_curve_interpolates_in_log_parameters_and_does_not_extrapolate():
+    points = [(10_000, 0.50), (40_000, 0.60)]
+    assert report.curve_at(points, 20_000) == pytest.approx(0.55)  # halfway in log params
+    assert report.curve_at(points, 10_000) == pytest.approx(0.50)
+    assert report.curve_at(points, 9_999) is None and report.curve_at(points, 40_001) is None
+
+
+def test_the_report_says_where_planting_lies_against_the_students_curves():
+    row = lambda loss, params, acc: dict(loss_fn=loss, params=params, test_acc=acc)
+    result = dict(initial=row("KD", 20_000, 0.55), final=dict(row("KD", 36_000, 0.57)),
+                  students=[row("KD", 40_000, 0.62), row("CE", 20_000, 0.50),
+                            row("CE", 40_000, 0.54)])
+    where = report.against_curves(result)
+    # log(36K / 20K) / log(40K / 20K) = 0.848 of the way from 55% to 62%
+    assert where["KD"]["curve_acc"] == pytest.approx(0.55 + 0.07 * 0.84799, abs=1e-4)
+    assert where["KD"]["margin"] < 0 < where["CE"]["margin"]
+    result["against_curves"] = where
+    sentence = report.curve_sentence(result)
+    assert sentence.startswith("Planted (final), 57.00% at 36.0K params, is below the KD "
+                               "students' curve (60.94% there, -3.94 points) and above the CE")
