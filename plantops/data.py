@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import hashlib
 import io
 import os
 import pickle
+import shutil
+import sys
 import tarfile
 import urllib.request
 import zlib
@@ -242,9 +245,9 @@ def _load_folder(path: Path, cache_dir: Path) -> Dataset:
         raise DataError(f"{path} does not exist; --data must point at {FORMATS['folder']}")
     cached = cache_dir / f"folder-{_content_key(path)}.npz"
     if cached.is_file():
-        with np.load(cached) as z:
-            return Dataset(z["train_images"], z["train_labels"], z["test_images"],
-                           z["test_labels"], list(z["classes"]))
+        dataset = _read_cache(cached)
+        if dataset is not None:
+            return dataset
     print(f"decoding {path} (once: it is kept in {cached})", flush=True)
     files = _list_folder(path)
     classes = sorted({cls for split, cls, _ in files if split == "train"})
@@ -271,13 +274,62 @@ def _load_folder(path: Path, cache_dir: Path) -> Dataset:
                             "resize them to one size first")
         arrays[split] = (np.stack(images), np.asarray([index[c] for c, _ in items], np.int64))
     dataset = Dataset(*arrays["train"], *arrays["test"], classes)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp.npz")
-    np.savez(tmp, train_images=dataset.train_images, train_labels=dataset.train_labels,
-             test_images=dataset.test_images, test_labels=dataset.test_labels,
-             classes=np.asarray(classes))
-    os.replace(tmp, cached)
+    _write_cache(cached, dataset)
     return dataset
+
+
+def _read_cache(cached: Path) -> Dataset | None:
+    """The dataset a decoded-folder cache holds, or None (with a warning, the file removed)
+    when it does not load or its arrays do not make a dataset: it is a cache, decoded anew."""
+    try:
+        with np.load(cached) as z:
+            dataset = Dataset(z["train_images"], z["train_labels"], z["test_images"],
+                              z["test_labels"], [str(c) for c in z["classes"]])
+        problem = _cache_problem(dataset)
+    except Exception as err:  # truncated, zero bytes, random bytes, missing arrays
+        problem = f"does not load ({type(err).__name__})"
+    if problem is None:
+        return dataset
+    print(f"warning: the decoded-data cache {cached} {problem}; it is a cache: removed, and "
+          "the images are decoded anew", file=sys.stderr)
+    cached.unlink(missing_ok=True)
+    return None
+
+
+def _cache_problem(d: Dataset) -> str | None:
+    for split, images, labels in (("train", d.train_images, d.train_labels),
+                                  ("test", d.test_images, d.test_labels)):
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 \
+                or labels.shape != (len(images),) or not len(images):
+            return (f"holds {split} arrays of shapes {images.shape} and {labels.shape}, not "
+                    "uint8 [N, H, W, 3] images with N labels")
+        if labels.min() < 0 or labels.max() >= len(d.classes):
+            return f"holds {split} labels outside its {len(d.classes)} classes"
+    if d.train_images.shape[1:] != d.test_images.shape[1:]:
+        return "holds train and test images of different sizes"
+    return None
+
+
+def _write_cache(cached: Path, dataset: Dataset):
+    """Keeps the decoded dataset for the next run, when the disk has room: a cache that
+    cannot be written is skipped with a warning (the run goes on; the next one decodes)."""
+    arrays = dict(train_images=dataset.train_images, train_labels=dataset.train_labels,
+                  test_images=dataset.test_images, test_labels=dataset.test_labels,
+                  classes=np.asarray(dataset.classes))
+    nbytes = sum(a.nbytes for a in arrays.values()) + (1 << 20)
+    tmp = cached.with_suffix(".tmp.npz")
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(cached.parent).free
+        if free < nbytes:
+            raise OSError(errno.ENOSPC, f"it needs {nbytes:,} bytes, {free:,} are free")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, cached)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        print(f"warning: cannot keep the decoded images in {cached} ({err.strerror or err}); "
+              "this run goes on without the cache, and the next one decodes them again",
+              file=sys.stderr)
 
 
 def _content_key(path: Path) -> str:
@@ -507,6 +559,23 @@ class ViewSchedule:
             yield "full", epoch * self.full_steps + s
         if "rest" in self.kinds:
             yield "rest", epoch
+
+    def fingerprint(self) -> str:
+        """What these views are, whatever their number of epochs: a hash of the batch size,
+        the crop padding, the data (labels and every 61st image byte) and the first epoch's
+        draws. Views of more epochs from the same seed share it (their first epochs are these
+        views), other data, seeds or batch sizes do not: a stored table of the teacher's
+        logits is checked against it before it is used."""
+        if getattr(self, "_fingerprint", None) is None:
+            digest = hashlib.sha1(f"{self.batch_size} {self.crop_pad} {len(self.data)}".encode())
+            digest.update(self.data.labels.cpu().numpy().tobytes())
+            digest.update(self.data.images.flatten()[::61].cpu().numpy().tobytes())
+            for kind, steps in sorted(self.kinds.items()):
+                rows = self.positions(kind, 0)
+                for table in (steps.index, steps.dy, steps.dx, steps.flip):
+                    digest.update(table[rows.start:rows.stop].cpu().numpy().tobytes())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
 
     def positions(self, kind: str, epoch: int) -> range:
         """The positions in ``kind``'s table of ``epoch``'s steps."""

@@ -232,27 +232,37 @@ def test_the_teacher_runs_once_per_view(image_folder, tmp_path, monkeypatch, cap
     are computed once for the whole search, kept in memory (--cache-teacher) or reloaded from
     the output folder for each round, and once for the validation set. The rounds' views
     are the first --plant-epochs of the initial network's (4 epochs): with fewer, they cost
-    no teacher pass of their own."""
+    no teacher pass of their own; with more, only the missing epochs are computed."""
     from plantops import engine
-    passes = []
+    passes, images = [], []
     real = engine.teacher_logits
 
     def spy(teacher, views, *args, **kwargs):
-        passes.append((views.epochs, views.augment))
-        return real(teacher, views, *args, **kwargs)
+        passes.append((views.epochs, views.augment, kwargs.get("from_epoch", 0)))
+        tables = real(teacher, views, *args, **kwargs)
+        images.append(sum(t.shape[0] * t.shape[1] for t in tables.values()) if views.augment
+                      else 0)
+        return tables
 
     monkeypatch.setattr(engine, "teacher_logits", spy)
     cfg = tiny_config(image_folder, tmp_path / "views", max_rounds=2, plant_epochs=plant_epochs,
                       cache_teacher=cache, max_params=10 ** 9)
     assert cfg.init_epochs == 4
     search.run_search(cfg)
-    val, initial, planting = (1, False), (4, True), (plant_epochs, True)
+    val, initial, planting = (1, False, 0), (4, True, 0), (plant_epochs, True, 4)
     assert sorted(passes) == sorted([val, initial] + ([planting] if plant_epochs > 4 else []))
+    # Each training view went through the teacher once: 24 training images a view-epoch.
+    assert sum(images) == 24 * max(4, plant_epochs)
     out = capsys.readouterr().out
     # Lines for the rounds' tables: each is said when computed or read from the folder,
     # not when it is (a prefix of) one in memory.
     said = out.count(f"teacher logits: {plant_epochs} epochs of views, ")
     assert said == {(True, 3): 0, (False, 3): 2, (True, 6): 1, (False, 6): 2}[cache, plant_epochs]
+    if plant_epochs > 4:
+        assert "teacher logits: 6 epochs of views, " in out and \
+            "epochs 5-6 computed, 1-4 from " in out
+    assert [p.name for p in (tmp_path / "views" / "teacher_logits").iterdir()] == \
+        [f"epochs_{max(4, plant_epochs)}.pt"]  # a longer table replaces a shorter one
 
 
 def test_training_candidates_together_changes_no_choice(reference_run, image_folder, tmp_path):

@@ -31,8 +31,8 @@ import sys
 from pathlib import Path
 
 from plantops import data as datasets
-from plantops.search.checkpoints import (Log, atomic_write, candidate_stem, load_network,
-                                         save_network, teacher_path, write_json)
+from plantops.search.checkpoints import (DiskError, Log, atomic_write, candidate_stem,
+                                         load_network, save_network, teacher_path, write_json)
 from plantops.search import distributed, runs
 from plantops.search.config import (PRESETS, Config, config_from_dict, options_table,
                                     parse_args as _parse_args, parse_command)
@@ -62,13 +62,16 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, datasets.DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         code = 2
+    except DiskError as err:  # the disk, not the command: --resume once it is fixed
+        print(f"error: {err}", file=sys.stderr)
+        code = 1
     # Under torchrun, every rank that ends here (done, or refused like the others) leaves the
     # job cleanly; a crash propagates as it is.
     distributed.shutdown()
     return code
 
 
-__all__ = ["PRESETS", "Config", "Log", "Search", "SearchData", "atomic_write", "candidate_seed",
+__all__ = ["PRESETS", "Config", "DiskError", "Log", "Search", "SearchData", "atomic_write", "candidate_seed",
            "candidate_stem", "config_from_dict", "layout", "load_network", "main",
            "options_table", "parse_args", "prepare_data", "resolve_device", "run_search",
            "save_network", "teacher_path", "training_schedule", "write_json"]

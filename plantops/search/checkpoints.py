@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -16,11 +18,60 @@ import torch
 from plantops import models
 
 
-def atomic_write(path: Path, write):
-    """Writes through a temporary file and a rename: a killed run leaves old or new, never half."""
+class DiskError(OSError):
+    """A file of the search could not be written (a full disk, a read-only or removed
+    folder): the message is one line that names the folder, what was being written and the
+    bytes free there. The command line exits with code 1; what was written before is intact,
+    and ``--resume`` continues once the disk is fixed."""
+
+
+def free_bytes(folder: Path) -> int | None:
+    """Bytes free for a new file in ``folder`` (or the nearest folder above it that exists)."""
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _disk_error(folder: Path, what: str, reason: str) -> DiskError:
+    free = free_bytes(folder)
+    room = "" if free is None else f", {free:,} bytes free there"
+    return DiskError(f"cannot write {what} to {folder} ({reason}{room}): free some space or "
+                     "make the folder writable, then continue with --resume "
+                     "(nothing written before is lost)")
+
+
+def check_free_space(folder: Path, nbytes: int, what: str):
+    """DiskError before a phase that will write ``nbytes`` to ``folder`` if they do not fit."""
+    free = free_bytes(folder)
+    if free is not None and free < nbytes:
+        raise _disk_error(folder, what, f"it needs {nbytes:,} bytes")
+
+
+def atomic_write(path: Path, write, what: str | None = None, previous: Path | None = None):
+    """Writes through a temporary file and a rename: a killed run leaves old or new, never half.
+    A write that fails (a full disk, a folder that cannot be written) leaves no temporary file
+    and raises DiskError naming ``what`` (default: the file's name). ``previous``: where the
+    old file is moved, rather than replaced."""
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        if previous is not None and path.exists():
+            os.replace(path, previous)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        # torch.save reports a full disk as a RuntimeError ("unexpected pos ...").
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        # (torch's message names its own source line, not the file: say it plainly)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else \
+            "the write failed"
+        raise _disk_error(path.parent, what or path.name, reason) from err
 
 
 def write_json(path: Path, obj):
@@ -34,35 +85,112 @@ def save_network(path: Path, net: models.PlantNet, meta: dict):
     atomic_write(path, lambda p: torch.save(payload, p))
 
 
+class CheckpointError(ValueError):
+    """A network checkpoint of the output folder does not load: the message names the file
+    and what it held (the command line exits with code 2). The file is left where it is."""
+
+
+def previous_partial(path: Path) -> Path:
+    """Where the epoch checkpoint before ``path``'s is kept until the next one is written."""
+    return path.with_name(path.stem + ".previous.pt")
+
+
 def save_partial(path: Path, epochs_done: int, states: dict):
     """A training run's state after ``epochs_done`` epochs: ``{rank: state}``, each state the
     parameters and SGD's momentum of what that rank trains (engine.Training.state); the
-    views of the next epoch follow from the epoch alone."""
+    views of the next epoch follow from the epoch alone. The state of the epoch before is
+    kept beside it (previous_partial), so that a checkpoint that turns out unreadable costs
+    one epoch, not the run."""
     path.parent.mkdir(exist_ok=True)
-    atomic_write(path, lambda p: torch.save(dict(epochs_done=epochs_done, states=states), p))
+    atomic_write(path, lambda p: torch.save(dict(epochs_done=epochs_done, states=states), p),
+                 f"an epoch checkpoint ({path.name})", previous=previous_partial(path))
 
 
-def read_partial(path: Path):
-    """What save_partial wrote, or None."""
-    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+def read_partials(path: Path) -> list[tuple[Path, dict]]:
+    """The epoch checkpoints of a training run that load, newest first: save_partial's file,
+    then the one before it. One that does not load is named in a warning and passed over."""
+    found = []
+    for where in (path, previous_partial(path)):
+        if not where.is_file():
+            continue
+        try:
+            saved = torch.load(where, map_location="cpu", weights_only=True)
+            ok = isinstance(saved, dict) and isinstance(saved.get("epochs_done"), int) \
+                and isinstance(saved.get("states"), dict)
+            problem = None if ok else "does not hold an epoch checkpoint"
+        except Exception as err:  # truncated, zero bytes, random bytes: any reader error
+            problem = f"does not load ({type(err).__name__})"
+        if problem is None:
+            found.append((where, saved))
+        else:
+            print(f"warning: the epoch checkpoint {where} {problem}; passed over (the training "
+                  "run goes on from the checkpoint before it, or from its start)",
+                  file=sys.stderr)
+    return found
+
+
+def remove_partial(path: Path):
+    """A finished training run's epoch checkpoints."""
+    for where in (path, previous_partial(path)):
+        where.unlink(missing_ok=True)
+
+
+def what_it_holds(path: Path) -> str:
+    """What a network checkpoint of the output folder holds, by its name, for messages."""
+    name = path.stem
+    if name == "teacher":
+        return "the teacher"
+    if name == "initial":
+        return "the initial network"
+    if name.startswith("round_"):
+        return f"round {name[6:]}'s accepted network"
+    if name.startswith("student_"):
+        _, width, loss = name.split("_", 2)
+        return f"the --table student Student[{width}] {loss.upper()}"
+    if path.parent.name == "candidates" and name.startswith("r") and "_l" in name:
+        rnd, layer = name[1:].split("_l")
+        if layer.isdigit() and int(layer) < len(models.LAYER_NAMES):
+            return f"round {rnd}'s candidate for {models.LAYER_NAMES[int(layer)]}"
+    return "a network"
 
 
 def read_network(path: Path) -> dict:
-    """What save_network wrote (on the CPU)."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """What save_network wrote (on the CPU); CheckpointError if it does not load."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated, zero bytes, random bytes: any reader error
+        raise _bad_checkpoint(path, f"does not load ({type(err).__name__})") from None
+    if not isinstance(payload, dict) or not {"widths", "arch", "num_classes", "fc_width",
+                                             "state_dict", "meta"} <= set(payload):
+        raise _bad_checkpoint(path, "is not a network checkpoint of plantops")
+    return payload
 
 
-def network_from(payload: dict, device) -> tuple[models.PlantNet, dict]:
-    """The network and meta of a read_network payload, on ``device``."""
-    net = models.PlantNet(payload["widths"], payload["arch"], payload["num_classes"],
-                          payload["fc_width"])
-    net.load_state_dict(payload["state_dict"])
+def _bad_checkpoint(path: Path, problem: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} {problem}; it held {what_it_holds(path)}. It is left as it is: restore it, "
+        f"or move it aside (e.g. to {path.name}.bad) and --resume trains it again")
+
+
+def network_from(payload: dict, device, path: Path | None = None
+                 ) -> tuple[models.PlantNet, dict]:
+    """The network and meta of a read_network payload, on ``device``; CheckpointError naming
+    ``path`` if its weights do not fit its architecture."""
+    try:
+        net = models.PlantNet(payload["widths"], payload["arch"], payload["num_classes"],
+                              payload["fc_width"])
+        net.load_state_dict(payload["state_dict"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        if path is None:
+            raise
+        raise _bad_checkpoint(path, f"holds weights that do not fit its network "
+                              f"({str(err).splitlines()[0][:100]})") from None
     return net.to(device), payload["meta"]
 
 
 def load_network(path: Path, device, memory_format=torch.contiguous_format
                  ) -> tuple[models.PlantNet, dict]:
-    net, meta = network_from(read_network(path), device)
+    net, meta = network_from(read_network(path), device, path)
     return net.to(memory_format=memory_format), meta
 
 
@@ -83,10 +211,21 @@ class Log:
 
     def add(self, record: dict):
         self.records.append(record)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        size = self.path.stat().st_size if self.path.exists() else 0
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:
+            # A line cut by a full disk is dropped on reading; cut it here so the next
+            # record starts on a line of its own.
+            try:
+                os.truncate(self.path, size)
+            except OSError:
+                pass
+            raise _disk_error(self.path.parent, "the log (log.jsonl)",
+                              err.strerror or str(err)) from err
 
 
 def code_version() -> str:

@@ -26,14 +26,16 @@ import plantops
 from plantops import data as datasets
 from plantops import engine, models
 from plantops.data import DeviceData, ViewSchedule
-from plantops.engine import CACHE_DTYPES, Schedule
+from plantops.engine import Schedule
 from plantops.planted_round import PlantedRound
 from plantops.progress import Progress
 from plantops.search.checkpoints import (Log, atomic_write, candidate_stem, code_version,
-                                         network_from, read_network, read_partial,
-                                         save_network, save_partial, teacher_path, write_json)
+                                         network_from, read_network, read_partials,
+                                         remove_partial, save_network, save_partial,
+                                         teacher_path, write_json)
 from plantops.search.distributed import Ranks
 from plantops.search.config import Config
+from plantops.search.teacher_tables import TeacherTables
 
 NORMALIZATION = {  # per-channel mean and std of the training images
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -133,11 +135,6 @@ def training_schedule(cfg: Config, epochs: int, kind: str = "plain") -> Schedule
                     precision=cfg.precision)
 
 
-def prefix(tables: dict, views: ViewSchedule) -> dict:
-    """The rows of a teacher table (of as many epochs, or more) that belong to ``views``."""
-    return {kind: tables[kind][:len(steps)] for kind, steps in views.kinds.items()}
-
-
 def choose(results: list[dict], current_val: dict, current_params: int, cfg: Config) -> dict:
     """The candidate a round keeps (--select-rule): the lowest validation --select-on
     ("lowest", the poster's rule), or the largest fall of it below ``current_val`` per added
@@ -201,7 +198,8 @@ class Search:
         self.eval_views = {split: ViewSchedule(getattr(self.data, split), EVAL_BATCH)
                            for split in ("val", "test")}
         self._views: dict[int, ViewSchedule] = {}
-        self._teacher_tables: dict[int, dict] = {}  # epochs of views -> the teacher's logits
+        self.tables = TeacherTables(self.out / "teacher_logits", self.ranks, cfg.cache_dtype,
+                                    cfg.precision, cfg.cache_teacher)
         self.teacher_net = None
         self.val_teacher = None  # the teacher's logits of the validation set
         self.seconds: dict[str, float] = {}  # wall time of each phase run in this process
@@ -218,7 +216,7 @@ class Search:
         return self.ranks.broadcast(read(path) if self.ranks.main else None)
 
     def load(self, path: Path):
-        net, meta = network_from(self.read(read_network, path), self.device)
+        net, meta = network_from(self.read(read_network, path), self.device, path)
         return net.to(memory_format=layout(self.cfg, self.device, max(net.widths))), meta
 
     def save(self, path: Path, net, meta: dict):
@@ -240,46 +238,12 @@ class Search:
         return self._views[epochs]
 
     def teacher_table(self, views: ViewSchedule) -> dict:
-        """The teacher's logits of every view of ``views``, computed once.
-
-        A run of E epochs sees the first E epochs of a longer run's views (the same seeded
-        draws, in the same order), so a table of more epochs serves it too: the rounds'
-        views are the first --plant-epochs of the initial network's, and cost no teacher
-        pass when they are fewer. Tables are kept in memory (--cache-teacher) and in the
-        output folder, so that a resumed search does not run the teacher again. Over several
-        ranks each computes an equal share of the steps and all gather the whole table: the
-        teacher's passes are the bulk of the work, and every rank needs every view."""
-        epochs = views.epochs
-        longer = [e for e in self._teacher_tables if e >= epochs]
-        if longer:
-            return prefix(self._teacher_tables[min(longer)], views)
-        folder = self.out / "teacher_logits"
-        saved = self.read(lambda f: sorted(
-            e for e in (int(p.stem.split("_")[1]) for p in f.glob("epochs_*.pt"))
-            if e >= epochs) if f.is_dir() else [], folder)
+        """The teacher's logits of every view of ``views``, each view's computed once per
+        search (search.teacher_tables)."""
         start = time.perf_counter()
-        if saved:
-            tables = self.read(lambda f: torch.load(f, map_location="cpu", weights_only=True),
-                               folder / f"epochs_{saved[0]}.pt")
-            tables = {kind: t.to(self.device) for kind, t in tables.items()}
-            how, kept = f"loaded ({saved[0]} epochs kept)", saved[0]
-        else:
-            part = engine.teacher_logits(self.teacher_net, views,
-                                         CACHE_DTYPES[self.cfg.cache_dtype], self.cfg.precision,
-                                         part=(self.ranks.rank, self.ranks.size))
-            tables = {kind: self.ranks.gather_rows(part[kind], len(steps))
-                      for kind, steps in views.kinds.items()}
-            if self.ranks.main:
-                folder.mkdir(exist_ok=True)
-                atomic_write(folder / f"epochs_{epochs}.pt", lambda p: torch.save(tables, p))
-            how, kept = "computed", epochs
-        seconds = self._add_seconds("teacher logits", start)
-        print(f"teacher logits: {epochs} epochs of views, "
-              f"{engine.table_nbytes(tables) / 1e6:.1f} MB of {self.cfg.cache_dtype}, "
-              f"{how} in {seconds:.1f}s")
-        if self.cfg.cache_teacher:
-            self._teacher_tables[kept] = tables
-        return prefix(tables, views)
+        tables = self.tables.get(views)
+        self._add_seconds("teacher logits", start)
+        return tables
 
     def _add_seconds(self, phase: str, start: float) -> float:
         seconds = time.perf_counter() - start
@@ -304,10 +268,18 @@ class Search:
                 teacher=teacher, temperature=cfg.temperature, alpha=cfg.label_weight,
                 graphs=self.graphs, ranks=self.ranks if shared else None)
         partial = self.out / "partial" / f"{name}.pt"
-        saved = self.read(read_partial, partial)
-        start = 0 if saved is None else saved["epochs_done"]
-        if saved is not None and training is not None:
-            training.load_state(saved["states"][0 if shared else self.ranks.rank])
+        start = 0
+        for where, saved in self.read(read_partials, partial):  # newest first
+            try:
+                if training is not None:
+                    training.load_state(saved["states"][0 if shared else self.ranks.rank])
+            except (ValueError, KeyError, TypeError, RuntimeError) as err:
+                if self.ranks.main:
+                    print(f"warning: the epoch checkpoint {where} is not of this training run "
+                          f"({str(err).splitlines()[0][:100]}); passed over", file=sys.stderr)
+                continue
+            start = saved["epochs_done"]
+            break
         progress = Progress(label, epochs, views.steps_per_epoch, start)
         try:
             for epoch in range(start, epochs):
@@ -355,7 +327,7 @@ class Search:
         meta = dict(kind=kind, loss_fn=loss, val=val, test=test, seconds=seconds)
         self.save(path, net, meta)
         if self.ranks.main:
-            partial.unlink(missing_ok=True)
+            remove_partial(partial)
         self.add_log(dict(kind=kind, round=0, layer=None, widths=net.widths,
                           fc_width=net.fc_width, params=models.count_params(net),
                           val_loss=val["loss"], val_acc=val["acc"], seconds=seconds))
@@ -403,7 +375,7 @@ class Search:
         net.eval()
         for p in net.parameters():
             p.requires_grad_(False)
-        self.teacher_net = net
+        self.teacher_net = self.tables.teacher = net
         self.val_teacher = engine.teacher_logits(net, self.eval_views["val"])
         self._add_seconds("teacher", start)
         return net, meta
@@ -506,7 +478,7 @@ class Search:
         net.eval()
         val, = self.evaluate(net, "val")
         if self.ranks.main:
-            partial.unlink(missing_ok=True)
+            remove_partial(partial)
         print(line("finetune", net.describe(), models.count_params(net), val,
                    time.perf_counter() - start, f"(round {rnd}, {cfg.finetune_epochs} epochs)"))
         return net, val
@@ -585,7 +557,7 @@ class Search:
                                                              seconds_r / len(layers_r), note,
                                                              rank)
             if self.ranks.main:
-                partial.unlink(missing_ok=True)
+                remove_partial(partial)
         return [results[layer] for layer in layers]
 
     def save_candidate(self, rnd, layer, candidate, val, seconds, note="", rank=0) -> dict:

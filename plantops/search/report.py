@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from plantops.search.checkpoints import atomic_write
+
 # The poster's tables (METHOD.md): network, params, test loss ("Test Err."), test acc, loss.
 PAPER = {
     "cifar10": [("Teacher[128]", "857.5K", 0.5007, 88.10, "CE"),
@@ -173,10 +175,10 @@ def plot(points: list[tuple[str, float, float]], path: Path, title: str,
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        atomic_write(path, lambda p: fig.savefig(p, format="png"), "the plot")
+    finally:
+        plt.close(fig)
 
 
 def write_results(out: Path, result: dict):
@@ -201,6 +203,4 @@ def write_results(out: Path, result: dict):
             *([""] if curve_sentence(result) or result.get("warnings") else []),
             "![test accuracy against parameters](accuracy_vs_params.png)", "",
             "Configuration: see config.json; every trained network and candidate: log.jsonl."]
-    tmp = out / "results.md.tmp"
-    tmp.write_text("\n".join(text) + "\n")
-    tmp.replace(out / "results.md")
+    atomic_write(out / "results.md", lambda p: p.write_text("\n".join(text) + "\n"))
