@@ -207,11 +207,8 @@ def test_a_full_disk_is_one_line_exit_code_1_and_resume_finishes(reference_run, 
         return real(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save)
-    cfg = tiny_config(image_folder, out)
-    argv = [f"--{k.replace('_', '-')}={v}" for k, v in vars(cfg).items()
-            if v is not None and not isinstance(v, bool)] + ["--no-download"]
     capsys.readouterr()
-    assert search.main(argv) == 1
+    assert search.main(cli_args(tiny_config(image_folder, out))) == 1
     err, = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert err.startswith("error: cannot write ") and f" to {out}" in err \
         and "bytes free there" in err and "--resume" in err
@@ -257,13 +254,55 @@ def test_a_real_full_filesystem_then_resume_with_room(reference_run, image_folde
     _, reference = reference_run
     out = small_filesystem / "run"
     cfg = tiny_config(image_folder, out, cache_dir=str(tmp_path / "cache"))
-    argv = [f"--{k.replace('_', '-')}={v}" for k, v in vars(cfg).items()
-            if v is not None and not isinstance(v, bool)] + ["--no-download"]
     capsys.readouterr()
-    assert search.main(argv) == 1
+    assert search.main(cli_args(cfg)) == 1
     err, = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert err.startswith("error: cannot write "), err
     assert "No space left on device" in err or "the write failed" in err, err
     assert not no_temporary_files(out)
     subprocess.run(["mount", "-o", "remount,size=8m", str(small_filesystem)], check=True)
+    same_result(resume(out), reference)
+
+
+def cli_args(cfg):
+    return [f"--{k.replace('_', '-')}={v}" for k, v in vars(cfg).items()
+            if v is not None and not isinstance(v, bool)] + ["--no-download"]
+
+
+def test_an_output_folder_removed_mid_run_is_one_line_and_exit_code_1(image_folder, tmp_path,
+                                                                      capsys, monkeypatch):
+    out = tmp_path / "run"
+    real = search.Search.initial
+
+    def removed_first(self):
+        shutil.rmtree(out)   # by the user, while the teacher's logits were being used
+        return real(self)
+
+    monkeypatch.setattr(search.Search, "initial", removed_first)
+    assert search.main(cli_args(tiny_config(image_folder, out))) == 1
+    err, = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert err.startswith("error: cannot write ") and ("No such file or directory" in err
+                                                       or "the folder was removed" in err), err
+    assert not out.exists()  # not made anew half-empty
+
+
+def test_a_read_only_filesystem_is_one_line_and_exit_code_1_and_resume_finishes(
+        reference_run, image_folder, tmp_path, small_filesystem, capsys, monkeypatch):
+    _, reference = reference_run
+    subprocess.run(["mount", "-o", "remount,size=8m", str(small_filesystem)], check=True)
+    out = small_filesystem / "run"
+    real = search.Search.initial
+
+    def read_only_first(self):
+        subprocess.run(["mount", "-o", "remount,ro", str(small_filesystem)], check=True)
+        return real(self)
+
+    monkeypatch.setattr(search.Search, "initial", read_only_first)
+    cfg = tiny_config(image_folder, out, cache_dir=str(tmp_path / "cache"))
+    assert search.main(cli_args(cfg)) == 1
+    err, = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert err.startswith("error: cannot write ") and "Read-only file system" in err, err
+    subprocess.run(["mount", "-o", "remount,rw", str(small_filesystem)], check=True)
+    monkeypatch.undo()
+    assert not no_temporary_files(out)
     same_result(resume(out), reference)

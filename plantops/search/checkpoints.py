@@ -51,6 +51,16 @@ def check_free_space(folder: Path, nbytes: int, what: str):
         raise _disk_error(folder, what, f"it needs {nbytes:,} bytes")
 
 
+def make_folder(folder: Path, what: str, parents: bool = True):
+    """``folder`` (and, with ``parents``, the folders above it) made if missing; DiskError
+    naming ``what`` if it cannot be (a read-only or full disk; without ``parents``, a removed
+    output folder, which is not made anew half-empty)."""
+    try:
+        folder.mkdir(parents=parents, exist_ok=True)
+    except OSError as err:
+        raise _disk_error(folder, what, err.strerror or str(err)) from err
+
+
 def atomic_write(path: Path, write, what: str | None = None, previous: Path | None = None):
     """Writes through a temporary file and a rename: a killed run leaves old or new, never half.
     A write that fails (a full disk, a folder that cannot be written) leaves no temporary file
@@ -71,6 +81,8 @@ def atomic_write(path: Path, write, what: str | None = None, previous: Path | No
         # (torch's message names its own source line, not the file: say it plainly)
         reason = err.strerror if isinstance(err, OSError) and err.strerror else \
             "the write failed"
+        if not path.parent.is_dir():
+            reason = "the folder was removed"
         raise _disk_error(path.parent, what or path.name, reason) from err
 
 
@@ -101,7 +113,7 @@ def save_partial(path: Path, epochs_done: int, states: dict):
     views of the next epoch follow from the epoch alone. The state of the epoch before is
     kept beside it (previous_partial), so that a checkpoint that turns out unreadable costs
     one epoch, not the run."""
-    path.parent.mkdir(exist_ok=True)
+    make_folder(path.parent, f"an epoch checkpoint ({path.name})", parents=False)
     atomic_write(path, lambda p: torch.save(dict(epochs_done=epochs_done, states=states), p),
                  f"an epoch checkpoint ({path.name})", previous=previous_partial(path))
 

@@ -30,9 +30,9 @@ from plantops.engine import Schedule
 from plantops.planted_round import PlantedRound
 from plantops.progress import Progress
 from plantops.search.checkpoints import (Log, atomic_write, candidate_stem, code_version,
-                                         network_from, read_network, read_partials,
-                                         remove_partial, save_network, save_partial,
-                                         teacher_path, write_json)
+                                         make_folder, network_from, read_network,
+                                         read_partials, remove_partial, save_network,
+                                         save_partial, teacher_path, write_json)
 from plantops.search.distributed import Ranks
 from plantops.search.config import Config
 from plantops.search.teacher_tables import TeacherTables
@@ -188,7 +188,7 @@ class Search:
         self.created = self.ranks.broadcast(not self.out.exists() if self.ranks.main else None)
         self.log = None
         if self.ranks.main:
-            (self.out / "candidates").mkdir(parents=True, exist_ok=True)
+            make_folder(self.out / "candidates", "the output folder")
             write_json(self.out / "config.json", dict(
                 config=dataclasses.asdict(cfg), plantops=plantops.__version__,
                 code=code_version(), torch=torch.__version__, device=str(self.device),

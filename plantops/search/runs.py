@@ -18,7 +18,7 @@ import json
 import statistics
 from pathlib import Path
 
-from plantops.search.checkpoints import atomic_write, write_json
+from plantops.search.checkpoints import atomic_write, make_folder, write_json
 from plantops.search.config import Config, config_from_dict, flag, value_type
 from plantops.search.distributed import Ranks
 
@@ -91,7 +91,7 @@ def run_many(runs: list[dict], out: Path, search) -> dict:
         runs = [dict(r, config=dataclasses.replace(r["config"], device=f"cuda:{ranks.local_rank}"))
                 for r in runs]
     if ranks.main:
-        out.mkdir(parents=True, exist_ok=True)
+        make_folder(out, "the runs' folder")
         write_json(out / "runs.json", [dict(name=r["name"], group=r["group"]) for r in runs])
     mine = ranks.share(range(len(runs)))
     results = {}

@@ -26,7 +26,7 @@ from plantops import engine
 from plantops.data import ViewSchedule
 from plantops.engine import CACHE_DTYPES
 from plantops.progress import Progress
-from plantops.search.checkpoints import atomic_write, check_free_space
+from plantops.search.checkpoints import atomic_write, check_free_space, make_folder
 
 
 def prefix(tables: dict, views: ViewSchedule) -> dict:
@@ -193,7 +193,7 @@ class TeacherTables:
         """Writes the table of ``epochs`` epochs and removes the shorter ones it holds."""
         if not self.ranks.main:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_folder(self.folder, "the teacher's logits", parents=False)
         path = table_path(self.folder, epochs)
         payload = dict(fingerprint=views.fingerprint(), epochs=epochs,
                        tables={kind: t.cpu() for kind, t in tables.items()})
