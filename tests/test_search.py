@@ -441,3 +441,14 @@ def test_progress_and_times_are_shown(image_folder, tmp_path, capsys):
     assert "(trained with 4 others in " in out
     last = out.strip().splitlines()[-1]
     assert last.startswith("time: teacher ") and "round 1 " in last and "report " in last
+
+
+def test_the_teacher_passes_show_progress(image_folder, tmp_path, capsys, monkeypatch):
+    """The teacher's passes over the views are a phase of their own: outside a terminal they
+    say how far they are (here every step, PROGRESS_SECONDS made 0)."""
+    from plantops import progress
+    monkeypatch.setattr(progress, "PROGRESS_SECONDS", 0.0)
+    search.run_search(tiny_config(image_folder, tmp_path / "passes", max_rounds=1))
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("  teacher logits: epoch ")]
+    assert lines and lines[-1].startswith("  teacher logits: epoch 4/4, step 3/3, "), lines[-3:]
