@@ -189,6 +189,10 @@ def write_results(out: Path, result: dict):
     for loss, pts in student_curves(result).items():
         curves[f"Student[k], {loss}"] = pts
     teacher = result["teacher"]
+    # The curve's own warning repeats its sentence, which results.md states already.
+    sentence = curve_sentence(result)
+    other_warnings = [w for w in result.get("warnings", [])
+                      if not (sentence and w.startswith(sentence))]
     plot([("initial", result["initial"]["params"], result["initial"]["test_acc"]), *planted],
          out / "accuracy_vs_params.png", f"{cfg['dataset']}: planting from Student[{cfg['init_width']}]",
          curves=curves, teacher=(teacher["network"], teacher["params"], teacher["test_acc"]))
@@ -199,8 +203,8 @@ def write_results(out: Path, result: dict):
                comparison_table(result), ""] if result.get("compare_with", "none") != "none" else []),
             f"Stopped: {result['stop_reason']}.", "",
             *[f"{line}." for line in [curve_sentence(result)] if line],
-            *[f"Warning: {w}" for w in result.get("warnings", [])],
-            *([""] if curve_sentence(result) or result.get("warnings") else []),
+            *[f"Warning: {w}" for w in other_warnings],
+            *([""] if curve_sentence(result) or other_warnings else []),
             "![test accuracy against parameters](accuracy_vs_params.png)", "",
             "Configuration: see config.json; every trained network and candidate: log.jsonl."]
     atomic_write(out / "results.md", lambda p: p.write_text("\n".join(text) + "\n"))
