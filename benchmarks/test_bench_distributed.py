@@ -50,7 +50,8 @@ def setting(tmp_path_factory, request):
     data = write_folder(root / "imgs", train, test)
     options = dict(dataset="folder", data=str(data), device="cpu", train_subset=0, val_size=500
                    if not small else 50, teacher_width=16, teacher_epochs=2, init_width=8,
-                   init_epochs=2, plant_epochs=epochs, max_rounds=0, lr=0.05, download=False)
+                   init_epochs=2, plant_epochs=epochs, max_rounds=0, lr=0.05, download=False,
+                   finetune_epochs=0)  # the round's candidates alone
     config = root / "options.json"
     config.write_text(json.dumps(options))
     env = dict(os.environ, PLANTOPS_CACHE=str(root / "cache"))

@@ -10,7 +10,9 @@ Student[8] (trained here, untimed); plantops runs ``Search(cfg, data).run()`` on
 folder holding them as checkpoints, the naive search its rounds. 5,000 training images,
 4 epochs per candidate, 3 rounds; synthetic data (class templates plus noise, so there is
 something to learn), or a CIFAR-10 copy when PLANTOPS_DATA points at one (an image folder or
-its .tar.gz, such as cifar10-jpeg.tar.gz). Both sides must choose the same layers. Under
+its .tar.gz, such as cifar10-jpeg.tar.gz). Both run the poster's procedure (every old
+parameter fixed, the lowest validation loss wins: ``--select-rule lowest --finetune-epochs
+0``) and must choose the same layers. Under
 --benchmark-disable (CI's smoke run) the setting shrinks to 500 images, 1 epoch, 2 rounds.
 """
 
@@ -63,7 +65,9 @@ def setting(request):
     cfg = search.config_from_dict(dict(
         dataset="folder", data=os.environ.get("PLANTOPS_DATA"), device=str(DEVICE),
         train_subset=size["train"], val_size=size["val"], teacher_width=128, init_width=8,
-        plant_channels=4, plant_epochs=size["epochs"], max_rounds=size["rounds"], lr=0.05))
+        plant_channels=4, plant_epochs=size["epochs"], max_rounds=size["rounds"], lr=0.05,
+        # the poster's procedure, which the naive search implements
+        select_rule="lowest", finetune_epochs=0))
     if cfg.data:
         data = search.prepare_data(cfg, DEVICE)
     else:

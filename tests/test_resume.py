@@ -22,8 +22,8 @@ OPTIONS = dict(dataset="folder", device="cpu", seed=0, train_subset=0, val_size=
 # Where to kill: a little after the first line that starts with this, in each phase in turn
 # (mid-epoch, between epochs, while candidates are saved, after the teacher's logits).
 KILL_AFTER = ["  teacher: epoch", "teacher logits: 4 epochs", "  initial: epoch", "  round 1 (",
-              "  round 1 (", "candidate r1", "  round 2 (", "  Student[2] CE: epoch",
-              "  Student[2] KD: epoch"]
+              "  round 1 (", "candidate r1", "  round 1 fine-tuning: epoch", "  round 2 (",
+              "  Student[2] CE: epoch", "  Student[2] KD: epoch"]
 EPOCH = re.compile(r"^  (.+): epoch (\d+)/(\d+) done")
 RESUMED = re.compile(r"^  (.+): resuming after epoch (\d+)/(\d+)")
 

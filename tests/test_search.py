@@ -384,13 +384,14 @@ def test_the_engine_makes_the_previous_loops_choices_and_losses(reference_run, i
     from baselines.round_training import Round, evaluate_round, train_round
     from baselines.training import TeacherCache
     from plantops import models
+    from plantops.search.loop import choose
 
     out, result = reference_run
     cfg = search.Config(**json.loads((out / "config.json").read_text())["config"])
     data = search.prepare_data(cfg, torch.device("cpu"))
     teacher, _ = search.load_network(out / "teacher.pt", "cpu")
     cache = TeacherCache(teacher)
-    parent, _ = search.load_network(out / "initial.pt", "cpu")
+    parent, meta = search.load_network(out / "initial.pt", "cpu")
     assert result["rounds"], "the fixture's search accepted no round"
     for accepted in result["rounds"]:
         rnd = accepted["round"]
@@ -400,17 +401,20 @@ def test_the_engine_makes_the_previous_loops_choices_and_losses(reference_run, i
                                               search.candidate_seed(cfg, rnd, layer)))
                       for layer in layers}
         old = Round(parent, candidates, search.layout(cfg, "cpu", max(parent.widths)))
-        train_round(old, data.train, search.training_schedule(cfg, cfg.plant_epochs), teacher,
-                    cfg.temperature, cfg.label_weight, cfg.seed, cache)
+        train_round(old, data.train, search.training_schedule(cfg, cfg.plant_epochs, "planted"),
+                    teacher, cfg.temperature, cfg.label_weight, cfg.seed, cache)
         old_vals = evaluate_round(old, data.val, teacher, cfg.temperature, cache)
         engine_vals = [json.loads(search.candidate_stem(out, rnd, layer).with_suffix(".json")
                                   .read_text())["val"] for layer in layers]
         for mine, theirs in zip(engine_vals, old_vals):
             assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-4)
             assert mine["kd_loss"] == pytest.approx(theirs["kd_loss"], rel=1e-4, abs=1e-6)
-        chosen = min(layers, key=lambda layer: (old_vals[layer]["loss"], layer))
+        # The search's rule (--select-rule) on the old trainer's numbers.
+        chosen = choose([dict(layer=layer, params=models.count_params(candidates[layer]),
+                              val=old_vals[layer]) for layer in layers], meta["val"],
+                        models.count_params(parent), cfg)["layer"]
         assert models.LAYER_NAMES[chosen] == accepted["layer"]
-        parent, _ = search.load_network(out / f"round_{rnd}.pt", "cpu")
+        parent, meta = search.load_network(out / f"round_{rnd}.pt", "cpu")
 
 
 def test_a_run_refused_before_training_leaves_no_folder(reference_run, tmp_path):

@@ -94,15 +94,16 @@ class Config:
                              "planting")
     select_on: str = option("loss", "validation criterion: loss (cross-entropy) or kd_loss "
                             "(distillation loss)", "planting", ("loss", "kd_loss"))
-    select_rule: str = option("lowest", "which candidate a round keeps: lowest (the lowest "
-                              "validation --select-on, the poster's rule) or per_param (the "
-                              "largest fall of it per added parameter, among those that "
-                              "lower it)", "planting", ("lowest", "per_param"))
-    finetune_epochs: int = option(0, "after each accepted round, train the whole network "
+    select_rule: str = option("per_param", "which candidate a round keeps: per_param (the "
+                              "largest fall of the validation --select-on per added "
+                              "parameter, among those that lower it) or lowest (the lowest "
+                              "validation --select-on, the poster's rule)", "planting",
+                              ("per_param", "lowest"))
+    finetune_epochs: int = option(4, "after each accepted round, train the whole network "
                                   "this many epochs by distillation (a departure from the "
-                                  "poster, which keeps every old parameter fixed; 0 = off)",
-                                  "planting")
-    finetune_lr: Optional[float] = option(None, "SGD learning rate of --finetune-epochs "
+                                  "poster, which keeps every old parameter fixed; 0 = off, "
+                                  "as the poster)", "planting")
+    finetune_lr: Optional[float] = option(0.01, "SGD learning rate of --finetune-epochs "
                                           "(unset: --lr)", "planting")
     batch_size: int = option(128, "images per step", "training")
     lr: float = option(0.05, "SGD learning rate", "training")
@@ -202,10 +203,13 @@ def value_type(f: dataclasses.Field):
 PRESETS = {
     # Config's own defaults: a reduced protocol for a 2-core CPU.
     "quick": {},
-    # The first author's training recipe of the period (docs/method.md): all the training
-    # images, Teacher[128], 100 epochs, SGD 0.01, 30 epochs per candidate, up to 20 rounds.
+    # The poster's procedure (every old parameter fixed, the lowest validation loss wins)
+    # with the first author's training recipe of the period (docs/method.md): all the
+    # training images, Teacher[128], 100 epochs, SGD 0.01, 30 epochs per candidate, up to
+    # 20 rounds.
     "paper": dict(train_subset=0, val_size=5000, teacher_width=128, teacher_epochs=100,
-                  init_epochs=100, plant_epochs=30, max_rounds=20, lr=0.01),
+                  init_epochs=100, plant_epochs=30, max_rounds=20, lr=0.01,
+                  select_rule="lowest", finetune_epochs=0),
 }
 
 
