@@ -306,3 +306,26 @@ def test_a_read_only_filesystem_is_one_line_and_exit_code_1_and_resume_finishes(
     monkeypatch.undo()
     assert not no_temporary_files(out)
     same_result(resume(out), reference)
+
+
+def test_the_teachers_logits_check_their_room_before_the_passes(reference_run, image_folder,
+                                                                tmp_path, capsys, monkeypatch):
+    """The teacher-logits phase knows its size up front: with too little room it stops before
+    running the teacher, saying how much it needs; --resume with room finishes."""
+    _, reference = reference_run
+    out = tmp_path / "run"
+    passes = []
+    real_free = checkpoints.free_bytes
+    monkeypatch.setattr(checkpoints, "free_bytes", lambda folder: 1000
+                        if folder.name == "teacher_logits" else real_free(folder))
+    from plantops import engine
+    real_logits = engine.teacher_logits
+    monkeypatch.setattr(engine, "teacher_logits",
+                        lambda *a, **k: passes.append(a[1].augment) or real_logits(*a, **k))
+    assert search.main(cli_args(tiny_config(image_folder, out))) == 1
+    err, = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert "cannot write the teacher's logits to" in err and "it needs " in err \
+        and "1,000 bytes free there" in err, err
+    assert True not in passes  # no pass over the training views was made
+    monkeypatch.undo()
+    same_result(resume(out), reference)
