@@ -3,13 +3,16 @@
 The op: :func:`planted_conv2d` and :class:`PlantedConv2d` (a convolution over a frozen weight
 block and trainable planted blocks; gradients only for the planted blocks), with
 :class:`PlantedLinear` for the fully connected layer that reads the last conv.
-The search: ``python -m plantops.search --help``.
+Planting any chain of conv and linear layers (the paper's networks, or a user's
+nn.Sequential): :class:`Chain` and :func:`plant`. The search: ``python -m plantops.search
+--help``.
 """
 
+from plantops.chain import Chain, ChainError, plant
 from plantops.kernels import backends
 from plantops.planted_conv import PlantedConv2d, planted_conv2d, reference_planted_conv2d
 from plantops.planted_linear import PlantedLinear
 
 __version__ = "0.1.0"
-__all__ = ["PlantedConv2d", "PlantedLinear", "backends", "planted_conv2d",
-           "reference_planted_conv2d", "__version__"]
+__all__ = ["Chain", "ChainError", "PlantedConv2d", "PlantedLinear", "backends", "planted_conv2d",
+           "plant", "reference_planted_conv2d", "__version__"]

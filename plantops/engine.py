@@ -277,8 +277,11 @@ class Training:
                  params: Sequence[torch.Tensor], views: ViewSchedule, schedule: Schedule,
                  loss: str, *, count: int = 1, teacher: Optional[dict] = None,
                  temperature: float = 1.0, alpha: float = 0.0, graphs: bool = False,
-                 ranks=None):
+                 ranks=None, buffers: Sequence[torch.Tensor] = ()):
         params = list(params)
+        # What training changes besides the parameters (batch norms' running statistics):
+        # kept in the state, so that a resumed run goes on from the same numbers.
+        self.buffers = list(buffers)
         if not params:
             raise ValueError("nothing to train: no parameter requires grad")
         if loss == "kd" and teacher is None:
@@ -327,18 +330,24 @@ class Training:
         self.steps = Steps({kind: make_step(kind) for kind in views.kinds}, graphs)
 
     def state(self) -> dict:
-        """The parameters and SGD's momentum, as CPU copies (for a checkpoint)."""
+        """The parameters, SGD's momentum and the buffers, as CPU copies (for a checkpoint)."""
         return dict(params=[p.detach().cpu().clone() for p in self.sgd.params],
-                    sgd=self.sgd.state())
+                    sgd=self.sgd.state(), buffers=[b.detach().cpu().clone() for b in self.buffers])
 
     def load_state(self, state: dict):
         """Puts back what ``state`` returned; ValueError if it is of other parameters."""
         if [tuple(p.shape) for p in state["params"]] != [tuple(p.shape) for p in self.sgd.params]:
             raise ValueError("the epoch checkpoint holds parameters of other shapes: it is of "
                              "another run (remove its partial/ folder to start the run over)")
+        buffers = state.get("buffers", [])
+        if [tuple(b.shape) for b in buffers] != [tuple(b.shape) for b in self.buffers]:
+            raise ValueError("the epoch checkpoint holds buffers of other shapes: it is of "
+                             "another run (remove its partial/ folder to start the run over)")
         with torch.no_grad():
             for p, saved in zip(self.sgd.params, state["params"]):
                 p.copy_(saved)
+            for b, saved in zip(self.buffers, buffers):
+                b.copy_(saved)
         self.sgd.load_state(state["sgd"])
 
     def epoch(self, epoch: int, on_step: Optional[Callable[[], None]] = None) -> EpochReport:

@@ -1,14 +1,16 @@
 """The round op: every candidate of a planting round, computed layer by layer in a few calls.
 
 A candidate of a round is its parent plus ``p`` channels planted into one layer ``l``
-(``models.plant``): ``p`` new filters in layer ``l`` and their ``p`` new input slices in layer
-``l + 1`` (the reader); everything else is the parent's and frozen. So for one batch, at each
-layer ``j`` of the network:
+(``chain.plant``, on any chain: the paper's networks or a user's): ``p`` new filters in layer
+``l``, their batch norm where one follows, and their ``p`` new input slices in layer ``l + 1``
+(the reader); everything else is the parent's and frozen. So for one batch, at each layer
+``j`` of the network:
 
 1. the parent's layer ``j`` runs once, without gradients (its activations feed everything;
-   where only they are needed, a pooling conv's ReLU and pool are folded into it);
+   where only they are needed, a batch norm, ReLU and pool after a conv are folded into it);
 2. candidate ``j``'s planted filters run over the parent's input to ``j``: a planted
-   convolution with no frozen filters (``planted_conv2d``, gradients for the filters only);
+   convolution with no frozen filters (``planted_conv2d``, gradients for the filters only),
+   then the segment after ``j`` on those channels alone (their own batch norm);
 3. the candidates planted before ``j - 1`` have all their channels from here on, and layer
    ``j`` is frozen for them: it runs once over their activations stacked along the batch,
    with an input gradient and no weight gradient;
@@ -33,41 +35,62 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from plantops import models
-from plantops.planted_conv import planted_conv2d
+from plantops.chain import (Chain, PlantedBatchNorm, merge, planted_buffers, planted_parameters,
+                            run_modules)
+from plantops.planted_conv import PlantedConv2d, planted_conv2d
 
 
 class PlantedRound:
-    """A parent and its candidates ``{layer: network}`` (each ``models.plant(parent, layer,
+    """A parent and its candidates ``{layer: network}`` (each ``chain.plant(parent, layer,
     p)``), as one function: ``round_(x)`` is every candidate's logits, ``[k * N, classes]``
     for ``k`` candidates in the order of their layers. Training it trains the candidates'
-    own planted parameters (the same tensors, shared)."""
+    own planted parameters (the same tensors, shared). The parent runs as it is evaluated
+    (batch norms on their running statistics, dropout off); each candidate's planted
+    channels pass through its own segment, whose planted batch norms follow ``train()`` /
+    ``eval()``."""
 
-    def __init__(self, parent: models.PlantNet, candidates: dict[int, models.PlantNet],
-                 backend: str = "auto"):
+    def __init__(self, parent: Chain, candidates: dict[int, Chain], backend: str = "auto"):
         # NCHW: the planted kernels' layout (a channels-last parent would be copied per call).
-        self.parent = models.merge(parent).to(memory_format=torch.contiguous_format)
+        self.parent = merge(parent).to(memory_format=torch.contiguous_format).eval()
         for p in self.parent.parameters():
             p.requires_grad_(False)
         self.backend = backend
         self.layers = sorted(candidates)
         self.candidates = {layer: candidates[layer] for layer in self.layers}
+        self.segments = {}
+        parent_widths = [_frozen_out(self.parent.layer(j)) for j in range(self.parent.num_layers)]
         for layer, net in self.candidates.items():
             grown, reader = net.layer(layer), net.layer(layer + 1)
-            frozen_widths = [_frozen_out(net.layer(j)) for j in range(6)]
-            parent_widths = [_frozen_out(self.parent.layer(j)) for j in range(6)]
+            frozen_widths = [_frozen_out(net.layer(j)) for j in range(net.num_layers)]
             if not (_planted(grown, "out") and not _planted(grown, "in")
                     and not _planted(reader, "out") and _planted(reader, "in")
                     and frozen_widths == parent_widths):
                 raise ValueError(f"candidate for layer {layer} is not its parent plus channels "
-                                 "planted into that one layer (build it with models.plant)")
+                                 "planted into that one layer (build it with chain.plant)")
+            # Each candidate's segment after its planted layer, for its planted channels
+            # alone: its planted batch norms' own parts, the other modules as they are.
+            self.segments[layer] = [m.planted if isinstance(m, PlantedBatchNorm) else m
+                                    for m in net.segment(layer)]
 
     def __len__(self):
         return len(self.layers)
 
     def parameters(self) -> list[nn.Parameter]:
         """The planted parameters, candidate by candidate in the order of their layers."""
-        return [p for net in self.candidates.values() for p in models.planted_parameters(net)]
+        return [p for net in self.candidates.values() for p in planted_parameters(net)]
+
+    def buffers(self) -> list[Tensor]:
+        """The planted batch norms' running statistics (what training changes besides the
+        parameters), candidate by candidate."""
+        return [b for net in self.candidates.values() for b in planted_buffers(net)]
+
+    def train(self, mode: bool = True):
+        for net in self.candidates.values():
+            net.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
 
     # The parent's frozen layer j on x (input gradient only, where x needs one).
     def _frozen(self, j: int, x: Tensor) -> Tensor:
@@ -76,7 +99,7 @@ class PlantedRound:
     # Candidate j's planted filters over the parent's input h to layer j.
     def _planted_filters(self, j: int, h: Tensor) -> Tensor:
         grown = self.candidates[j].layer(j)
-        if j < 5:
+        if isinstance(grown, PlantedConv2d):
             no_frozen = grown.frozen_weight[:0]  # [0, C, kh, kw]: the planted filters alone
             return planted_conv2d(h, no_frozen, None, out_weight=grown.out_weight,
                                   out_bias=grown.out_bias, stride=grown.stride,
@@ -87,7 +110,7 @@ class PlantedRound:
     # channels (the frozen slices' term is the parent's output).
     def _planted_term(self, j: int, planted: Tensor) -> Tensor:
         reader = self.candidates[j - 1].layer(j)
-        if j < 5:
+        if isinstance(reader, PlantedConv2d):
             frozen_channels = planted[:, :0]                   # [N, 0, H, W]
             no_frozen = reader.frozen_weight[:, :0]            # [O_f, 0, kh, kw]
             return planted_conv2d(frozen_channels, no_frozen, None, in_weight=reader.in_weight,
@@ -97,28 +120,31 @@ class PlantedRound:
 
     def __call__(self, x: Tensor) -> Tensor:
         net = self.parent
-        h = x                 # the parent's input to layer j
+        last = net.num_layers - 1
+        with torch.no_grad():
+            h = run_modules(net.prefix, x)  # the parent's input to layer j
         stack = None          # the stacked candidates' input to layer j
         planted = None        # candidate j-1's planted channels, activated
-        for j in range(7):
-            # The parent's output of layer j is needed by candidate j-1's reader (its logits by
-            # fc1's only); otherwise only its activation is, and a pooling conv's ReLU and pool
-            # fold into the convolution (PlantNet.frozen_activated).
+        for j in range(net.num_layers):
+            # The parent's output of layer j is needed by candidate j-1's reader; otherwise
+            # only its activation is, and a batch norm, ReLU and pool after a conv fold into
+            # the convolution (Chain.frozen_activated).
             parent_out = h_next = None
             if j - 1 in self.candidates:
                 with torch.no_grad():
                     parent_out = self._frozen(j, h)
-            elif j < 6:
+            elif j < last:
                 h_next = net.frozen_activated(j, h, self.backend)
             new = self._planted_filters(j, h) if j in self.candidates else None
             out = None if stack is None else self._frozen(j, stack)
             if j - 1 in self.candidates:
                 joined = parent_out + self._planted_term(j, planted)
                 out = joined if out is None else torch.cat([out, joined])
-            if j == 6:
-                return out
+            if j == last:
+                return net.activate(j, out)
             stack = None if out is None else net.activate(j, out)
-            planted = None if new is None else net.activate(j, new)
+            planted = None if new is None else run_modules(
+                self.segments[j], new)
             if h_next is None:
                 with torch.no_grad():
                     h_next = net.activate(j, parent_out)
@@ -134,4 +160,3 @@ def _frozen_out(layer) -> int:
     if hasattr(layer, "frozen_out"):
         return layer.frozen_out
     return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
-

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from plantops import models
+from plantops.chain import Chain
 
 
 class DiskError(OSError):
@@ -90,10 +91,15 @@ def write_json(path: Path, obj):
     atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
-def save_network(path: Path, net: models.PlantNet, meta: dict):
-    plain = models.merge(net)
-    payload = dict(widths=plain.widths, fc_width=plain.fc_width, arch=plain.arch,
-                   num_classes=plain.num_classes, state_dict=plain.state_dict(), meta=meta)
+def save_network(path: Path, net, meta: dict):
+    """A network and what is known of it (``meta``). The paper's networks are kept as their
+    widths and weights; any other chain as itself (plain torch modules in a plantops.Chain)."""
+    plain = models.merge(net).cpu()
+    if isinstance(plain, models.PlantNet):
+        payload = dict(widths=plain.widths, fc_width=plain.fc_width, arch=plain.arch,
+                       num_classes=plain.num_classes, state_dict=plain.state_dict(), meta=meta)
+    else:
+        payload = dict(chain=plain, meta=meta)
     atomic_write(path, lambda p: torch.save(payload, p))
 
 
@@ -172,10 +178,21 @@ def read_network(path: Path) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # truncated, zero bytes, random bytes: any reader error
         raise _bad_checkpoint(path, f"does not load ({type(err).__name__})") from None
-    if not isinstance(payload, dict) or not {"widths", "arch", "num_classes", "fc_width",
-                                             "state_dict", "meta"} <= set(payload):
+    paper = {"widths", "arch", "num_classes", "fc_width", "state_dict", "meta"}
+    if not isinstance(payload, dict) or not (paper <= set(payload) or (
+            {"chain", "meta"} <= set(payload) and isinstance(payload["chain"], Chain))):
         raise _bad_checkpoint(path, "is not a network checkpoint of plantops")
     return payload
+
+
+def is_network_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a network checkpoint that plantops wrote (a teacher.pt), rather
+    than a module of the user's own."""
+    try:
+        read_network(path)
+    except CheckpointError:
+        return False
+    return True
 
 
 def _bad_checkpoint(path: Path, problem: str) -> CheckpointError:
@@ -188,16 +205,32 @@ def network_from(payload: dict, device, path: Path | None = None
                  ) -> tuple[models.PlantNet, dict]:
     """The network and meta of a read_network payload, on ``device``; CheckpointError naming
     ``path`` if its weights do not fit its architecture."""
+    if "chain" in payload:
+        return payload["chain"].to(device), payload["meta"]
     try:
         net = models.PlantNet(payload["widths"], payload["arch"], payload["num_classes"],
                               payload["fc_width"])
-        net.load_state_dict(payload["state_dict"])
+        net.load_state_dict(_paper_keys(net, payload["state_dict"]))
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         if path is None:
             raise
         raise _bad_checkpoint(path, f"holds weights that do not fit its network "
                               f"({str(err).splitlines()[0][:100]})") from None
     return net.to(device), payload["meta"]
+
+
+def _paper_keys(net: models.PlantNet, state: dict) -> dict:
+    """A PlantNet state dict, from one of the names of the paper's network before it was a
+    chain (convs.i.*, fc1.*, fc2.*) too: checkpoints of earlier searches keep loading."""
+    if not any(k.startswith(("convs.", "fc1.", "fc2.")) for k in state):
+        return state
+    where = {f"convs.{i}": net.trainable[i] for i in range(5)}
+    where.update({"fc1": net.trainable[5], "fc2": net.trainable[6]})
+    renamed = {}
+    for key, value in state.items():
+        owner, _, name = key.rpartition(".")
+        renamed[f"body.{where[owner]}.{name}" if owner in where else key] = value
+    return renamed
 
 
 def load_network(path: Path, device, memory_format=torch.contiguous_format

@@ -64,18 +64,30 @@ class Config:
                                       "$PLANTOPS_CACHE or ~/.cache/plantops)", "data")
     teacher_width: int = option(64, "Teacher[k] conv width", "networks")
     teacher_epochs: int = option(15, "teacher epochs", "networks")
-    teacher: Optional[str] = option(None, "reuse a trained teacher: a teacher.pt from an "
-                                    "earlier --out", "networks")
+    teacher: Optional[str] = option(None, "a trained teacher, used as it is: a teacher.pt "
+                                    "from an earlier --out, a saved nn.Module "
+                                    "(torch.save(model)) or FILE.py:FUNCTION that returns "
+                                    "one. A module of your own takes float [0, 1] images "
+                                    "[N, 3, H, W] (its normalisation inside it) and returns "
+                                    "the classes' logits", "networks")
+    student: Optional[str] = option(None, "plant a network of your own: a saved nn.Sequential "
+                                    "(torch.save(model)) or FILE.py:FUNCTION that returns "
+                                    "one, of Conv2d and Linear layers with batch norm, "
+                                    "activations, pooling, flatten and dropout between them. "
+                                    "It takes float [0, 1] images; the search trains it "
+                                    "--init-epochs from its own weights (0: takes it as it "
+                                    "is). Unset: Student[--init-width]", "networks")
     init_width: int = option(8, "initial Student[k] width", "networks")
-    init_epochs: int = option(15, "initial network epochs (and the --table students')",
-                              "networks")
+    init_epochs: int = option(15, "initial network epochs (and the --table students'); 0 "
+                              "with --student: its weights as they are", "networks")
     init_loss: str = option("kd", "initial network loss: kd (distillation) or ce (labels)",
                             "networks", ("kd", "ce"))
     plant_channels: int = option(4, "channels planted per candidate (p)", "planting")
     plant_epochs: int = option(12, "epochs of training the planted channels of each "
                                "candidate", "planting")
-    plant_fc1: bool = option(False, "let fc1 be planted too (adds fc1 outputs and fc2 inputs)",
-                             "planting")
+    plant_fc1: bool = option(False, "let the linear layers before the classifier be planted "
+                             "too (fc1 of the paper's networks: adds fc1 outputs and fc2 "
+                             "inputs)", "planting")
     plant_init: str = option("preserve", "preserve: new outgoing weights start at zero (a "
                              "candidate starts exactly at its parent); small: at a tenth of "
                              "the default init (near its parent, and the new filters get a "
@@ -162,12 +174,18 @@ class Config:
             if getattr(self, name) < 1:
                 raise ValueError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
         # Every phase that trains needs an epoch: 0 would run for minutes and change nothing.
-        for name in ("init_epochs", "plant_epochs") + (() if self.teacher else ("teacher_epochs",)):
+        needs_epochs = ("plant_epochs",) + (() if self.student else ("init_epochs",)) + \
+            (() if self.teacher else ("teacher_epochs",))
+        for name in needs_epochs:
             if getattr(self, name) < 1:
                 hint = " (or --teacher FILE to reuse a trained one)" if name == "teacher_epochs" else ""
                 raise ValueError(f"{flag(name)} must be >= 1, got {getattr(self, name)}: a "
                                  f"network trained for 0 epochs does not change{hint}")
-        for name in ("max_rounds", "train_subset", "max_params", "seed", "split_seed",
+        if self.student and self.table:
+            raise ValueError("--table trains the paper's Student[k] networks beside the "
+                             "planted one; with --student it has nothing to compare: drop "
+                             "--table")
+        for name in ("max_rounds", "init_epochs", "train_subset", "max_params", "seed", "split_seed",
                      "finetune_epochs", "plant_weight_decay"):
             value = getattr(self, name)
             if value is not None and value < 0:  # split_seed None: --seed's
@@ -300,7 +318,7 @@ def parse_command(argv=None, description: str = ""):
                                default=None, help=_help(f))
         else:
             metavar = {int: "N", float: "X"}.get(
-                kind, "PATH" if f.name in ("data", "out", "cache_dir", "teacher")
+                kind, "PATH" if f.name in ("data", "out", "cache_dir", "teacher", "student")
                 else f.name.upper())
             group.add_argument(flag(f.name), type=kind, default=None, help=_help(f),
                                choices=f.metadata["choices"],

@@ -10,6 +10,7 @@ and its numbers are kept in its checkpoint; the test set never decides anything.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -30,12 +31,15 @@ from plantops.engine import Schedule
 from plantops.planted_round import PlantedRound
 from plantops.progress import Progress
 from plantops.search.checkpoints import (Log, atomic_write, candidate_stem, code_version,
-                                         make_folder, network_from, read_network,
+                                         is_network_checkpoint, make_folder, network_from, read_network,
                                          read_partials, remove_partial, save_network,
                                          save_partial, teacher_path, write_json)
 from plantops.search.distributed import Ranks
 from plantops.search.config import Config
+from plantops.search.networks import (InputAdapter, check_student, check_teacher,
+                                      display_name, load_module)
 from plantops.search.teacher_tables import TeacherTables
+from plantops.chain import Chain, ChainError
 
 NORMALIZATION = {  # per-channel mean and std of the training images
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -51,8 +55,13 @@ class SearchData:
     train: DeviceData
     val: DeviceData
     test: DeviceData
-    arch: str
+    arch: str | None   # the paper's network family for these images; None for other sizes
     classes: int
+    name: str = ""     # the dataset as the user knows it (a folder's name)
+
+    @property
+    def image_size(self) -> int:
+        return self.train.images.shape[-1]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,7 +74,10 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def prepare_data(cfg: Config, device) -> SearchData:
+def prepare_data(cfg: Config, device, paper: bool = True) -> SearchData:
+    """The splits on ``device``. ``paper``: for the paper's networks (32x32 or 96x96 images,
+    normalised by the dataset's channel statistics); otherwise for the user's own networks
+    (any size, float [0, 1] images: search.networks)."""
     ds = datasets.load(cfg.dataset, cfg.data, Path(cfg.cache_dir) if cfg.cache_dir else None,
                        cfg.download)
     labels = ds.train_labels
@@ -78,15 +90,23 @@ def prepare_data(cfg: Config, device) -> SearchData:
         _, pool = datasets.stratified_split(labels, cfg.train_subset + cfg.val_size, split_seed)
     train_rel, val_rel = datasets.stratified_split(labels[pool], cfg.val_size, split_seed + 1)
     train_idx, val_idx = pool[train_rel], pool[val_rel]
-    if ds.image_size not in (32, 96):
+    if paper and ds.image_size not in (32, 96):
         raise ValueError(f"images are {ds.image_size}x{ds.image_size}: the paper's networks "
-                         "take 32x32 (CIFAR) or 96x96 (STL-10) images")
-    arch = "stl" if ds.image_size == 96 else "cifar"
-    mean, std = NORMALIZATION.get(cfg.dataset) or _stats(ds.train_images[train_idx])
+                         "take 32x32 (CIFAR) or 96x96 (STL-10) images; plant a network built "
+                         "for them with --student FILE")
+    arch = {32: "cifar", 96: "stl"}.get(ds.image_size)
+    mean, std = dataset_stats(cfg, ds.train_images[train_idx]) if paper else \
+        ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     make = lambda x, y: DeviceData(x, y, device, mean, std)
     return SearchData(make(ds.train_images[train_idx], labels[train_idx]),
                       make(ds.train_images[val_idx], labels[val_idx]),
-                      make(ds.test_images, ds.test_labels), arch, len(ds.classes))
+                      make(ds.test_images, ds.test_labels), arch, len(ds.classes),
+                      display_name(cfg, cfg.data))
+
+
+def dataset_stats(cfg: Config, train_images) -> tuple:
+    """The per-channel mean and std the paper's networks normalise images by."""
+    return NORMALIZATION.get(cfg.dataset) or _stats(train_images)
 
 
 def _stats(images):
@@ -171,7 +191,8 @@ class Search:
     alone reads and writes the output folder and tells the others what it holds.
     """
 
-    def __init__(self, cfg: Config, data: SearchData | None = None, ranks: Ranks | None = None):
+    def __init__(self, cfg: Config, data: SearchData | None = None, ranks: Ranks | None = None,
+                 student: torch.nn.Module | None = None, teacher: torch.nn.Module | None = None):
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.device = resolve_device(cfg.device)
@@ -183,8 +204,11 @@ class Search:
                 sys.stdout = open(os.devnull, "w")
             self.ranks.same("options", dataclasses.asdict(cfg))
         self.graphs = engine.use_graphs(cfg.cuda_graphs, self.device)
-        # The data first: a run that cannot start leaves no output folder behind.
-        self.data = data or prepare_data(cfg, self.device)
+        # The networks and the data first: a run that cannot start leaves no output folder.
+        self.student_net, self.student_name = self._user_student(student)
+        self.user_teacher = self._user_teacher(teacher)
+        self.data = data or prepare_data(cfg, self.device, paper=self.student_net is None)
+        self._check_networks()
         self.created = self.ranks.broadcast(not self.out.exists() if self.ranks.main else None)
         self.log = None
         if self.ranks.main:
@@ -204,6 +228,93 @@ class Search:
         self.val_teacher = None  # the teacher's logits of the validation set
         self.seconds: dict[str, float] = {}  # wall time of each phase run in this process
         self.warnings: list[str] = []  # what the user was warned of, for result.json
+
+    # ------------------------------------------------------------------------- the networks
+
+    def _user_student(self, module):
+        """(the user's student as a chain, its name), or (None, "Student[k]")."""
+        cfg = self.cfg
+        if module is None and cfg.student:
+            module, name = load_module(cfg.student, "--student", cfg.seed)
+        elif module is not None:
+            name = getattr(module, "name", None) if isinstance(module, Chain) else None
+            name = name or type(module).__name__
+        else:
+            return None, f"Student[{cfg.init_width}]"
+        if name == "Sequential":
+            name = "student"
+        return Chain.of(module, name), name
+
+    def _user_teacher(self, module):
+        """(a teacher module of the user's, its name), or None: the search's own Teacher[k]
+        (trained, or a teacher.pt of an earlier search)."""
+        spec = self.cfg.teacher
+        if module is not None:
+            return module, getattr(module, "name", None) or type(module).__name__
+        if not spec:
+            return None
+        path = Path(spec)
+        if ".py:" not in spec:
+            if not path.is_file():
+                raise FileNotFoundError(f"--teacher {spec} does not exist: pass a teacher.pt "
+                                        "of an earlier search, a saved nn.Module or "
+                                        "FILE.py:FUNCTION")
+            if is_network_checkpoint(path):
+                return None  # a teacher.pt of plantops
+        return load_module(spec, "--teacher", self.cfg.seed)
+
+    def _check_networks(self):
+        """Refuses, in one line and before anything trains, a student that does not run on
+        the data's images or a teacher that gives the wrong logits."""
+        data, cfg = self.data, self.cfg
+        if self.student_net is not None:
+            check_student(self.student_net, data.train.images.shape[1], data.image_size,
+                          data.classes)
+            if not self.points(self.student_net):
+                raise ChainError(f"{self.student_name} has no conv layer before its "
+                                 "classifier: pass --plant-fc1 to plant its linear layers")
+        elif data.arch is None:
+            raise ValueError(f"images are {data.image_size}x{data.image_size}: the paper's "
+                             "networks take 32x32 or 96x96 images; plant a network built for "
+                             "them with --student FILE")
+        if self.user_teacher is None and not cfg.teacher and data.arch is None:
+            raise ValueError(f"the paper's Teacher[k] takes 32x32 or 96x96 images, these are "
+                             f"{data.image_size}x{data.image_size}: pass a trained teacher "
+                             "with --teacher FILE")
+        if self.user_teacher is not None:
+            module, name = self.user_teacher
+            module = copy.deepcopy(module).to(self.device).eval()  # the user's stays theirs
+            if not hasattr(module, "num_classes"):
+                module.num_classes = data.classes
+            for p in module.parameters():
+                p.requires_grad_(False)
+            # The user's teacher takes [0, 1] images (search.networks).
+            adapted = self.adapted(module, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), data.classes)
+            sample = data.val.normalize(data.val.images[:2])
+            check_teacher(adapted, name, sample, data.classes)
+            self.user_teacher = adapted, name
+
+    def adapted(self, module, mean, std, classes: int):
+        """``module``, which takes images normalised by ``mean`` and ``std``, fed this
+        search's images (an InputAdapter where the two differ)."""
+        train = self.data.train
+        mine_mean, mine_std = train.mean.flatten().cpu(), train.std.flatten().cpu()
+        mean, std = torch.as_tensor(mean).float(), torch.as_tensor(std).float()
+        if torch.equal(mine_mean, mean) and torch.equal(mine_std, std):
+            return module
+        return InputAdapter(module, mine_std / std, (mine_mean - mean) / std, classes).to(
+            self.device)
+
+    def points(self, net) -> list[int]:
+        """The layers a round plants: every conv before the classifier, and the linear ones
+        with --plant-fc1."""
+        return [j for j in net.points
+                if self.cfg.plant_fc1 or isinstance(net.layer(j), torch.nn.Conv2d)]
+
+    def inputs_meta(self) -> dict:
+        """The input convention of the networks this search trains, kept in their meta."""
+        train = self.data.train
+        return dict(mean=train.mean.flatten().tolist(), std=train.std.flatten().tolist())
 
     # ------------------------------------------------------------------------- the folder
 
@@ -251,14 +362,16 @@ class Search:
         return seconds
 
     def fit(self, name: str, label: str, forward, params, epochs: int, loss: str,
-            count: int = 1, teacher=None, shared: bool = True, kind: str = "plain") -> Path:
+            count: int = 1, teacher=None, shared: bool = True, kind: str = "plain",
+            buffers=()) -> Path:
         """Trains ``params`` for ``epochs`` epochs through the engine, with a checkpoint at the
         end of every epoch (out/partial/NAME.pt: the parameters, SGD's momentum, the epoch;
         the views are the epoch's own): a run killed and resumed redoes at most the epoch it
         was in. ``shared``: every rank trains these same parameters on its share of each
         batch (a plain network); otherwise each rank trains its own, or none (``params``
         empty: it keeps step with the others' epochs), and every rank's state is kept.
-        ``kind``: which schedule (training_schedule)."""
+        ``kind``: which schedule (training_schedule); ``buffers``: what training changes
+        besides ``params`` (batch norms' running statistics), kept in the checkpoints."""
         cfg = self.cfg
         views = self.views(epochs)
         training = None
@@ -266,7 +379,7 @@ class Search:
             training = engine.Training(
                 forward, params, views, self.schedule(epochs, kind), loss, count=count,
                 teacher=teacher, temperature=cfg.temperature, alpha=cfg.label_weight,
-                graphs=self.graphs, ranks=self.ranks if shared else None)
+                graphs=self.graphs, ranks=self.ranks if shared else None, buffers=buffers)
         partial = self.out / "partial" / f"{name}.pt"
         start = 0
         for where, saved in self.read(read_partials, partial):  # newest first
@@ -302,8 +415,10 @@ class Search:
 
     # ------------------------------------------------------------------------- plain networks
 
-    def trained(self, path: Path, kind: str, width: int, loss: str, epochs: int):
-        """Student[width] (or Teacher[width]) trained with ``loss``, or loaded from ``path``."""
+    def trained(self, path: Path, kind: str, width: int, loss: str, epochs: int,
+                build=None):
+        """Student[width] (or Teacher[width]; ``build()``: another network) trained with
+        ``loss`` for ``epochs`` (0: as it is), or loaded from ``path``."""
         cfg = self.cfg
         if self.exists(path):
             net, meta = self.load(path)
@@ -314,19 +429,23 @@ class Search:
         # Seeded here, so a network's initial weights do not depend on whether the ones
         # before it were trained in this process or loaded by --resume.
         torch.manual_seed(cfg.seed)
-        net = models.student(width, self.data.arch, self.data.classes).to(
-            self.device, memory_format=layout(cfg, self.device, width))
-        teacher = self.teacher_table(self.views(epochs)) if loss == "kd" else None
-        net.train()
-        partial = self.fit(path.stem, kind, net, list(net.parameters()), epochs, loss,
-                           teacher=teacher)
+        net = build() if build is not None else models.student(width, self.data.arch,
+                                                               self.data.classes)
+        net = net.to(self.device, memory_format=layout(cfg, self.device, max(net.widths)))
+        partial = None
+        if epochs:
+            teacher = self.teacher_table(self.views(epochs)) if loss == "kd" else None
+            net.train()
+            partial = self.fit(path.stem, kind, net, list(net.parameters()), epochs, loss,
+                               teacher=teacher, buffers=list(net.buffers()))
         net.eval()
         val, = self.evaluate(net, "val")
         test, = self.evaluate(net, "test")
         seconds = time.perf_counter() - start
-        meta = dict(kind=kind, loss_fn=loss, val=val, test=test, seconds=seconds)
+        meta = dict(kind=kind, loss_fn=loss if epochs else "as given", val=val, test=test,
+                    seconds=seconds, inputs=self.inputs_meta())
         self.save(path, net, meta)
-        if self.ranks.main:
+        if self.ranks.main and partial is not None:
             remove_partial(partial)
         self.add_log(dict(kind=kind, round=0, layer=None, widths=net.widths,
                           fc_width=net.fc_width, params=models.count_params(net),
@@ -360,30 +479,63 @@ class Search:
                   f"or a wider one (--teacher-width, now {cfg.teacher_width})")
 
     def teacher(self):
+        """The teacher: the user's module (evaluated once), a teacher.pt of an earlier search,
+        or Teacher[--teacher-width] trained here; frozen, with its validation logits."""
         cfg = self.cfg
-        path = teacher_path(cfg, self.out)
-        if cfg.teacher and not self.exists(path):
-            raise FileNotFoundError(f"--teacher {path} does not exist: pass a teacher.pt "
-                                    "written by an earlier search")
         start = time.perf_counter()
-        net, meta = self.trained(path, "teacher", cfg.teacher_width, "ce", cfg.teacher_epochs)
-        if net.num_classes != self.data.classes or net.arch != self.data.arch:
-            raise ValueError(f"the teacher {path} is a {net.arch} network with "
-                             f"{net.num_classes} classes, but the data is {self.data.arch} "
-                             f"with {self.data.classes} classes: pass a teacher trained on "
-                             "this dataset")
+        if self.user_teacher is not None:
+            net, name = self.user_teacher
+            meta = self.given_teacher_meta(net, name)
+        else:
+            path = teacher_path(cfg, self.out)
+            net, meta = self.trained(path, "teacher", cfg.teacher_width, "ce", cfg.teacher_epochs)
+            if net.num_classes != self.data.classes or (
+                    self.data.arch is not None and net.arch != self.data.arch):
+                raise ValueError(f"the teacher {path} is a {net.arch} network with "
+                                 f"{net.num_classes} classes, but the data is "
+                                 f"{self.data.arch or f'{self.data.image_size}x{self.data.image_size}'} "
+                                 f"with {self.data.classes} classes: pass a teacher trained on "
+                                 "this dataset")
+            # A teacher.pt of an earlier search takes the images it was trained on.
+            # (Without a record of them, as the paper's networks are fed: normalised.)
+            inputs = meta.get("inputs")
+            meta = dict(meta, name=f"Teacher[{max(net.widths)}]")
+            if inputs is not None or self.student_net is not None:
+                mean, std = (inputs["mean"], inputs["std"]) if inputs else self.paper_stats()
+                net = self.adapted(net, mean, std, net.num_classes)
         net.eval()
         for p in net.parameters():
             p.requires_grad_(False)
         self.teacher_net = self.tables.teacher = net
+        self.teacher_meta = meta
         self.val_teacher = engine.teacher_logits(net, self.eval_views["val"])
         self._add_seconds("teacher", start)
         return net, meta
 
+    def paper_stats(self) -> tuple:
+        """The channel statistics the paper's networks normalise this data by."""
+        images = self.data.train.images
+        if self.cfg.dataset in NORMALIZATION:
+            return NORMALIZATION[self.cfg.dataset]
+        x = images.permute(0, 2, 3, 1).reshape(-1, images.shape[1]).cpu().double() / 255.0
+        return tuple(x.mean(0).tolist()), tuple(x.std(0, unbiased=False).tolist())
+
+    def given_teacher_meta(self, net, name: str) -> dict:
+        """A teacher of the user's, evaluated on validation and test (it is not trained)."""
+        val, = self.evaluate(net, "val")
+        test, = self.evaluate(net, "test")
+        params = sum(p.numel() for p in net.parameters())
+        print(line("teacher", name[:24], params, val, 0.0, "(given)"))
+        self.add_log(dict(kind="teacher", round=0, layer=None, name=name, params=params,
+                          val_loss=val["loss"], val_acc=val["acc"], seconds=0.0))
+        return dict(kind="teacher", loss_fn="given", val=val, test=test, seconds=0.0, name=name,
+                    params=params)
+
     def initial(self):
         start = time.perf_counter()
+        build = None if self.student_net is None else (lambda: Chain.of(self.student_net))
         result = self.trained(self.out / "initial.pt", "initial", self.cfg.init_width,
-                              self.cfg.init_loss, self.cfg.init_epochs)
+                              self.cfg.init_loss, self.cfg.init_epochs, build)
         self._add_seconds("initial", start)
         return result
 
@@ -431,7 +583,7 @@ class Search:
             # The same results on every rank, so every rank makes this choice.
             best = choose(eligible, current_val, models.count_params(current), cfg)
             improved = best["val"][cfg.select_on] < current_val[cfg.select_on]
-            name = models.LAYER_NAMES[best["layer"]]
+            name = current.layer_names()[best["layer"]]
             verdict = "accepted" if improved else "rejected: no lower validation loss, stop"
             seconds = self._add_seconds(f"round {rnd}", start)
             if self.ranks.size > 1:
@@ -474,7 +626,7 @@ class Search:
         net.train()
         partial = self.fit(f"finetune_r{rnd}", f"round {rnd} fine-tuning", net,
                            list(net.parameters()), cfg.finetune_epochs, "kd", teacher=teacher,
-                           kind="finetune")
+                           kind="finetune", buffers=list(net.buffers()))
         net.eval()
         val, = self.evaluate(net, "val")
         if self.ranks.main:
@@ -493,11 +645,11 @@ class Search:
         The validation metrics and the trained weights of every candidate are then gathered
         on every rank, and rank 0 saves them."""
         cfg = self.cfg
-        layers = models.plantable_layers(cfg.plant_fc1)
+        layers = self.points(current)
         results, eligible = {}, {}
         for layer in layers:
             stem = candidate_stem(self.out, rnd, layer)
-            name = models.LAYER_NAMES[layer]
+            name = current.layer_names()[layer]
             saved = self.read(lambda p: json.loads(p.read_text())
                               if p.exists() and p.with_suffix(".pt").exists() else None,
                               stem.with_suffix(".json"))
@@ -532,15 +684,17 @@ class Search:
             start = time.perf_counter()
             round_op = PlantedRound(current, {layer: eligible[layer] for layer in group}) \
                 if group else None
-            names = "+".join(models.LAYER_NAMES[layer] for layer in group)
+            names = "+".join(current.layer_names()[layer] for layer in group)
             where = f", rank {self.ranks.rank} of {self.ranks.size}" if self.ranks.size > 1 else ""
             teacher = self.teacher_table(self.views(cfg.plant_epochs))
+            if round_op:
+                round_op.train()
             partial = self.fit(f"r{rnd}_" + "_".join(map(str, sorted(members))),
                                f"round {rnd} ({names}{where})", round_op,
                                round_op.parameters() if round_op else [], cfg.plant_epochs,
                                "kd", count=len(group), teacher=teacher, shared=False,
-                               kind="planted")
-            vals = self.evaluate(round_op, "val", len(group)) if group else []
+                               kind="planted", buffers=round_op.buffers() if round_op else [])
+            vals = self.evaluate(round_op.eval(), "val", len(group)) if group else []
             seconds = time.perf_counter() - start
             states = [models.planted_state(eligible[layer]) for layer in group]
             for rank, (layers_r, vals_r, states_r, seconds_r) in enumerate(
@@ -563,7 +717,7 @@ class Search:
     def save_candidate(self, rnd, layer, candidate, val, seconds, note="", rank=0) -> dict:
         cfg = self.cfg
         stem = candidate_stem(self.out, rnd, layer)
-        name = models.LAYER_NAMES[layer]
+        name = candidate.layer_names()[layer]
         params = models.count_params(candidate)
         result = dict(round=rnd, layer=layer, layer_name=name, widths=candidate.widths,
                       fc_width=candidate.fc_width, params=params, val=val, seconds=seconds,
@@ -599,9 +753,18 @@ class Search:
                         test_acc=test["acc"], val_loss=meta["val"]["loss"],
                         val_acc=meta["val"]["acc"], loss_fn=loss_fn), net
 
-        teacher, _ = entry(teacher_path(cfg, self.out), f"Teacher[{cfg.teacher_width}]", "CE")
-        initial, final_net = entry(self.out / "initial.pt",
-                                   f"Initial = Student[{cfg.init_width}]", cfg.init_loss.upper())
+        if self.user_teacher is not None:
+            meta = self.teacher_meta
+            teacher = dict(network=meta["name"], widths=None, fc_width=None,
+                           params=meta["params"], test_loss=meta["test"]["loss"],
+                           test_acc=meta["test"]["acc"], val_loss=meta["val"]["loss"],
+                           val_acc=meta["val"]["acc"], loss_fn="given")
+        else:
+            teacher, _ = entry(teacher_path(cfg, self.out), self.teacher_meta["name"], "CE")
+        initial_loss = cfg.init_loss.upper() if cfg.init_epochs or self.student_net is None \
+            else "given"
+        initial, final_net = entry(self.out / "initial.pt", f"Initial = {self.student_name}",
+                                   initial_loss)
         rounds = []
         for a in accepted:
             row, final_net = entry(self.out / f"round_{a['round']}.pt",
@@ -615,14 +778,18 @@ class Search:
         result = dict(final=final, initial=initial, teacher=teacher, rounds=rounds,
                       students=student_rows, compare_with=compare, stop_reason=stop_reason,
                       config=dataclasses.asdict(cfg), world_size=self.ranks.size,
-                      warnings=list(self.warnings))
+                      warnings=list(self.warnings), dataset_name=self.data.name or cfg.dataset,
+                      student_name=self.student_name)
         result["against_curves"] = report.against_curves(result)
         if any(c["margin"] < 0 for c in result["against_curves"].values()):
             self.warn(report.curve_sentence(result) + ": planting did not beat the "
                       "networks of its size trained the standard way", result)
         if self.ranks.main:
+            # The paper's network takes [0, 1] images through a normalising first layer; the
+            # user's own is exported as they built it, grown (it takes [0, 1] images already).
             train = self.data.train
-            exported = final_net.cpu().to_sequential(train.mean.cpu(), train.std.cpu())
+            exported = final_net.cpu().to_sequential(train.mean.cpu(), train.std.cpu()) \
+                if isinstance(final_net, models.PlantNet) else final_net.cpu().export()
             atomic_write(self.out / "final.pt", lambda p: torch.save(exported, p))
             report.write_results(self.out, result)
         seconds = self._add_seconds("report", start)
@@ -633,7 +800,7 @@ class Search:
         result["seconds"] = dict(self.seconds)
         if self.ranks.main:
             write_json(self.out / "result.json", result)
-        print(f"done: {final['network']} {models.PlantNet.describe(final_net)} "
+        print(f"done: {final['network']} {final_net.describe()} "
               f"{final['params']:,} params, test loss {final['test_loss']:.4f}, test acc "
               f"{final['test_acc'] * 100:.2f}% ({stop_reason}). Results in {self.out}/results.md")
         print("time: " + ", ".join(f"{phase} {s:.1f}s" for phase, s in self.seconds.items()))
@@ -652,7 +819,8 @@ class Search:
     def _run(self) -> dict:
         cfg = self.cfg
         where = f", {self.ranks.size} ranks" if self.ranks.size > 1 else ""
-        print(f"plantops {plantops.__version__}: {cfg.dataset} ({self.data.arch}), "
+        family = self.data.arch if self.student_net is None else self.student_name
+        print(f"plantops {plantops.__version__}: {self.data.name or cfg.dataset} ({family}), "
               f"{len(self.data.train)} train / {len(self.data.val)} val / {len(self.data.test)} "
               f"test images, device {self.device}{where}, out {self.out}")
         _, teacher_meta = self.teacher()
@@ -663,6 +831,10 @@ class Search:
         return self.finish(accepted, stop_reason, students)
 
 
-def run_search(cfg: Config) -> dict:
-    """Runs the whole search of ``cfg`` (see ``python -m plantops.search --help``)."""
-    return Search(cfg).run()
+def run_search(cfg: Config, student: torch.nn.Module | None = None,
+               teacher: torch.nn.Module | None = None) -> dict:
+    """Runs the whole search of ``cfg`` (see ``python -m plantops.search --help``).
+    ``student``: an nn.Sequential of your own to plant (instead of Student[--init-width]);
+    ``teacher``: a trained module of your own, used as it is (instead of training
+    Teacher[--teacher-width]). Both take float [0, 1] images (search.networks)."""
+    return Search(cfg, student=student, teacher=teacher).run()

@@ -111,15 +111,23 @@ def results_table(result: dict, paper: list[dict] | None = None) -> str:
     lines = ["| network | widths | params | test loss | test acc | loss | val loss | val acc |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['network']} | {'/'.join(map(str, r['widths']))}, fc {r['fc_width']} | "
+        lines.append(f"| {r['network']} | {widths_text(r)} | "
                      f"{r['params'] / 1000:.1f}K | {r['test_loss']:.4f} | {r['test_acc'] * 100:.2f}% "
                      f"| {r['loss_fn']} | {r['val_loss']:.4f} | {r['val_acc'] * 100:.2f}% |")
     final = result["final"]
-    lines.append(f"| **Planted (final)** | {'/'.join(map(str, final['widths']))}, fc "
-                 f"{final['fc_width']} | **{final['params'] / 1000:.1f}K** | "
+    lines.append(f"| **Planted (final)** | {widths_text(final)} | **{final['params'] / 1000:.1f}K** | "
                  f"**{final['test_loss']:.4f}** | **{final['test_acc'] * 100:.2f}%** | KD | "
                  f"{final['val_loss']:.4f} | {final['val_acc'] * 100:.2f}% |")
     return "\n".join(lines)
+
+
+def widths_text(row: dict) -> str:
+    """A network's widths as the table shows them: the paper's as conv widths and fc1's, a
+    chain's as the width of each planting point (a teacher of another kind has none)."""
+    if not row.get("widths"):
+        return "-"
+    text = "/".join(map(str, row["widths"]))
+    return text + (f", fc {row['fc_width']}" if row.get("fc_width") is not None else "")
 
 
 def plot(points: list[tuple[str, float, float]], path: Path, title: str,
@@ -193,10 +201,12 @@ def write_results(out: Path, result: dict):
     sentence = curve_sentence(result)
     other_warnings = [w for w in result.get("warnings", [])
                       if not (sentence and w.startswith(sentence))]
+    dataset = result.get("dataset_name", cfg["dataset"])
+    start = result.get("student_name", f"Student[{cfg['init_width']}]")
     plot([("initial", result["initial"]["params"], result["initial"]["test_acc"]), *planted],
-         out / "accuracy_vs_params.png", f"{cfg['dataset']}: planting from Student[{cfg['init_width']}]",
+         out / "accuracy_vs_params.png", f"{dataset}: planting from {start}",
          curves=curves, teacher=(teacher["network"], teacher["params"], teacher["test_acc"]))
-    text = [f"# Channel planting on {cfg['dataset']}", "",
+    text = [f"# Channel planting on {dataset}", "",
             "Test loss is the test cross-entropy (the paper's \"Test Err.\").", "",
             results_table(result), "",
             *([f"Beside the paper's {result['compare_with']} table (METHOD.md):", "",

@@ -1,0 +1,591 @@
+"""A plantable network: a chain of conv and linear layers, and what lies between them.
+
+A ``Chain`` holds the leaf modules of an ``nn.Sequential`` in order (nested Sequentials are
+walked, and their paths kept for export). Its *layers* are its ``Conv2d`` and ``Linear``
+modules, numbered 0, 1, ... in order; the last one is the classifier (its outputs are the
+logits) and every other layer is a *planting point*. Between two layers lies a *segment* of
+modules that act on each channel alone: batch norm, activations, pooling, dropout, flatten,
+identity. The paper's networks (``models.PlantNet``) are chains; so is a user's VGG-style
+network with batch norm, strides, other kernels and 64x64 images.
+
+Planting ``p`` channels into layer ``l`` (``plant``) returns a copy in which layer ``l`` has
+``p`` planted outputs, every batch norm of segment ``l`` has ``p`` (or, after a flatten, ``p``
+times the spatial positions) planted features (``PlantedBatchNorm``), and layer ``l + 1``
+has the matching planted inputs. Everything else is frozen. What a frozen network does
+during planting is what it does when it is evaluated: its batch norms normalise with their
+running statistics and its dropout is off, so the old channels compute exactly the parent's
+values and nothing of the parent changes (see docs/method.md, "Planting on any chain").
+
+Anything that is not such a chain is refused before any training, by ``ChainError`` with one
+line that names the module and why (residual blocks, branches, grouped convolutions, ...).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from plantops.planted_conv import PlantedConv2d, planted_conv2d
+from plantops.planted_linear import PlantedLinear
+from plantops.relu_pool import conv_relu_max_pool2d, relu_max_pool2d
+
+LAYERS = (nn.Conv2d, nn.Linear)
+BATCH_NORMS = (nn.BatchNorm2d, nn.BatchNorm1d)
+BETWEEN = (*BATCH_NORMS, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.MaxPool2d,
+           nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity)
+# Modules that take (and give) an image-shaped tensor [N, C, H, W].
+SPATIAL = (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+SUPPORTED = ("Conv2d (groups=1, dilation=1, zero padding), Linear and, between them, "
+             + ", ".join(t.__name__ for t in BETWEEN))
+# How the planted outgoing weights start: the scale of the layer's default init (0: zero).
+PLANT_INITS = {"preserve": 0.0, "small": 0.1, "random": 1.0}
+
+
+class ChainError(ValueError):
+    """A network plantops cannot plant; the message names the module and says why."""
+
+
+# ----------------------------------------------------------------------------- planted BN
+
+class PlantedBatchNorm(nn.Module):
+    """A batch norm over a layer's frozen channels and its planted ones.
+
+    The frozen channels keep the parent's normalisation as it is evaluated: its running
+    statistics and affine, never updated (whatever the module's mode). The planted channels
+    have a batch norm of their own, trained with them: in training mode it normalises with
+    the batch's statistics and updates its running ones, in eval mode it uses those, like
+    any batch norm. It starts at weight 1, bias 0, mean 0, variance 1.
+    """
+
+    def __init__(self, frozen: nn.Module, count: int):
+        super().__init__()
+        if not isinstance(frozen, BATCH_NORMS):
+            raise TypeError(f"PlantedBatchNorm grows a BatchNorm1d/2d, got {type(frozen).__name__}")
+        self.frozen = copy.deepcopy(frozen).eval()
+        for p in self.frozen.parameters():
+            p.requires_grad_(False)
+        w = frozen.running_mean
+        self.planted = type(frozen)(count, frozen.eps, frozen.momentum, frozen.affine,
+                                    device=w.device, dtype=w.dtype)
+
+    @property
+    def frozen_features(self) -> int:
+        return self.frozen.num_features
+
+    @property
+    def planted_features(self) -> int:
+        return self.planted.num_features
+
+    def frozen_part(self, x: Tensor) -> Tensor:
+        bn = self.frozen
+        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0,
+                            bn.eps)
+
+    def planted_part(self, x: Tensor) -> Tensor:
+        return self.planted(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = self.frozen_features
+        return torch.cat([self.frozen_part(x[:, :n]), self.planted_part(x[:, n:])], 1)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.frozen.eval()
+        return self
+
+    def to_batch_norm(self) -> nn.Module:
+        """A plain batch norm of every feature (the frozen ones' numbers, then the planted)."""
+        old, new = self.frozen, self.planted
+        merged = copy.deepcopy(old)
+        merged.num_features = old.num_features + new.num_features
+        with torch.no_grad():
+            for name in ("weight", "bias"):
+                if getattr(old, name) is not None:
+                    setattr(merged, name, nn.Parameter(torch.cat(
+                        [getattr(old, name), getattr(new, name)]).detach().clone()))
+            for name in ("running_mean", "running_var"):
+                merged.register_buffer(name, torch.cat([getattr(old, name),
+                                                        getattr(new, name)]).clone())
+        merged.train(self.training)
+        return merged
+
+    def extra_repr(self) -> str:
+        return f"frozen {self.frozen_features}, planted {self.planted_features}"
+
+
+# ----------------------------------------------------------------------------- checks
+
+def leaves(module: nn.Module, name: str = "network", path: str = "") -> list[tuple[str, nn.Module]]:
+    """The leaf modules of an nn.Sequential (nested ones walked), with their paths;
+    ChainError for anything else."""
+    if isinstance(module, nn.Sequential):
+        if type(module).forward is not nn.Sequential.forward:
+            raise ChainError(f"{_where(name, path)} ({type(module).__name__}) has a forward of "
+                             "its own: plantops plants an nn.Sequential that runs its modules "
+                             "in order")
+        found = []
+        for child_name, child in module.named_children():
+            found += leaves(child, name, f"{path}.{child_name}" if path else child_name)
+        return found
+    if not path:
+        raise ChainError(f"{name} is a {type(module).__name__}, not an nn.Sequential: plantops "
+                         f"plants a chain of layers ({SUPPORTED}); a network with residual "
+                         "blocks or branches is not a chain")
+    return [(path, module)]
+
+
+def _where(name: str, path: str) -> str:
+    return f"{name}: module {path!r}" if path else name
+
+
+def check(modules: Sequence[nn.Module], paths: Sequence[str], name: str = "network"):
+    """ChainError, naming the first module that cannot be planted and why."""
+    dims = 4  # the image [N, C, H, W]; 2 after a flatten or a linear layer
+    layers = 0
+    for path, m in zip(paths, modules):
+        where = f"{_where(name, path)} ({type(m).__name__})"
+        if isinstance(m, (PlantedConv2d, PlantedLinear, PlantedBatchNorm)):
+            pass
+        elif type(m) not in LAYERS + BETWEEN:
+            hint = (" (a residual block or a branch: not a chain)"
+                    if any(True for _ in m.children()) else "")
+            raise ChainError(f"{where} is not a layer plantops can plant{hint}: it plants "
+                             f"{SUPPORTED}")
+        if isinstance(m, nn.Conv2d):
+            for attr, expected in (("groups", 1), ("dilation", (1, 1)),
+                                   ("padding_mode", "zeros")):
+                got = getattr(m, attr)
+                if (tuple(got) if isinstance(got, tuple) else got) != expected:
+                    why = ("grouped and depthwise convolutions cannot grow one channel at a time"
+                           if attr == "groups" else "the planted kernels do not run it")
+                    raise ChainError(f"{where} has {attr}={got!r}: plantops plants convolutions "
+                                     f"with {attr}={expected!r} ({why})")
+            if isinstance(m.padding, str) and m.padding != "valid" and any(
+                    k % 2 == 0 for k in m.kernel_size):
+                raise ChainError(f"{where} has padding='same' with an even kernel "
+                                 f"{tuple(m.kernel_size)}: give it numeric padding")
+        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d) and not m.track_running_stats:
+            raise ChainError(f"{where} keeps no running statistics "
+                             "(track_running_stats=False): a frozen channel's normalisation "
+                             "would change with every batch; build it with running statistics")
+        if isinstance(m, nn.MaxPool2d) and m.return_indices:
+            raise ChainError(f"{where} returns indices: a chain passes one tensor on")
+        if isinstance(m, nn.Flatten) and (m.start_dim, m.end_dim) != (1, -1):
+            raise ChainError(f"{where} flattens dims {m.start_dim}..{m.end_dim}: plantops "
+                             "plants a flatten of every dim but the batch (Flatten())")
+        if isinstance(m, SPATIAL) and dims != 4:
+            raise ChainError(f"{where} needs an image-shaped input [N, C, H, W] but comes "
+                             "after a flatten or a linear layer")
+        if isinstance(m, nn.Linear) and dims != 2:
+            raise ChainError(f"{where} would act on the last (width) dim of an image-shaped "
+                             "tensor: put an nn.Flatten() before it")
+        if isinstance(m, (nn.Flatten, nn.Linear, PlantedLinear)):
+            dims = 2
+        layers += isinstance(m, LAYERS + (PlantedConv2d, PlantedLinear))
+    if layers < 2:
+        raise ChainError(f"{name} has {layers} conv or linear layer{'s' * (layers != 1)}: "
+                         "planting needs at least two (a layer to grow and one that reads it)")
+
+
+# ----------------------------------------------------------------------------- running modules
+
+def _is_pool2x2(m) -> bool:
+    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    return (type(m) is nn.MaxPool2d and pair(m.kernel_size) == (2, 2)
+            and pair(m.stride) == (2, 2) and pair(m.padding) == (0, 0)
+            and pair(m.dilation) == (1, 1) and not m.ceil_mode)
+
+
+def run_modules(modules: Sequence[nn.Module], x: Tensor) -> Tensor:
+    """``x`` through ``modules`` in order, out of place (a tensor the round op reuses is never
+    overwritten by an inplace activation); a ReLU followed by a 2x2 max pool runs as one
+    pass (relu_pool.relu_max_pool2d, exactly their result, on its own backend rule)."""
+    i = 0
+    while i < len(modules):
+        m = modules[i]
+        if type(m) is nn.ReLU and i + 1 < len(modules) and _is_pool2x2(modules[i + 1]) \
+                and x.dim() == 4:
+            x = relu_max_pool2d(x)
+            i += 2
+            continue
+        if type(m) is nn.ReLU:
+            x = F.relu(x)
+        elif type(m) is nn.LeakyReLU:
+            x = F.leaky_relu(x, m.negative_slope)
+        elif type(m) is nn.SiLU:
+            x = F.silu(x)
+        elif type(m) is nn.Dropout:
+            x = F.dropout(x, m.p, m.training)
+        else:
+            x = m(x)
+        i += 1
+    return x
+
+
+def _fold_batch_norm(weight: Tensor, bias: Optional[Tensor], bn: nn.Module):
+    """A conv's weight and bias with an evaluated batch norm after it folded in."""
+    scale = bn.running_var.add(bn.eps).rsqrt()
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bias is not None:
+        shift = shift + bias * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return weight * scale.view(-1, 1, 1, 1), shift
+
+
+def out_features(layer) -> int:
+    if isinstance(layer, (PlantedConv2d, PlantedLinear)):
+        return layer.total_out
+    return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+
+
+def in_features(layer) -> int:
+    if isinstance(layer, (PlantedConv2d, PlantedLinear)):
+        return layer.total_in
+    return layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features
+
+
+def _is_conv(layer) -> bool:
+    return isinstance(layer, (nn.Conv2d, PlantedConv2d))
+
+
+def conv_padding(conv: nn.Conv2d):
+    """A conv's padding as numbers ('valid' is 0, 'same' k // 2 for an odd kernel)."""
+    if conv.padding == "valid":
+        return (0, 0)
+    if conv.padding == "same":
+        return tuple(k // 2 for k in conv.kernel_size)
+    return tuple(conv.padding)
+
+
+# ----------------------------------------------------------------------------- the chain
+
+class Chain(nn.Module):
+    """A chain of layers (see the module's docstring). ``Chain.of(module)`` takes an
+    nn.Sequential; ``name`` is what reports call it."""
+
+    def __init__(self, modules: Sequence[nn.Module], paths: Optional[Sequence[str]] = None,
+                 name: str = "network"):
+        super().__init__()
+        modules = list(modules)
+        self.paths = list(paths) if paths is not None else [str(i) for i in range(len(modules))]
+        self.name = name
+        check(modules, self.paths, name)
+        self.body = nn.ModuleList(modules)
+        self.trainable = [i for i, m in enumerate(modules)
+                          if isinstance(m, LAYERS + (PlantedConv2d, PlantedLinear))]
+
+    @classmethod
+    def of(cls, module: nn.Module, name: Optional[str] = None) -> "Chain":
+        """The chain of an nn.Sequential (copied: the search never changes the user's module)."""
+        if isinstance(module, Chain):
+            return copy.deepcopy(module)
+        name = name or type(module).__name__
+        found = leaves(module, name)
+        return Chain([copy.deepcopy(m) for _, m in found], [p for p, _ in found], name)
+
+    # ------------------------------------------------------------------ structure
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.trainable)
+
+    @property
+    def points(self) -> list[int]:
+        """The planting points: every layer but the classifier."""
+        return list(range(self.num_layers - 1))
+
+    def layer(self, index: int) -> nn.Module:
+        return self.body[self.trainable[index]]
+
+    def set_layer(self, index: int, module: nn.Module):
+        self.body[self.trainable[index]] = module
+
+    def segment_range(self, index: int) -> range:
+        """Where in ``body`` the modules after layer ``index`` (up to the next layer) are."""
+        stop = self.trainable[index + 1] if index + 1 < self.num_layers else len(self.body)
+        return range(self.trainable[index] + 1, stop)
+
+    def segment(self, index: int) -> list[nn.Module]:
+        return [self.body[i] for i in self.segment_range(index)]
+
+    @property
+    def prefix(self) -> list[nn.Module]:
+        return list(self.body[:self.trainable[0]])
+
+    @property
+    def num_classes(self) -> int:
+        return out_features(self.layer(self.num_layers - 1))
+
+    @property
+    def in_channels(self) -> int:
+        return in_features(self.layer(0))
+
+    def layer_names(self) -> list[str]:
+        """conv1, conv2, ..., fc1, fc2, ...: each layer by its kind and place."""
+        names, counts = [], {"conv": 0, "fc": 0}
+        for j in range(self.num_layers):
+            kind = "conv" if _is_conv(self.layer(j)) else "fc"
+            counts[kind] += 1
+            names.append(f"{kind}{counts[kind]}")
+        return names
+
+    @property
+    def point_widths(self) -> list[int]:
+        return [out_features(self.layer(j)) for j in self.points]
+
+    @property
+    def widths(self) -> list[int]:
+        return self.point_widths
+
+    @property
+    def fc_width(self):
+        return None
+
+    def describe(self) -> str:
+        convs = [str(out_features(self.layer(j))) for j in self.points if _is_conv(self.layer(j))]
+        fcs = [str(out_features(self.layer(j))) for j in self.points
+               if not _is_conv(self.layer(j))]
+        return f"[{','.join(convs)}{'|' + ','.join(fcs) if fcs else ''}]"
+
+    def is_planted(self) -> bool:
+        return any(isinstance(m, PlantedBatchNorm) or getattr(m, "planted_in", 0)
+                   or getattr(m, "planted_out", 0) for m in self.body)
+
+    def train(self, mode: bool = True):
+        """A planted network trains its planted parameters only: its frozen modules stay as
+        they are evaluated (batch norms on their running statistics, dropout off)."""
+        super().train(mode)
+        if mode and self.is_planted():
+            for m in self.body:
+                if isinstance(m, BATCH_NORMS + (nn.Dropout,)):
+                    m.eval()
+        return self
+
+    # ------------------------------------------------------------------ running
+
+    def activate(self, index: int, pre: Tensor) -> Tensor:
+        """What layer ``index + 1`` reads, from layer ``index``'s output ``pre``: the segment
+        after it. Its modules act on each channel alone, so it also maps a subset of the
+        channels (the planted ones) on its own, given that subset's batch norms."""
+        return run_modules(self.segment(index), pre)
+
+    def forward_from(self, index: int, pre: Tensor) -> Tensor:
+        """The logits, given layer ``index``'s output ``pre`` (index -1: ``pre`` is the image)."""
+        h = run_modules(self.prefix, pre) if index < 0 else self.activate(index, pre)
+        for j in range(index + 1, self.num_layers):
+            h = self.activate(j, self.layer(j)(h))
+        return h
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_from(-1, x)
+
+    def activations(self, x: Tensor) -> tuple[list, list]:
+        """Every layer's input and output, as lists indexed by layer."""
+        inputs, outputs = [], []
+        for j in range(self.num_layers):
+            inputs.append(run_modules(self.prefix, x) if j == 0
+                          else self.activate(j - 1, outputs[-1]))
+            outputs.append(self.layer(j)(inputs[-1]))
+        return inputs, outputs
+
+    def frozen_layer(self, index: int, x: Tensor, backend: str = "auto") -> Tensor:
+        """Layer ``index`` of a plain (merged) network as a frozen layer: a conv through
+        ``planted_conv2d`` with the whole weight frozen (the planted kernels where its auto
+        rule takes them; a gradient for ``x`` only, if it needs one), a linear layer through
+        F.linear."""
+        layer = self.layer(index)
+        if _is_conv(layer):
+            return planted_conv2d(x, layer.weight, layer.bias, stride=layer.stride,
+                                  padding=conv_padding(layer), backend=backend)
+        return F.linear(x, layer.weight, layer.bias)
+
+    @torch.no_grad()
+    def frozen_activated(self, index: int, x: Tensor, backend: str = "auto") -> Tensor:
+        """``activate(index, frozen_layer(index, x))`` of the network as it is evaluated,
+        without gradients: a batch norm right after a conv is folded into its weights, and a
+        ReLU + 2x2 max pool after that into the convolution where the kernels can
+        (relu_pool.conv_relu_max_pool2d)."""
+        layer, rest = self.layer(index), self.segment(index)
+        if not _is_conv(layer):
+            return self.activate(index, self.frozen_layer(index, x, backend))
+        weight, bias = layer.weight, layer.bias
+        if rest and type(rest[0]) is nn.BatchNorm2d:
+            weight, bias = _fold_batch_norm(weight, bias, rest[0])
+            rest = rest[1:]
+        padding = conv_padding(layer)
+        if len(rest) >= 2 and type(rest[0]) is nn.ReLU and _is_pool2x2(rest[1]):
+            h = conv_relu_max_pool2d(x, weight, bias, layer.stride, padding, backend)
+            rest = rest[2:]
+        else:
+            h = planted_conv2d(x, weight, bias, stride=layer.stride, padding=padding,
+                               backend=backend)
+        return run_modules(rest, h)
+
+    @torch.no_grad()
+    def frozen_forward(self, x: Tensor, backend: str = "auto") -> Tensor:
+        """The logits of a plain network as it is evaluated, without gradients, through its
+        frozen layers: how the search runs a trained network it only evaluates (the
+        teacher's logits, every evaluation)."""
+        h = run_modules(self.prefix, x)
+        for j in range(self.num_layers):
+            h = self.frozen_activated(j, h, backend)
+        return h
+
+    # ------------------------------------------------------------------ export
+
+    def export(self) -> nn.Sequential:
+        """The network as the user built it, grown: the same modules in the same nn.Sequential
+        nesting (plain torch layers, loadable without plantops), planted layers merged."""
+        plain = merge(self)
+        root = nn.Sequential()
+        for path, module in zip(plain.paths, plain.body):
+            *parents, leaf = path.split(".")
+            node = root
+            for part in parents:
+                if not hasattr(node, part):
+                    node.add_module(part, nn.Sequential())
+                node = getattr(node, part)
+            node.add_module(leaf, copy.deepcopy(module))
+        return root.train(self.training)
+
+
+def count_params(model: nn.Module) -> int:
+    """Parameters of the network as the paper counts them: every weight and bias, planted or
+    not (batch norms' affine included, their running statistics not)."""
+    return sum(t.numel() for t in merge(model).parameters()) if isinstance(model, Chain) \
+        else sum(t.numel() for t in model.parameters())
+
+
+def plant(net: Chain, layer: int, count: int, init: str = "preserve",
+          generator: torch.Generator | None = None) -> Chain:
+    """A copy of ``net`` with ``count`` channels planted into ``layer`` (a planting point).
+
+    Only the planted blocks are trainable. ``init="preserve"`` starts the new outgoing
+    weights (the next layer's planted input slices) at zero, so the candidate computes
+    exactly its parent's function before training; ``"random"`` gives them the layer's
+    default initialization too, and ``"small"`` a tenth of it: the candidate starts near its
+    parent, and the new filters get a gradient from the first step (with zero outgoing
+    weights they get none until the slices have moved). A batch norm between the layer and
+    the next grows by the planted features (PlantedBatchNorm).
+    """
+    if init not in PLANT_INITS:
+        raise ValueError(f"plant init must be one of {', '.join(PLANT_INITS)}, got {init!r}")
+    if not isinstance(net, Chain):
+        raise TypeError(f"plant expects a Chain (plantops.Chain.of(your_sequential)), got "
+                        f"{type(net).__name__}")
+    if layer not in net.points:
+        names = net.layer_names()
+        raise ValueError(f"layer must be a planting point 0-{len(names) - 2} "
+                         f"({', '.join(names[:-1])}; the last, {names[-1]}, is the "
+                         f"classifier), got {layer}")
+    net = merge(net)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    old = net.layer(layer)
+    reader_old = net.layer(layer + 1)
+    frozen = out_features(old)
+    grown = _to_planted(old).plant_outputs(count, generator)
+    net.set_layer(layer, grown)
+    # After a flatten, each planted channel is its spatial positions' features, flattened
+    # channel by channel after the frozen channels' (so they come last in the reader's input).
+    per_channel = 1
+    for i in net.segment_range(layer):
+        m = net.body[i]
+        if isinstance(m, nn.Flatten) and _is_conv(old):
+            per_channel, rest = divmod(in_features(reader_old), frozen)
+            if rest or per_channel < 1:
+                raise ChainError(f"{net.name}: layer {net.layer_names()[layer + 1]} reads "
+                                 f"{in_features(reader_old)} features, not a multiple of the "
+                                 f"{frozen} channels of {net.layer_names()[layer]}: its width "
+                                 "cannot grow")
+        elif isinstance(m, BATCH_NORMS):
+            net.body[i] = PlantedBatchNorm(m, count * per_channel)
+    reader = _to_planted(reader_old).plant_inputs(count * per_channel)
+    net.set_layer(layer + 1, reader)
+    if init != "preserve":
+        bound = PLANT_INITS[init] / reader._fan_in() ** 0.5
+        with torch.no_grad():
+            reader.in_weight.uniform_(-bound, bound, generator=generator)
+    return net.train(net.training)
+
+
+def _to_planted(layer):
+    if isinstance(layer, nn.Conv2d):
+        planted = PlantedConv2d(layer.weight, layer.bias, layer.stride, conv_padding(layer))
+        return planted
+    return PlantedLinear.from_linear(layer)
+
+
+def planted_parameters(net: nn.Module) -> list[nn.Parameter]:
+    """The trainable parameters (the non-empty planted blocks)."""
+    return [p for p in net.parameters() if p.requires_grad and p.numel()]
+
+
+def planted_buffers(net: nn.Module) -> list[Tensor]:
+    """What training the planted channels changes besides their parameters: their batch
+    norms' running statistics."""
+    return [b for m in net.modules() if isinstance(m, PlantedBatchNorm)
+            for b in m.planted.buffers()]
+
+
+def planted_state(net: nn.Module) -> list:
+    """The planted parameters and buffers of ``net`` as CPU copies (what training changed)."""
+    return [t.detach().cpu().clone() for t in planted_parameters(net) + planted_buffers(net)]
+
+
+def load_planted_state(net: nn.Module, state: list):
+    with torch.no_grad():
+        for t, saved in zip(planted_parameters(net) + planted_buffers(net), state, strict=True):
+            t.copy_(saved)
+
+
+def merge(net: Chain) -> Chain:
+    """A plain copy: planted layers become nn.Conv2d / nn.Linear / batch norms with their
+    whole weights."""
+    out = copy.deepcopy(net)
+    for i, m in enumerate(out.body):
+        if isinstance(m, PlantedConv2d):
+            out.body[i] = m.to_conv()
+        elif isinstance(m, PlantedLinear):
+            out.body[i] = m.to_linear()
+        elif isinstance(m, PlantedBatchNorm):
+            out.body[i] = m.to_batch_norm()
+    for p in out.parameters():
+        p.requires_grad_(True)
+    return out.train(net.training)
+
+
+def spatial_check(net: Chain, channels: int, size: int, name: Optional[str] = None):
+    """ChainError naming the module where ``net`` fails on [2, channels, size, size] images."""
+    name = name or net.name
+    x = torch.zeros(2, channels, size, size, dtype=next(net.parameters()).dtype,
+                    device=next(net.parameters()).device)
+    was = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            h = x
+            for path, m in zip(net.paths, net.body):
+                try:
+                    h = m(h)
+                except (RuntimeError, ValueError) as err:
+                    raise ChainError(f"{name} does not run on {size}x{size} images with "
+                                     f"{channels} channels: module {path!r} "
+                                     f"({type(m).__name__}) fails on a {tuple(h.shape)} input "
+                                     f"({str(err).splitlines()[0][:120]})") from None
+    finally:
+        net.train(was)
+    if h.dim() != 2:
+        raise ChainError(f"{name} outputs a {tuple(h.shape)} tensor on {size}x{size} images; "
+                         "expected logits [N, classes] (end it with a flatten and a linear "
+                         "layer, or a pool and a flatten)")
+    return h.shape[1]
+
