@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from plantops.chain import (Chain, PlantedBatchNorm, merge, planted_buffers, planted_parameters,
-                            run_modules)
+from plantops.chain import (Chain, PlantedBatchNorm, _fold_batch_norm, conv_padding, merge,
+                            planted_buffers, planted_parameters, run_modules)
 from plantops.planted_conv import PlantedConv2d, planted_conv2d
 
 
@@ -58,6 +58,13 @@ class PlantedRound:
         self.layers = sorted(candidates)
         self.candidates = {layer: candidates[layer] for layer in self.layers}
         self.segments = {}
+        # A batch norm right after a frozen conv, folded into its weights once (the parent is
+        # frozen): the stacked candidates then skip its pass and its backward.
+        self.folded = {}
+        for j in range(self.parent.num_layers):
+            layer, segment = self.parent.layer(j), self.parent.segment(j)
+            if isinstance(layer, nn.Conv2d) and segment and type(segment[0]) is nn.BatchNorm2d:
+                self.folded[j] = _fold_batch_norm(layer.weight, layer.bias, segment[0])
         parent_widths = [_frozen_out(self.parent.layer(j)) for j in range(self.parent.num_layers)]
         for layer, net in self.candidates.items():
             grown, reader = net.layer(layer), net.layer(layer + 1)
@@ -95,6 +102,16 @@ class PlantedRound:
     # The parent's frozen layer j on x (input gradient only, where x needs one).
     def _frozen(self, j: int, x: Tensor) -> Tensor:
         return self.parent.frozen_layer(j, x, self.backend)
+
+    # The stacked candidates through the parent's frozen layer j and the segment after it.
+    def _stacked(self, j: int, x: Tensor) -> Tensor:
+        if j not in self.folded:
+            return self.parent.activate(j, self._frozen(j, x))
+        layer = self.parent.layer(j)
+        weight, bias = self.folded[j]
+        h = planted_conv2d(x, weight, bias, stride=layer.stride, padding=conv_padding(layer),
+                           backend=self.backend)
+        return run_modules(self.parent.segment(j)[1:], h)
 
     # Candidate j's planted filters over the parent's input h to layer j.
     def _planted_filters(self, j: int, h: Tensor) -> Tensor:
@@ -136,13 +153,15 @@ class PlantedRound:
             elif j < last:
                 h_next = net.frozen_activated(j, h, self.backend)
             new = self._planted_filters(j, h) if j in self.candidates else None
-            out = None if stack is None else self._frozen(j, stack)
+            # Every module of a segment acts on each sample alone: the stacked candidates and
+            # the one that joins are activated apart, then stacked.
+            parts = [] if stack is None else [self._stacked(j, stack)]
             if j - 1 in self.candidates:
-                joined = parent_out + self._planted_term(j, planted)
-                out = joined if out is None else torch.cat([out, joined])
+                parts.append(net.activate(j, parent_out + self._planted_term(j, planted)))
+            out = None if not parts else parts[0] if len(parts) == 1 else torch.cat(parts)
             if j == last:
-                return net.activate(j, out)
-            stack = None if out is None else net.activate(j, out)
+                return out
+            stack = out
             planted = None if new is None else run_modules(
                 self.segments[j], new)
             if h_next is None:
