@@ -1,12 +1,14 @@
-"""A network of your own to plant: a small VGG-style CNN with batch norm, for images of any
-size (the adaptive pool makes its classifier independent of it), and a wider teacher of the
-same shape. Both take float [0, 1] images [N, 3, H, W]; normalisation would go inside them.
+"""A network of your own to plant: a small VGG-style CNN with batch norm, a stride-2 conv,
+an adaptive average pool (which makes its classifier independent of the image size) and
+dropout, and a wider teacher of the same shape. Both take float [0, 1] images [N, 3, H, W];
+normalisation would go inside them.
 
-    python -m plantops.search --dataset folder --data ../shared/data/cifar10-jpeg.tar.gz \
-        --student examples/vgg_bn.py:student --teacher teacher.pt --out runs/vgg
+    python -m plantops.search --dataset folder --data runs/cifar64 \
+        --student examples/vgg_bn.py:student --teacher runs/resnet64.pt --out runs/vgg64
 
-where teacher.pt is a trained module saved with torch.save(model) (for example
-``teacher(64)`` trained on the same data), or examples/vgg_bn.py:FUNCTION that returns one.
+with the 64x64 images of examples/resize_images.py and the ResNet teacher of
+examples/train_teacher.py (README: "Plant your own network"). ``--teacher`` takes any
+trained module saved with torch.save(model), or examples/vgg_bn.py:FUNCTION returning one.
 """
 
 from torch import nn

@@ -343,11 +343,18 @@ class Chain(nn.Module):
 
     @property
     def widths(self) -> list[int]:
-        return self.point_widths
+        """The conv planting points' widths (the linear ones' where it has no conv point)."""
+        convs = [out_features(self.layer(j)) for j in self.points if _is_conv(self.layer(j))]
+        return convs or self.point_widths
 
     @property
     def fc_width(self):
-        return None
+        """The linear planting points' width (a list where there are several; None: none,
+        or no conv point, whose widths are then ``widths``)."""
+        fcs = [out_features(self.layer(j)) for j in self.points if not _is_conv(self.layer(j))]
+        if not fcs or len(fcs) == len(self.points):
+            return None
+        return fcs[0] if len(fcs) == 1 else fcs
 
     def describe(self) -> str:
         convs = [str(out_features(self.layer(j))) for j in self.points if _is_conv(self.layer(j))]

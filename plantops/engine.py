@@ -208,6 +208,7 @@ class Steps:
 # ----------------------------------------------------------------------------- teacher logits
 
 @torch.no_grad()
+@torch.no_grad()
 def teacher_logits(teacher: torch.nn.Module, views: ViewSchedule,
                    dtype: torch.dtype = torch.float32, precision: str = "float32",
                    images_per_pass: int = 1024, part: tuple[int, int] = (0, 1),
@@ -364,6 +365,13 @@ class Training:
                 on_step()
         if self.ranks is not None:
             self.ranks.sum_([self.sums])
+            # Each rank's batch norms gathered running statistics of its share of the
+            # batches: their mean over the ranks, so that every rank goes on with (evaluates,
+            # saves, plants into) the same network.
+            stats = [b for b in self.buffers if b.is_floating_point()]
+            if stats:
+                self.ranks.sum_(stats)
+                torch._foreach_div_(stats, float(self.ranks.size))
         return EpochReport(epoch, (self.sums / self.views.steps_per_epoch).tolist(), lr)
 
 

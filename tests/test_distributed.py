@@ -148,3 +148,32 @@ def test_ranks_with_different_options_are_refused(setting):
     err = outputs[0][1]
     assert "rank 1's options differ from rank 0's" in err and "plant_epochs: 2 against 3" in err
     assert not (root / "mismatch").exists()
+
+
+BN_STUDENT = '''
+from torch import nn
+
+def student():
+    return nn.Sequential(
+        nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, 3))
+'''
+
+
+def test_a_student_with_batch_norm_trains_the_same_network_on_every_rank(setting):
+    """The ranks share the initial network's batches, so each rank's batch norms see other
+    samples: their running statistics are averaged after every epoch, and the ranks check
+    that they hold the same network after each plain training (which would stop the job
+    with 'differ from rank 0's' otherwise)."""
+    root, config, env, _, _ = setting
+    nets = root / "bn_student.py"
+    nets.write_text(BN_STUDENT)
+    out = root / "bn"
+    run = subprocess.run(torchrun("--config", str(config), "--out", str(out), "--student",
+                                  f"{nets}:student", "--max-rounds", "1",
+                                  "--finetune-epochs", "1", env=env),
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["student_name"] == "student" and result["initial"]["loss_fn"] == "KD"

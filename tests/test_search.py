@@ -344,6 +344,18 @@ def test_split_seed_keeps_the_validation_set_across_seeds(image_folder, tmp_path
         tiny_config(image_folder, tmp_path / "bad", split_seed=-1).validate()
 
 
+def test_a_train_subset_that_with_the_validation_set_is_all_the_images_takes_them_all(
+        image_folder, tmp_path):
+    total = len(search.prepare_data(tiny_config(image_folder, tmp_path / "all"),
+                                    torch.device("cpu")).train)
+    data = search.prepare_data(tiny_config(image_folder, tmp_path / "all", train_subset=total),
+                               torch.device("cpu"))
+    assert len(data.train) == total and len(data.val) == 6
+    with pytest.raises(ValueError, match=f"--train-subset {total + 1} \\+ --val-size 6 exceeds"):
+        search.prepare_data(tiny_config(image_folder, tmp_path / "all", train_subset=total + 1),
+                            torch.device("cpu"))
+
+
 @pytest.mark.parametrize("together", [True, False], ids=["together", "alone"])
 def test_bfloat16_training_runs_through_every_path(reference_run, image_folder, tmp_path,
                                                    together):

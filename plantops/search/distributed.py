@@ -93,13 +93,13 @@ class Ranks:
         self.seconds += time.perf_counter() - start
         return torch.cat(blocks)[:rows]
 
-    def same(self, what: str, value: Any):
+    def same(self, what: str, value: Any,
+             hint: str = "every rank of a torchrun job must run the same command"):
         """Refuses to go on unless every rank has the same ``value`` (their options, say)."""
         values = self.gather(value)
         for rank, other in enumerate(values):
             if other != values[0]:
-                raise ValueError(f"rank {rank}'s {what} differ from rank 0's: every rank of a "
-                                 f"torchrun job must run the same command "
+                raise ValueError(f"rank {rank}'s {what} differ from rank 0's: {hint} "
                                  f"({_first_difference(values[0], other)})")
 
     def share(self, items: Sequence) -> list:

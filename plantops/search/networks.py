@@ -79,6 +79,11 @@ def load_module(spec: str, what: str, seed: int = 0) -> tuple[nn.Module, str]:
     else:
         try:
             net = torch.load(path, map_location="cpu", weights_only=False)
+        except (ModuleNotFoundError, AttributeError) as err:  # the pickle names its classes
+            raise NetworkFileError(f"{what} {spec} does not load ({type(err).__name__}: "
+                                   f"{str(err).splitlines()[0][:150]}): the module that defines "
+                                   "its classes must import; run from the folder it imports "
+                                   "from, or add that folder to PYTHONPATH") from None
         except Exception as err:
             raise NetworkFileError(f"{what} {spec} does not load ({type(err).__name__}: "
                                    f"{str(err).splitlines()[0][:150]}); pass a file written by "

@@ -123,11 +123,15 @@ def results_table(result: dict, paper: list[dict] | None = None) -> str:
 
 def widths_text(row: dict) -> str:
     """A network's widths as the table shows them: the paper's as conv widths and fc1's, a
-    chain's as the width of each planting point (a teacher of another kind has none)."""
+    chain's as its conv planting points' widths and its linear ones' (a teacher of another
+    kind has none)."""
     if not row.get("widths"):
         return "-"
     text = "/".join(map(str, row["widths"]))
-    return text + (f", fc {row['fc_width']}" if row.get("fc_width") is not None else "")
+    fc = row.get("fc_width")
+    if fc is None:
+        return text
+    return f"{text}, fc {'/'.join(map(str, fc)) if isinstance(fc, list) else fc}"
 
 
 def plot(points: list[tuple[str, float, float]], path: Path, title: str,
