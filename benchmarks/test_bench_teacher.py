@@ -1,0 +1,112 @@
+"""The plain networks' own work on a CPU, where the issue of the teacher's cost lives: the
+teacher's inference (its logits of every view, every evaluation) and a plain training step
+(the teacher, the initial network and the --table students), plantops against oneDNN (torch's
+own layers, NCHW and channels-last), side by side in one run.
+
+    pytest benchmarks/test_bench_teacher.py --benchmark-only
+
+- inference: Teacher[64] and Teacher[128] (every conv 64 or 128 wide), batch 128 and 1024,
+  without gradients. plantops: ``PlantNet.frozen_forward``, the search's path (the planted
+  kernels where their auto rule takes them, a ReLU + 2x2 max pool fused into the conv before
+  it); oneDNN: the same network exported to nn.Sequential.
+- training: one SGD step (cross-entropy, forward and backward, momentum) of Student[k],
+  k = 8, 64, 128 (the initial network, the quick preset's teacher, the paper's), at batch 128. plantops: every conv through ``planted_conv2d`` with its whole weight as planted
+  filters (the path the search would take if it trained plain networks on the planted
+  kernels; today it trains them on oneDNN), its ReLU + pools through ``relu_max_pool2d``.
+
+Both sides compute the same function (checked here, to float rounding). Under
+--benchmark-disable (CI's smoke run) the shapes shrink to width 8 and batch 8.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plantops import models
+from plantops.chain import conv_padding
+from plantops.planted_conv import planted_conv2d
+from plantops.relu_pool import relu_max_pool2d
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+LAYOUTS = {"oneDNN NCHW": torch.contiguous_format, "oneDNN channels_last": torch.channels_last}
+
+
+def smoke(request) -> bool:
+    return bool(request.config.getoption("benchmark_disable"))
+
+
+def network(width: int):
+    torch.manual_seed(0)
+    return models.student(width).to(DEVICE)
+
+
+def planted_forward(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``seq(x)`` with every conv a planted convolution of no frozen filters (the whole
+    weight trainable) and each ReLU + 2x2 max pool fused."""
+    mods = list(seq)
+    i = 0
+    while i < len(mods):
+        m = mods[i]
+        if isinstance(m, nn.Conv2d):
+            x = planted_conv2d(x, m.weight[:0], None, out_weight=m.weight, out_bias=m.bias,
+                               stride=m.stride, padding=conv_padding(m))
+            if (i + 2 < len(mods) and isinstance(mods[i + 1], nn.ReLU)
+                    and isinstance(mods[i + 2], nn.MaxPool2d) and mods[i + 2].kernel_size == 2):
+                x = relu_max_pool2d(x)
+                i += 3
+                continue
+        else:
+            x = m(x)
+        i += 1
+    return x
+
+
+@pytest.mark.parametrize("impl", ["plantops", *LAYOUTS])
+@pytest.mark.parametrize("batch", [128, 1024])
+@pytest.mark.parametrize("width", [64, 128])
+def test_teacher_inference(benchmark, record, request, width, batch, impl):
+    if smoke(request):
+        width, batch = 8, 8
+    net = network(width).eval()
+    x = torch.randn(batch, 3, 32, 32, device=DEVICE)
+    if impl == "plantops":
+        run = lambda: net.frozen_forward(x)
+    else:
+        seq = net.to_sequential().to(memory_format=LAYOUTS[impl]).eval()
+        xin = x.contiguous(memory_format=LAYOUTS[impl])
+
+        @torch.no_grad()
+        def run():
+            return seq(xin)
+    with torch.no_grad():
+        torch.testing.assert_close(run(), net.to_sequential()(x), rtol=1e-4, atol=1e-4)
+    benchmark.group = f"Teacher[{width}] inference, batch {batch}"
+    benchmark.pedantic(run, warmup_rounds=1, rounds=5 if batch >= 1024 else 15)
+    record("teacher inference", f"T[{width}] N{batch}", impl, 0, per=batch)
+
+
+@pytest.mark.parametrize("impl", ["plantops", *LAYOUTS])
+@pytest.mark.parametrize("width", [8, 64, 128])
+def test_plain_training_step(benchmark, record, request, width, impl):
+    width, batch = (8, 8) if smoke(request) else (width, 128)
+    net = network(width)
+    layout = LAYOUTS.get(impl, torch.contiguous_format)
+    seq = net.to_sequential().to(memory_format=layout).train()
+    x = torch.randn(batch, 3, 32, 32, device=DEVICE).contiguous(memory_format=layout)
+    y = torch.randint(0, 10, (batch,), device=DEVICE)
+    forward = (lambda: planted_forward(seq, x)) if impl == "plantops" else (lambda: seq(x))
+    with torch.no_grad():
+        torch.testing.assert_close(forward(), seq(x), rtol=1e-4, atol=1e-4)
+    opt = torch.optim.SGD(seq.parameters(), lr=0.01, momentum=0.9)
+
+    def step():
+        loss = F.cross_entropy(forward(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize()
+    benchmark.group = f"Student[{width}] training step, batch {batch}"
+    benchmark.pedantic(step, warmup_rounds=2, rounds=10)
+    record("plain training step", f"S[{width}] N{batch}", impl, 0)
