@@ -21,7 +21,6 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `examples.resnet` imports
 
 from examples.resnet import resnet  # noqa: E402
-from plantops.data import random_crop_flip  # noqa: E402
 from plantops.search import Config  # noqa: E402
 from plantops.search.loop import prepare_data  # noqa: E402
 

@@ -341,25 +341,27 @@ class Chain(nn.Module):
     def point_widths(self) -> list[int]:
         return [out_features(self.layer(j)) for j in self.points]
 
+    def _kind_widths(self, conv: bool) -> list[int]:
+        """The widths of the conv (``conv``) or the linear planting points."""
+        return [out_features(self.layer(j)) for j in self.points
+                if _is_conv(self.layer(j)) == conv]
+
     @property
     def widths(self) -> list[int]:
         """The conv planting points' widths (the linear ones' where it has no conv point)."""
-        convs = [out_features(self.layer(j)) for j in self.points if _is_conv(self.layer(j))]
-        return convs or self.point_widths
+        return self._kind_widths(True) or self.point_widths
 
     @property
     def fc_width(self):
         """The linear planting points' width (a list where there are several; None: none,
         or no conv point, whose widths are then ``widths``)."""
-        fcs = [out_features(self.layer(j)) for j in self.points if not _is_conv(self.layer(j))]
+        fcs = self._kind_widths(False)
         if not fcs or len(fcs) == len(self.points):
             return None
         return fcs[0] if len(fcs) == 1 else fcs
 
     def describe(self) -> str:
-        convs = [str(out_features(self.layer(j))) for j in self.points if _is_conv(self.layer(j))]
-        fcs = [str(out_features(self.layer(j))) for j in self.points
-               if not _is_conv(self.layer(j))]
+        convs, fcs = (list(map(str, self._kind_widths(kind))) for kind in (True, False))
         return f"[{','.join(convs)}{'|' + ','.join(fcs) if fcs else ''}]"
 
     def is_planted(self) -> bool:

@@ -208,7 +208,6 @@ class Steps:
 # ----------------------------------------------------------------------------- teacher logits
 
 @torch.no_grad()
-@torch.no_grad()
 def teacher_logits(teacher: torch.nn.Module, views: ViewSchedule,
                    dtype: torch.dtype = torch.float32, precision: str = "float32",
                    images_per_pass: int = 1024, part: tuple[int, int] = (0, 1),

@@ -295,7 +295,7 @@ class Search:
             module, name = self.user_teacher
             # A copy (the user's module stays theirs), in the layout plain networks run in
             # (channels-last on a CPU unless --no-channels-last: 1.6x faster inference for
-            # examples/resnet.py at 64x64 on a 2-core Xeon).
+            # examples/resnet.py at 64x64 on a 2-core AMD EPYC).
             module = copy.deepcopy(module).to(self.device,
                                               memory_format=layout(cfg, self.device)).eval()
             if not hasattr(module, "num_classes"):
