@@ -145,4 +145,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("planted_input_grads", &planted_input_grads, release);
   m.def("relu_max_pool2x2", &relu_max_pool2x2, release);
   m.def("relu_max_pool2x2_backward", &relu_max_pool2x2_backward, release);
+  m.def("winograd_tile", &plantops::cpu::winograd_tile);
 }

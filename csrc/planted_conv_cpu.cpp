@@ -14,8 +14,9 @@
 //
 // Fast for the channel counts planting works with (4 to 128) on 8x8 to 96x96 maps; not
 // tuned for large channel counts, where oneDNN's blocked GEMM kernels win.
-// 3x3 stride-1 layers (the search's) run as Winograd F(2x2, 3x3) instead
-// (winograd_cpu.cpp): 2.25x fewer multiplications; see use_winograd.
+// 3x3 stride-1 layers (the search's) run as Winograd F(2x2, 3x3) or, wide ones, F(4x4, 3x3)
+// instead (winograd_cpu.cpp): 2.25x or 4x fewer multiplications; see use_winograd and
+// winograd_tile.
 #include "planted_conv_cpu.h"
 
 #include "simd.h"
@@ -60,22 +61,30 @@ struct BlockWeight {
   }
 };
 
+// PLANTOPS_CPU_CONV: unset or "auto" (the rules below), "direct", "winograd" (either tile by
+// winograd_tile's rule), "winograd-f2" or "winograd-f4" (that tile for every forward and
+// input gradient). The tests check each; the benchmarks compare them.
+std::string cpu_conv_choice() {
+  const char* env = std::getenv("PLANTOPS_CPU_CONV");
+  const std::string choice = env && *env ? env : "auto";
+  if (choice != "auto" && choice != "direct" && choice != "winograd" && choice != "winograd-f2" &&
+      choice != "winograd-f4")
+    throw std::invalid_argument(
+        "plantops: PLANTOPS_CPU_CONV must be auto, direct, winograd, winograd-f2 or winograd-f4, "
+        "got '" + choice + "'");
+  return choice;
+}
+
 // Whether the layer's convolutions (forward, input and weight gradients) run as Winograd
-// F(2x2, 3x3) (winograd_cpu.h) rather than directly; (ph, pw) is the padding of the one asked
-// for. PLANTOPS_CPU_CONV=direct|winograd forces one where it applies (the tests check both;
-// the benchmarks compare them). Unset or "auto": Winograd where it applies and the batch
-// fills half a group of samples; it measured faster than the direct kernels at every channel
-// count tried, 4 to 128 (benchmarks/RESULTS.md).
+// (winograd_cpu.h) rather than directly; (ph, pw) is the padding of the one asked for. Auto:
+// Winograd where it applies and the batch fills half a group of samples; it measured faster
+// than the direct kernels at every channel count tried, 4 to 128 (benchmarks/RESULTS.md).
 template <typename T>
 bool use_winograd(const Geometry& g, int64_t ph, int64_t pw) {
   if (!winograd::applies(g.KH, g.KW, g.SH, g.SW, ph, pw)) return false;
-  const char* env = std::getenv("PLANTOPS_CPU_CONV");
-  const std::string choice = env ? env : "auto";
+  const std::string choice = cpu_conv_choice();
   if (choice == "direct") return false;
-  if (choice == "winograd") return true;
-  if (choice != "auto" && !choice.empty())
-    throw std::invalid_argument(
-        "plantops: PLANTOPS_CPU_CONV must be auto, direct or winograd, got '" + choice + "'");
+  if (choice != "auto") return true;
   return 2 * g.N >= winograd::group_size<T>();
 }
 
@@ -222,6 +231,20 @@ struct DenseConv {
 
 }  // namespace
 
+// The output tile of a Winograd convolution of cin channels into cout filters (a forward, or
+// an input gradient: the output gradient's channels into the input's): 4, F(4x4, 3x3), where
+// both are 32 or more, else 2, F(2x2, 3x3). F(4x4, 3x3) makes 1.78x fewer multiplications and
+// its transforms cost more per tile, which wide layers amortize: on a 2-core AMD EPYC (AVX2),
+// batch 128, it took a 128-channel forward on 16x16 maps from 57 to 31-48 ms, on 8x8 maps from
+// 16 to 11, a 64-channel one on 16x16 maps from 11 to 7. It rounds 3-26x more than PyTorch in
+// float32 (winograd_cpu.h): where both tiles apply the auto choice trades that for speed.
+int winograd_tile(int64_t cin, int64_t cout) {
+  const std::string choice = cpu_conv_choice();
+  if (choice == "winograd-f2") return 2;
+  if (choice == "winograd-f4") return 4;
+  return cin >= 32 && cout >= 32 ? 4 : 2;
+}
+
 // The whole weight [O][C][KH][KW] and bias [O] (zeros where there is none) of the blocks.
 template <typename T>
 void assembled(const Geometry& g, const T* w_frozen, const T* b_frozen, const T* w_in,
@@ -241,8 +264,8 @@ void forward(const Geometry& g, const T* x, const T* x_planted, const T* w_froze
   assembled(g, w_frozen, b_frozen, w_in, w_out, b_out, w, b);
   const Planes<T> in = input_planes(g, x, x_planted);
   if (use_winograd<T>(g, g.PH, g.PW)) {
-    winograd::conv(g.N, g.C(), g.H, g.W, g.PH, g.PW, g.O(), in, w.data(), b.data(), out,
-                   nthreads);
+    winograd::conv(winograd_tile(g.C(), g.O()), g.N, g.C(), g.H, g.W, g.PH, g.PW, g.O(), in,
+                   w.data(), b.data(), out, nthreads);
     return;
   }
   DenseConv<T> conv(g.C(), g.O(), g.KH, g.KW, g.SH, g.SW, g.OH, g.OW, g.H + 2 * g.PH,
@@ -258,7 +281,8 @@ bool forward_relu_pool(const Geometry& g, const T* x, const T* x_planted, const 
   if (!use_winograd<T>(g, g.PH, g.PW)) return false;
   std::vector<T> w, b;
   assembled(g, w_frozen, b_frozen, w_in, w_out, b_out, w, b);
-  return winograd::conv_relu_pool(g.N, g.C(), g.H, g.W, g.PH, g.PW, g.O(),
+  return winograd::conv_relu_pool(winograd_tile(g.C(), g.O()), g.N, g.C(), g.H, g.W, g.PH, g.PW,
+                                  g.O(),
                                   input_planes(g, x, x_planted), w.data(), b.data(), out,
                                   nthreads);
 }
@@ -274,8 +298,8 @@ void input_grad(const Geometry& g, const T* grad_out, const T* w_frozen, const T
     const std::vector<T> w = dense_weight(g, weight, c_begin, c_end, true);
     const Planes<T> dy(grad_out, g.O(), g.OH * g.OW);
     if (use_winograd<T>(g, th, tw)) {
-      winograd::conv(g.N, g.O(), g.OH, g.OW, th, tw, nc, dy, w.data(), (const T*)nullptr, grad_x,
-                     nthreads);
+      winograd::conv(winograd_tile(g.O(), nc), g.N, g.O(), g.OH, g.OW, th, tw, nc, dy, w.data(),
+                     (const T*)nullptr, grad_x, nthreads);
       return;
     }
     DenseConv<T> conv(g.O(), nc, g.KH, g.KW, 1, 1, g.H, g.W, g.OH + 2 * th, g.OW + 2 * tw);

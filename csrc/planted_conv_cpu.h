@@ -6,6 +6,10 @@
 
 namespace plantops::cpu {
 
+// The output tile (2: F(2x2, 3x3), 4: F(4x4, 3x3)) that a Winograd forward or input gradient of
+// cin channels into cout filters takes under the current PLANTOPS_CPU_CONV.
+int winograd_tile(int64_t cin, int64_t cout);
+
 // out[N, O_f+O_p, OH, OW] = conv(x, [[frozen, in], [out]]) + [frozen_bias, out_bias].
 // Any of the bias pointers may be null (no bias); w_in is unused when I_p == 0, w_out when O_p == 0.
 // x is [N, I_f+I_p, H, W], or with x_planted not null [N, I_f, H, W] and x_planted the planted

@@ -1,10 +1,13 @@
-// Winograd F(2x2, 3x3) convolution on the CPU (Lavin & Gray, "Fast Algorithms for
-// Convolutional Neural Networks", CVPR 2016), for the 3x3 stride-1 layers planting grows.
+// Winograd convolution on the CPU (Lavin & Gray, "Fast Algorithms for Convolutional Neural
+// Networks", CVPR 2016), for the 3x3 stride-1 layers planting grows.
 //
-// Each 2x2 block of outputs takes 16 multiplications per (input, output) channel pair instead
-// of 36: 2.25x fewer than a direct convolution. F(4x4, 3x3) would save 4x but its float32
-// error is several times PyTorch's own (measured), so the tests' bound (twice PyTorch's
-// error against a float64 reference) rules it out; F(2x2, 3x3) stays within it.
+// F(2x2, 3x3): each 2x2 block of outputs takes 16 multiplications per (input, output) channel
+// pair instead of 36, 2.25x fewer than a direct convolution; its float32 error stays within
+// twice PyTorch's own (against a float64 reference). The forward (conv, conv_relu_pool) can
+// also take F(4x4, 3x3) (tile 4, winograd_f4.h): 36 multiplications per 4x4 block, 4x fewer,
+// with a float32 error 3-26x PyTorch's own (measured on the tests' shapes, at most 80 eps of the
+// largest output; the tests allow 48x). The caller picks the tile (planted_conv_cpu.cpp,
+// winograd_tile). The weight gradients are F(2x2, 3x3) (see weight_grad_stored).
 #pragma once
 
 #include <cstdint>
@@ -23,16 +26,17 @@ int64_t group_size();
 
 // out[N, Cout, OH, OW] = conv(x[N, Cin, H, W], weight[Cout, Cin, 3, 3]) + bias, with zero
 // padding (ph, pw) and stride 1: OH = H + 2 ph - 2, OW = W + 2 pw - 2. bias may be null.
+// tile: 2 for F(2x2, 3x3), 4 for F(4x4, 3x3).
 template <typename T>
-void conv(int64_t N, int64_t Cin, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t Cout,
+void conv(int tile, int64_t N, int64_t Cin, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t Cout,
           const Planes<T>& x, const T* weight, const T* bias, T* out, int nthreads);
 
 // out[N, Cout, OH / 2, OW / 2] = max_pool2d(relu(conv(...) + bias), 2) of that convolution in one
-// pass (for frozen layers that need no gradient): each 2x2 output tile is a pool window.
+// pass (for frozen layers that need no gradient): each output tile holds whole pool windows.
 // Returns false, computing nothing, when OH or OW is odd. NaN outputs are not propagated as
 // max_pool2d propagates them.
 template <typename T>
-bool conv_relu_pool(int64_t N, int64_t Cin, int64_t H, int64_t W, int64_t ph, int64_t pw,
+bool conv_relu_pool(int tile, int64_t N, int64_t Cin, int64_t H, int64_t W, int64_t ph, int64_t pw,
                     int64_t Cout, const Planes<T>& x, const T* weight, const T* bias, T* out,
                     int nthreads);
 

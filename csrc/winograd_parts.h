@@ -25,12 +25,13 @@
 
 namespace plantops::cpu::winograd {
 
-// A stride-1 3x3 convolution of an H x W map padded by (ph, pw), cut into 2x2 output tiles.
+// A stride-1 3x3 convolution of an H x W map padded by (ph, pw), cut into m x m output tiles
+// (m = 2 for F(2x2, 3x3), 4 for F(4x4, 3x3)).
 struct Tiles {
   int64_t H, W, ph, pw, OH, OW, TH, TW, Hp, Wp;
-  Tiles(int64_t h, int64_t w, int64_t ph_, int64_t pw_)
+  Tiles(int64_t h, int64_t w, int64_t ph_, int64_t pw_, int64_t m = 2)
       : H(h), W(w), ph(ph_), pw(pw_), OH(h + 2 * ph_ - 2), OW(w + 2 * pw_ - 2),
-        TH((OH + 1) / 2), TW((OW + 1) / 2), Hp(2 * TH + 2), Wp(2 * TW + 2) {}
+        TH((OH + m - 1) / m), TW((OW + m - 1) / m), Hp(m * TH + 2), Wp(m * TW + 2) {}
 };
 
 // The transform matrices whose entries are 0 or +-1 (Lavin & Gray's B^T and A for F(2, 3)),
@@ -428,5 +429,22 @@ void sum_groups(const T* partial, int64_t groups, int64_t no, int64_t nc, T* gra
     for (int64_t i = 0; i < no * nc * 16; ++i) du[i] += partial[grp * 16 * no * nc + i];
   for (int64_t i = 0; i < no * nc; ++i) filter_grad(du.data() + i * 16, grad_w + i * 9);
 }
+
+// F(2x2, 3x3) as the forward's tile policy (see F4 in winograd_f4.h): output tiles of m x m,
+// input tiles of a x a, X transformed values per tile.
+struct F2 {
+  static constexpr int m = 2, a = 4, X = 16;
+  template <typename T>
+  static void filter(const T* g, T* u, int64_t stride) { filter_transform(g, u, stride); }
+  template <typename T>
+  static inline __attribute__((always_inline)) void input(const T* at, int64_t row,
+                                                          typename Simd<T>::vec v[X]) {
+    input_tile<T>(at, row, v);
+  }
+  template <typename V>
+  static inline __attribute__((always_inline)) void output(const V mm[X], V y[m][m]) {
+    output_tile(mm, y);
+  }
+};
 
 }  // namespace plantops::cpu::winograd

@@ -1,7 +1,9 @@
-"""The ``cpu`` backend's two algorithms for 3x3 stride-1 layers, each forced with
-PLANTOPS_CPU_CONV: direct convolution and Winograd F(2x2, 3x3) (csrc/winograd_cpu.cpp), which
-computes 16 samples (8 in float64) at a time. Batches here are large enough to fill those
-groups, and some leave the last group partial."""
+"""The ``cpu`` backend's algorithms for 3x3 stride-1 layers, each forced with
+PLANTOPS_CPU_CONV: direct convolution, Winograd (csrc/winograd_cpu.cpp) with its own choice of
+tile (F(4x4, 3x3) for forwards and input gradients of 32 channels into 32 filters or more,
+F(2x2, 3x3) otherwise) and Winograd F(4x4, 3x3) for every forward and input gradient. Winograd
+computes one sample per SIMD lane (16 floats with AVX-512, 8 with AVX2); batches here are large
+enough to fill those groups, and some leave the last group partial."""
 
 import pytest
 import torch
@@ -14,11 +16,12 @@ from helpers import check_backend, check_split, make_inputs, run
 pytestmark = pytest.mark.skipif("cpu" not in plantops.backends("cpu"),
                                 reason="plantops._C is not built")
 
-ALGORITHMS = ["direct", "winograd"]
+ALGORITHMS = ["direct", "winograd", "winograd-f4"]
 
 # (N, I_f, I_p, O_f, O_p, H, W, kernel, stride, padding): 3x3, stride 1, the shapes Winograd takes.
-# Their weight gradients reduce over 1 to 20 channels, so both register tiles of the Winograd
-# weight gradient run (4x6 for 5 and 12 channels, 4x4 for the others), with partial tiles.
+# Their weight gradients reduce over 1 to 40 channels, so every kernel of the Winograd weight
+# gradient runs (register tiles of 4x6 for 5 and 12 channels, 4x4 for the other planted
+# slices, the stored transforms for the plain layers at the end), with partial tiles.
 SHAPES = [
     (17, 5, 3, 7, 2, 9, 11, 3, 1, 1),    # odd map, one full group and one sample more
     (16, 16, 4, 16, 4, 16, 16, 3, 1, 1),  # the search's shape, one group exactly
@@ -34,6 +37,15 @@ SHAPES = [
     # padded channels in the register tiles (39 and 3 of 40 and 4): bands of 4, 4, 4, 4 and
     # 3 tile rows for the planted filters, 5, 5, 5 and 4 for the planted input slices
     (17, 36, 3, 36, 2, 38, 40, 3, 1, 1),
+    # a plain layer (no frozen block, the whole weight planted), as the teacher and the
+    # initial network train: 16 filters or more by 16 channels or more take the weight
+    # gradient that stores the transformed tiles, with padded filters and channels (23 and
+    # 19 of 24 and 20, 18 of 18 or 20), in one band and in bands with a shorter last one
+    (17, 19, 0, 0, 23, 9, 11, 3, 1, 1),
+    (17, 20, 0, 0, 18, 38, 40, 3, 1, 2),
+    # 32 channels into 33 filters: under auto, F(4x4, 3x3) for the forward and the input
+    # gradient, on maps whose size is not a multiple of its 4x4 tiles
+    (16, 32, 0, 0, 33, 6, 10, 3, 1, 1),
 ]
 
 
@@ -111,16 +123,32 @@ def test_auto_uses_winograd_where_it_applies(monkeypatch):
     assert torch.equal(results["auto"][2], results["direct"][2])
 
 
+def test_tile_follows_the_width(monkeypatch):
+    """Auto takes F(4x4, 3x3) where both sides of the convolution are 32 wide or more, and the
+    forced tiles are honoured: F(2x2, 3x3) and F(4x4, 3x3) round differently."""
+    from plantops import _C
+    wide, narrow = (16, 30, 2, 30, 2, 8, 8, 3, 1, 1), (16, 30, 1, 30, 2, 8, 8, 3, 1, 1)
+    results = {}
+    for choice in ("winograd-f2", "winograd-f4", "auto"):
+        monkeypatch.setenv("PLANTOPS_CPU_CONV", choice)
+        results[choice] = [_forward(wide), _forward(narrow)]
+    assert _C.winograd_tile(32, 32) == 4 and _C.winograd_tile(31, 32) == 2
+    assert not torch.equal(results["winograd-f2"][0], results["winograd-f4"][0])
+    assert torch.equal(results["auto"][0], results["winograd-f4"][0])   # 32 into 32
+    assert torch.equal(results["auto"][1], results["winograd-f2"][1])   # 31 into 32
+
+
 def test_other_layers_ignore_the_choice(monkeypatch):
     """Winograd takes 3x3 stride-1 layers only; a forced choice leaves the others direct."""
     outs = []
     for choice in ALGORITHMS:
         monkeypatch.setenv("PLANTOPS_CPU_CONV", choice)
         outs.append(_forward((16, 4, 2, 5, 2, 9, 9, 3, 2, 1)))  # stride 2
-    assert torch.equal(outs[0], outs[1])
+    assert all(torch.equal(outs[0], out) for out in outs[1:])
 
 
 def test_unknown_choice_is_refused(monkeypatch):
     monkeypatch.setenv("PLANTOPS_CPU_CONV", "fft")
-    with pytest.raises(ValueError, match="PLANTOPS_CPU_CONV must be auto, direct or winograd, got 'fft'"):
+    with pytest.raises(ValueError, match="PLANTOPS_CPU_CONV must be auto, direct, winograd, "
+                                         "winograd-f2 or winograd-f4, got 'fft'"):
         _forward((16, 4, 2, 5, 2, 8, 8, 3, 1, 1))

@@ -63,15 +63,19 @@ def test_bad_input_is_explained():
         relu_max_pool2d(torch.randn(1, 1, 4, 4, dtype=torch.float16), "cpu")
 
 
+@pytest.mark.parametrize("tile", ["auto", "winograd-f4"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("shape", [(16, 3, 12, 32, 32, 1), (9, 5, 7, 16, 10, 1),
                                    (8, 4, 3, 10, 12, 0), (11, 2, 5, 6, 8, 2),
                                    (8, 3, 4, 7, 9, 1), (3, 4, 4, 8, 8, 1)], ids=str)
-def test_conv_relu_pool_folds_the_pool_into_the_convolution_bit_for_bit(dtype, shape,
+def test_conv_relu_pool_folds_the_pool_into_the_convolution_bit_for_bit(dtype, shape, tile,
                                                                         monkeypatch):
     """The frozen layer's fused forward (Winograd tiles as pool windows, where the batch is
     8 or more and the output size even; the composite elsewhere) equals
-    relu_max_pool2d(planted_conv2d(...)) exactly: the same sums, then the same selections."""
+    relu_max_pool2d(planted_conv2d(...)) exactly: the same sums, then the same selections.
+    Also with F(4x4, 3x3) tiles, which hold 2x2 windows each, and maps whose size is even but
+    not a multiple of 4 (a last tile half outside)."""
+    monkeypatch.setenv("PLANTOPS_CPU_CONV", tile)
     from plantops import kernels, planted_conv2d
     from plantops.relu_pool import conv_relu_max_pool2d
     cpu = kernels.get("cpu")
