@@ -40,13 +40,16 @@ def _measure_peaks(dtype):
 
 @pytest.fixture
 def record(benchmark):
-    def _record(group, shape, impl, flops, nbytes=0, dtype=None, per=1):
-        """``per``: the measured callable ran that many units (steps); the table shows one."""
+    def _record(group, shape, impl, flops, nbytes=0, dtype=None, per=1, seconds=None):
+        """``per``: the measured callable ran that many units (steps); the table shows one.
+        ``seconds``: a time the callable measured of a part of itself, shown instead of the
+        benchmark's median."""
         benchmark.extra_info.update(group=group, shape=shape, impl=impl, flops=flops,
                                     bytes=nbytes, per=per)
         if benchmark.stats is None:  # None under --benchmark-disable
             return
-        _RESULTS[(group, shape)][impl] = (benchmark.stats.stats.median / per, flops, nbytes)
+        median = benchmark.stats.stats.median if seconds is None else seconds
+        _RESULTS[(group, shape)][impl] = (median / per, flops, nbytes)
         if dtype is not None and torch.cuda.is_available() and flops and nbytes:
             rate, bandwidth = _measure_peaks(dtype)
             _FLOORS[(group, shape)] = max(flops / rate, nbytes / bandwidth)

@@ -1,11 +1,12 @@
-"""Channels-last against NCHW (contiguous) for the plain networks the search trains (teacher,
-initial network, --table students): one SGD step of a Student[k], side by side.
+"""Channels-last against NCHW (contiguous) with torch's own layers (oneDNN on a CPU, cuDNN on
+a GPU): one SGD step of a Student[k] exported to nn.Sequential, side by side.
 
     pytest benchmarks/test_bench_layout.py --benchmark-only
 
-The search runs them channels-last on a CPU by default (--channels-last); "contiguous" is the
-baseline. Planting rounds run through the planted kernels in their own layout
-(benchmarks/test_bench_planted_round.py).
+This is the layout choice for modules the search runs as they are, a --teacher module of the
+user's (--channels-last: on a CPU by default); "contiguous" is the baseline. The networks the
+search builds and plants are chains, whose convs train on the planted kernels in NCHW
+(benchmarks/test_bench_teacher.py).
 """
 
 import pytest
@@ -25,7 +26,7 @@ def _sync():
 
 def student_step(width: int, layout):
     torch.manual_seed(0)
-    net = models.student(width).to(DEVICE, memory_format=layout)
+    net = models.student(width).to_sequential().to(DEVICE, memory_format=layout)
     x, y = torch.randn(128, 3, 32, 32, device=DEVICE), torch.randint(0, 10, (128,), device=DEVICE)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
 

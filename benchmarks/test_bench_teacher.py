@@ -10,9 +10,11 @@ own layers, NCHW and channels-last), side by side in one run.
   kernels where their auto rule takes them, a ReLU + 2x2 max pool fused into the conv before
   it); oneDNN: the same network exported to nn.Sequential.
 - training: one SGD step (cross-entropy, forward and backward, momentum) of Student[k],
-  k = 8, 64, 128 (the initial network, the quick preset's teacher, the paper's), at batch 128. plantops: every conv through ``planted_conv2d`` with its whole weight as planted
-  filters (the path the search would take if it trained plain networks on the planted
-  kernels; today it trains them on oneDNN), its ReLU + pools through ``relu_max_pool2d``.
+  k = 8, 64, 128 (the initial network, the quick preset's teacher, the paper's), at batch
+  128. plantops: the network as the search trains it (``PlantNet``, a chain: every conv
+  through ``trainable_conv2d``, the planted kernels with the whole weight planted where their
+  rule takes them, each ReLU + 2x2 max pool through ``relu_max_pool2d``); oneDNN: the same
+  network exported to nn.Sequential.
 
 Both sides compute the same function (checked here, to float rounding). Under
 --benchmark-disable (CI's smoke run) the shapes shrink to width 8 and batch 8.
@@ -21,12 +23,8 @@ Both sides compute the same function (checked here, to float rounding). Under
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from plantops import models
-from plantops.chain import conv_padding
-from plantops.planted_conv import planted_conv2d
-from plantops.relu_pool import relu_max_pool2d
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 LAYOUTS = {"oneDNN NCHW": torch.contiguous_format, "oneDNN channels_last": torch.channels_last}
@@ -39,27 +37,6 @@ def smoke(request) -> bool:
 def network(width: int):
     torch.manual_seed(0)
     return models.student(width).to(DEVICE)
-
-
-def planted_forward(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """``seq(x)`` with every conv a planted convolution of no frozen filters (the whole
-    weight trainable) and each ReLU + 2x2 max pool fused."""
-    mods = list(seq)
-    i = 0
-    while i < len(mods):
-        m = mods[i]
-        if isinstance(m, nn.Conv2d):
-            x = planted_conv2d(x, m.weight[:0], None, out_weight=m.weight, out_bias=m.bias,
-                               stride=m.stride, padding=conv_padding(m))
-            if (i + 2 < len(mods) and isinstance(mods[i + 1], nn.ReLU)
-                    and isinstance(mods[i + 2], nn.MaxPool2d) and mods[i + 2].kernel_size == 2):
-                x = relu_max_pool2d(x)
-                i += 3
-                continue
-        else:
-            x = m(x)
-        i += 1
-    return x
 
 
 @pytest.mark.parametrize("impl", ["plantops", *LAYOUTS])
@@ -90,15 +67,16 @@ def test_teacher_inference(benchmark, record, request, width, batch, impl):
 @pytest.mark.parametrize("width", [8, 64, 128])
 def test_plain_training_step(benchmark, record, request, width, impl):
     width, batch = (8, 8) if smoke(request) else (width, 128)
-    net = network(width)
+    net = network(width).train()
     layout = LAYOUTS.get(impl, torch.contiguous_format)
     seq = net.to_sequential().to(memory_format=layout).train()
     x = torch.randn(batch, 3, 32, 32, device=DEVICE).contiguous(memory_format=layout)
     y = torch.randint(0, 10, (batch,), device=DEVICE)
-    forward = (lambda: planted_forward(seq, x)) if impl == "plantops" else (lambda: seq(x))
+    model = net if impl == "plantops" else seq
+    forward = lambda: model(x)
     with torch.no_grad():
         torch.testing.assert_close(forward(), seq(x), rtol=1e-4, atol=1e-4)
-    opt = torch.optim.SGD(seq.parameters(), lr=0.01, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def step():
         loss = F.cross_entropy(forward(), y)

@@ -23,14 +23,13 @@ line that names the module and why (residual blocks, branches, grouped convoluti
 from __future__ import annotations
 
 import copy
-import math
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from plantops.planted_conv import PlantedConv2d, planted_conv2d
+from plantops.planted_conv import PlantedConv2d, planted_conv2d, trainable_conv2d
 from plantops.planted_linear import PlantedLinear
 from plantops.relu_pool import conv_relu_max_pool2d, relu_max_pool2d
 
@@ -386,11 +385,20 @@ class Chain(nn.Module):
         channels (the planted ones) on its own, given that subset's batch norms."""
         return run_modules(self.segment(index), pre)
 
+    def run_layer(self, index: int, x: Tensor) -> Tensor:
+        """Layer ``index`` on ``x``: a plain conv through trainable_conv2d (the planted
+        kernels where their rule takes its shape), any other layer as it is."""
+        layer = self.layer(index)
+        if type(layer) is nn.Conv2d:
+            return trainable_conv2d(x, layer.weight, layer.bias, layer.stride,
+                                    conv_padding(layer))
+        return layer(x)
+
     def forward_from(self, index: int, pre: Tensor) -> Tensor:
         """The logits, given layer ``index``'s output ``pre`` (index -1: ``pre`` is the image)."""
         h = run_modules(self.prefix, pre) if index < 0 else self.activate(index, pre)
         for j in range(index + 1, self.num_layers):
-            h = self.activate(j, self.layer(j)(h))
+            h = self.activate(j, self.run_layer(j, h))
         return h
 
     def forward(self, x: Tensor) -> Tensor:
@@ -402,7 +410,7 @@ class Chain(nn.Module):
         for j in range(self.num_layers):
             inputs.append(run_modules(self.prefix, x) if j == 0
                           else self.activate(j - 1, outputs[-1]))
-            outputs.append(self.layer(j)(inputs[-1]))
+            outputs.append(self.run_layer(j, inputs[-1]))
         return inputs, outputs
 
     def frozen_layer(self, index: int, x: Tensor, backend: str = "auto") -> Tensor:

@@ -306,6 +306,26 @@ def planted_conv2d(x: Tensor, frozen_weight: Tensor, frozen_bias: Optional[Tenso
               in_weight, out_weight, out_bias, list(stride), list(padding), name, x_planted)
 
 
+def trainable_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1,
+                     padding=0) -> Tensor:
+    """``F.conv2d(x, weight, bias, stride, padding)`` of a plain layer whose whole weight
+    trains (the teacher, the initial network, the --table students): ``planted_conv2d`` with
+    every filter planted where its auto rule takes a planted kernel for this shape, F.conv2d
+    elsewhere. On a CPU that is the C++ kernels for the 3x3 stride-1 layers of the paper's
+    networks (a Student[8], [64] and [128] training step 1.2-2.2x oneDNN's,
+    benchmarks/test_bench_teacher.py); on a GPU cuDNN."""
+    stride, padding = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
+    if x.dim() != 4 or weight.dim() != 4:
+        return F.conv2d(x, weight, bias, stride, padding)
+    shape_key = (x.shape[0], x.shape[1], weight.shape[0], x.shape[2], x.shape[3],
+                 *weight.shape[2:], stride, padding)
+    dtype = _autocast_dtype(x.device.type) or x.dtype
+    if _backends.resolve("auto", x.device.type, dtype, shape_key) == "torch":
+        return F.conv2d(x, weight, bias, stride, padding)
+    return planted_conv2d(x, weight[:0], None, out_weight=weight, out_bias=bias, stride=stride,
+                          padding=padding)
+
+
 def _prepare(x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride, padding,
              backend, x_planted):
     """Checks the arguments; returns the backend that runs them, the weight blocks with

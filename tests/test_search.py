@@ -374,18 +374,46 @@ def test_unknown_precision_is_refused():
         Schedule(1, 0.1, precision="float16")
 
 
-def test_channels_last_default_follows_the_device_and_the_width_and_a_flag_overrides_it():
-    """Unset, --channels-last is on for CPUs and networks 32 channels wide or more (measured
-    faster there; NCHW for narrower ones, and on an H100); an explicit choice is honoured on
-    either device at any width."""
+def test_channels_last_default_follows_the_device_and_the_network_and_a_flag_overrides_it():
+    """Unset, --channels-last is off for chains (their convs run on the planted kernels, which
+    read NCHW) and on GPUs, on for other modules on a CPU (a user's teacher); an explicit
+    choice is honoured on either device for any network."""
+    from plantops import models
     auto = search.config_from_dict({})
-    assert search.layout(auto, "cpu", 64) == torch.channels_last
-    assert search.layout(auto, "cpu", 8) == torch.contiguous_format
-    assert search.layout(auto, torch.device("cuda"), 64) == torch.contiguous_format
+    chain, other = models.student(64), torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3))
+    assert search.layout(auto, "cpu", chain) == torch.contiguous_format
+    assert search.layout(auto, "cpu", other) == torch.channels_last
+    assert search.layout(auto, torch.device("cuda"), other) == torch.contiguous_format
     for flag, expected in (("--channels-last", torch.channels_last),
                            ("--no-channels-last", torch.contiguous_format)):
         cfg = search.parse_args(["--dataset", "folder", "--data", "x", flag])
-        assert search.layout(cfg, "cpu", 8) == search.layout(cfg, "cuda", 64) == expected
+        assert search.layout(cfg, "cpu", chain) == search.layout(cfg, "cuda", other) == expected
+
+
+def test_a_plain_chain_trains_through_the_planted_kernels_on_a_cpu(monkeypatch):
+    """A plain chain's 3x3 convs run as planted_conv2d with the whole weight planted where the
+    auto rule takes the C++ kernels (a batch of 8 or more), and give nn.Conv2d's output and
+    gradients; where the rule takes oneDNN (a batch of 2 at 64 channels) it runs F.conv2d."""
+    import plantops.planted_conv as pc
+    from plantops import backends, models
+    if "cpu" not in backends("cpu"):
+        pytest.skip("plantops._C is not built")
+    calls = []
+    real = pc.planted_conv2d
+    monkeypatch.setattr(pc, "planted_conv2d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    net = models.student(64).double().train()
+    seq = net.to_sequential().double().train()
+    for batch, planted in ((9, True), (2, False)):
+        calls.clear()
+        x = torch.randn(batch, 3, 32, 32, dtype=torch.float64)
+        mine, theirs = net(x), seq(x)
+        torch.testing.assert_close(mine, theirs, rtol=1e-9, atol=1e-10)
+        assert (len(calls) == 5) == planted and (not calls) == (not planted)
+        g_mine = torch.autograd.grad(mine.square().sum(), list(net.parameters()))
+        g_theirs = torch.autograd.grad(theirs.square().sum(), list(seq.parameters()))
+        for a, b in zip(g_mine, g_theirs):
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-9)
 
 
 def test_the_engine_makes_the_previous_loops_choices_and_losses(reference_run, image_folder):
@@ -412,7 +440,7 @@ def test_the_engine_makes_the_previous_loops_choices_and_losses(reference_run, i
                                           torch.Generator().manual_seed(
                                               search.candidate_seed(cfg, rnd, layer)))
                       for layer in layers}
-        old = Round(parent, candidates, search.layout(cfg, "cpu", max(parent.widths)))
+        old = Round(parent, candidates, search.layout(cfg, "cpu", parent))
         train_round(old, data.train, search.training_schedule(cfg, cfg.plant_epochs, "planted"),
                     teacher, cfg.temperature, cfg.label_weight, cfg.seed, cache)
         old_vals = evaluate_round(old, data.val, teacher, cfg.temperature, cache)

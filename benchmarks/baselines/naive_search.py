@@ -1,22 +1,27 @@
-"""The planting search written the straightforward way, with plain PyTorch (issue 5's baseline).
+"""The planting search written the straightforward way, with plain PyTorch.
 
-Candidates are full-size ``nn.Conv2d``/``nn.Linear`` networks whose frozen entries are held
-by gradient-masking hooks; the teacher runs on every batch of every candidate; candidates
-train one after another through a plain batching loop. Everything else is plantops's: the
-same hyperparameters, data order and augmentation (``DeviceData.batches`` with the same
-seed), the same new-weight initialization (``candidate_seed``) and the same selection rule,
-so both choose the same layers.
+Every network runs as torch's own layers (``to_sequential``: nn.Conv2d, nn.Linear; oneDNN on
+a CPU). Candidates are full-size networks whose frozen entries are held by gradient-masking
+hooks; the teacher runs on every batch of every network it teaches; networks train one after
+another through a plain batching loop. Everything else is plantops's: the same
+hyperparameters, augmentation (``DeviceData.batches``), initial weights (seeded as the search
+seeds them), new-weight initialization (``candidate_seed``) and selection rule.
+``naive_search`` runs the rounds from a given initial network; ``naive_pipeline`` the whole
+process: teacher, initial network, rounds, evaluations and a report.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from plantops import models
 from plantops.search import candidate_seed
-from baselines.training import Schedule, evaluate, loss_fn, lr_milestones
+from baselines.training import Schedule, evaluate, loss_fn, lr_milestones, train
 
 
 def frozen_masks(parent: models.PlantNet, candidate: models.PlantNet) -> dict:
@@ -61,7 +66,9 @@ def train_masked(candidate, masks, teacher, data, cfg, seed):
 
 
 def naive_search(cfg, initial, initial_val, teacher, train_data, val_data, device):
-    """The rounds of the search; returns the chosen layer names, in order."""
+    """The rounds of the search from ``initial`` (a PlantNet) and its validation metrics;
+    ``teacher`` a plain module. Returns the chosen layer names, in order, and the final
+    network (a PlantNet) with its validation metrics."""
     current, current_val, chosen = initial, initial_val, []
     for rnd in range(1, cfg.max_rounds + 1):
         results = []
@@ -69,15 +76,82 @@ def naive_search(cfg, initial, initial_val, teacher, train_data, val_data, devic
             generator = torch.Generator().manual_seed(candidate_seed(cfg, rnd, layer))
             planted = models.plant(current.cpu(), layer, cfg.plant_channels, cfg.plant_init,
                                    generator)
-            candidate = models.merge(planted).to(device)  # full-size plain layers
-            current.to(device)
-            train_masked(candidate, frozen_masks(current, candidate), teacher, train_data, cfg,
+            candidate = models.merge(planted)  # full-size layers
+            masks = frozen_masks(current, candidate)
+            # torch's own layers, in the same parameter order as the PlantNet
+            plain = candidate.to_sequential().to(device)
+            plain_masks = {name: masks[mine] for (name, _), (mine, _) in
+                           zip(plain.named_parameters(), candidate.named_parameters())}
+            train_masked(plain, plain_masks, teacher, train_data, cfg,
                          candidate_seed(cfg, rnd, layer))
-            val = evaluate(candidate, val_data, teacher=teacher, temperature=cfg.temperature)
+            val = evaluate(plain, val_data, teacher=teacher, temperature=cfg.temperature)
+            with torch.no_grad():
+                vector_to_parameters(parameters_to_vector(plain.parameters()).cpu(),
+                                     candidate.parameters())
             results.append((val[cfg.select_on], layer, candidate, val))
         score, layer, best, val = min(results, key=lambda r: (r[0], r[1]))
         if score >= current_val[cfg.select_on]:
             break
         current, current_val = best, val
         chosen.append(models.LAYER_NAMES[layer])
-    return chosen
+    return chosen, current, current_val
+
+
+def naive_pipeline(cfg, data, device, out: Path, teacher_done=None) -> dict:
+    """The whole search the straightforward way: Teacher[--teacher-width] trained with
+    cross-entropy and evaluated; Student[--init-width] trained by distillation (the teacher
+    run on every batch) and evaluated; the rounds; the final network evaluated on the test
+    set; a report in ``out`` (results.md, a plot, final.pt). ``teacher_done()`` is called
+    when the teacher's training ends. Returns the chosen layers and the final network's
+    metrics."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def schedule(epochs):
+        return Schedule(epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size,
+                        cfg.lr_decay)
+
+    rows = []
+    torch.manual_seed(cfg.seed)  # as the search seeds each network it builds
+    teacher_net = models.student(cfg.teacher_width, "cifar", data.classes)
+    teacher = teacher_net.to_sequential().to(device)
+    train(teacher, teacher.parameters(), data.train, schedule(cfg.teacher_epochs), "ce",
+          cfg.seed)
+    if teacher_done is not None:
+        teacher_done()
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    rows.append(("teacher", sum(p.numel() for p in teacher.parameters()),
+                 evaluate(teacher, data.val), evaluate(teacher, data.test)))
+    torch.manual_seed(cfg.seed)
+    initial = models.student(cfg.init_width, "cifar", data.classes)
+    plain = initial.to_sequential().to(device)
+    train(plain, plain.parameters(), data.train, schedule(cfg.init_epochs), cfg.init_loss,
+          cfg.seed, teacher=teacher, temperature=cfg.temperature, alpha=cfg.label_weight)
+    with torch.no_grad():
+        vector_to_parameters(parameters_to_vector(plain.parameters()).cpu(),
+                             initial.parameters())
+    initial_val = evaluate(plain, data.val, teacher=teacher, temperature=cfg.temperature)
+    rows.append(("initial", models.count_params(initial), initial_val,
+                 evaluate(plain, data.test)))
+    chosen, final, final_val = naive_search(cfg, initial, initial_val, teacher, data.train,
+                                            data.val, device)
+    final_plain = final.to_sequential().to(device)
+    rows.append(("final", models.count_params(final), final_val,
+                 evaluate(final_plain, data.test)))
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["| network | params | val loss | val acc | test acc |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | {params:,} | {val['loss']:.4f} | {val['acc'] * 100:.2f}% | "
+              f"{test['acc'] * 100:.2f}% |" for name, params, val, test in rows]
+    (out / "results.md").write_text("\n".join(lines + ["", f"chosen: {chosen}"]) + "\n")
+    (out / "result.json").write_text(json.dumps(dict(chosen=chosen, rows=rows), default=str))
+    fig, ax = plt.subplots()
+    ax.plot([r[1] for r in rows[1:]], [r[3]["acc"] for r in rows[1:]], "o-")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("test accuracy")
+    fig.savefig(out / "accuracy.png")
+    plt.close(fig)
+    torch.save(final_plain.cpu(), out / "final.pt")
+    return dict(chosen=chosen, final_test=rows[-1][3])

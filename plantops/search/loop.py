@@ -116,20 +116,15 @@ def _stats(images):
     return tuple(x.mean(0)), tuple(x.std(0))
 
 
-# Plain networks at least this wide train in channels-last on a CPU by default: oneDNN's
-# channels-last kernels measured 1.02-1.16x faster there from Student[32] up, while narrower
-# ones train faster in NCHW, with plantops' ReLU + max pool kernel (Student[8] 1.9x,
-# benchmarks/test_bench_layout.py).
-CHANNELS_LAST_FROM = 32
-
-
-def layout(cfg: Config, device, width: int = CHANNELS_LAST_FROM) -> torch.memory_format:
-    """The memory layout a plain network ``width`` channels wide runs in on ``device``
-    (--channels-last; unset: channels-last on a CPU for networks of CHANNELS_LAST_FROM
-    channels or more, where it was measured faster)."""
+def layout(cfg: Config, device, net=None) -> torch.memory_format:
+    """The memory layout ``net`` runs in on ``device`` (--channels-last; unset: NCHW for a
+    chain, whose convs run through the planted kernels where their rule takes them, and those
+    read NCHW; channels-last on a CPU for any other module, a user's teacher, where oneDNN's
+    channels-last kernels measured faster: 1.6x for examples/resnet.py at 64x64 on a 2-core
+    AMD EPYC; NCHW on a GPU, 0.84-0.94x in channels-last on an H100)."""
     on = cfg.channels_last
     if on is None:
-        on = torch.device(device).type == "cpu" and width >= CHANNELS_LAST_FROM
+        on = torch.device(device).type == "cpu" and not isinstance(net, Chain)
     return torch.channels_last if on else torch.contiguous_format
 
 
@@ -296,8 +291,8 @@ class Search:
             # A copy (the user's module stays theirs), in the layout plain networks run in
             # (channels-last on a CPU unless --no-channels-last: 1.6x faster inference for
             # examples/resnet.py at 64x64 on a 2-core AMD EPYC).
-            module = copy.deepcopy(module).to(self.device,
-                                              memory_format=layout(cfg, self.device)).eval()
+            module = copy.deepcopy(module)
+            module = module.to(self.device, memory_format=layout(cfg, self.device, module)).eval()
             if not hasattr(module, "num_classes"):
                 module.num_classes = data.classes
             for p in module.parameters():
@@ -342,7 +337,7 @@ class Search:
 
     def load(self, path: Path):
         net, meta = network_from(self.read(read_network, path), self.device, path)
-        return net.to(memory_format=layout(self.cfg, self.device, max(net.widths))), meta
+        return net.to(memory_format=layout(self.cfg, self.device, net)), meta
 
     def save(self, path: Path, net, meta: dict):
         if self.ranks.main:
@@ -450,7 +445,7 @@ class Search:
         torch.manual_seed(cfg.seed)
         net = build() if build is not None else models.student(width, self.data.arch,
                                                                self.data.classes)
-        net = net.to(self.device, memory_format=layout(cfg, self.device, max(net.widths)))
+        net = net.to(self.device, memory_format=layout(cfg, self.device, net))
         partial = None
         if epochs:
             teacher = self.teacher_table(self.views(epochs)) if loss == "kd" else None
