@@ -2,8 +2,8 @@
 // (winograd_cpu.cpp, conv_groups): each 4x4 block of outputs takes 36 multiplications per
 // (input, output) channel pair instead of 144, 4x fewer than a direct convolution against
 // F(2x2, 3x3)'s 2.25x. Its transforms have coefficients up to 8 and 1/24, so it rounds more
-// than F(2x2, 3x3): the forward takes it only for wide layers (use_f4 in winograd_cpu.cpp),
-// and the tests bound its error apart (tests/test_cpu_conv_algorithms.py, docs/kernels.md).
+// than F(2x2, 3x3): the forward takes it only for wide layers (winograd_tile in
+// planted_conv_cpu.cpp), and the tests bound its error apart (F4_FACTOR in tests/helpers.py).
 #pragma once
 
 #include <cstdint>

@@ -140,13 +140,14 @@ def relu_pool_backend(x: torch.Tensor) -> str:
 def cpu_kernels_win(shape_key) -> bool:
     """Whether the C++ kernels beat oneDNN (the torch backend) for this shape on the CPU.
 
-    Measured with benchmarks/test_bench_planted_conv.py on 2-core AVX-512 and AVX2 machines
-    (benchmarks/RESULTS.md). 3x3 stride-1 layers with a batch of 8 or more run as Winograd
-    F(2x2, 3x3) and win at every width measured, up to 128 channels plus the planted ones
-    (1.3-1.9x at C128 8x8 forward+backward; Teacher[128]'s forward 1.4x); wider ones are not
-    measured. Other layers run the direct kernels, which win at planting's narrow layers (up
-    to 20 channels, or up to 40 on maps of 32x32 and more) and lose to oneDNN's blocked GEMM
-    on wider ones.
+    Measured with benchmarks/test_bench_planted_conv.py and test_bench_teacher.py on 2-core
+    AVX-512 and AVX2 machines (benchmarks/RESULTS.md). 3x3 stride-1 layers with a batch of 8
+    or more run as Winograd (F(4x4, 3x3) from 32 channels, F(2x2, 3x3) below) and win at
+    every width measured, up to 128 channels plus the planted ones (1.3-1.9x at C128 8x8
+    forward+backward; Teacher[128]'s inference 2.4-3.2x, a plain Student[128] training step
+    1.3-1.8x); wider ones are not measured. Other layers run the direct kernels, which win at
+    planting's narrow layers (up to 20 channels, or up to 40 on maps of 32x32 and more) and
+    lose to oneDNN's blocked GEMM on wider ones.
     """
     if shape_key is None:
         return True

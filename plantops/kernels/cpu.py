@@ -1,8 +1,9 @@
 """The ``cpu`` backend: C++ kernels (csrc/planted_conv_cpu.cpp), float32 and float64.
 
-3x3 stride-1 layers run as Winograd F(2x2, 3x3) over groups of samples
-(csrc/winograd_cpu.cpp), other layers as direct convolutions, OpenMP over the batch, tuned for
-planting's small channel counts; on as many threads as ``torch.get_num_threads()``. The
+3x3 stride-1 layers run as Winograd over groups of samples (csrc/winograd_cpu.cpp: F(4x4, 3x3)
+for the forward and input gradient of layers 32 wide or more, F(2x2, 3x3) otherwise and for
+every weight gradient), other layers as direct convolutions, OpenMP over the batch; on as many
+threads as ``torch.get_num_threads()``. The
 kernels read ``x_planted`` where it lies, and compute the planted input channels' gradients
 in one pass where they can. The module ``plantops._C`` is built by ``pip install -e .``.
 """
