@@ -7,10 +7,9 @@
 #pragma once
 
 #include <cstdint>
-#include <type_traits>
-#include <utility>
 
 #include "simd.h"
+#include "winograd_parts.h"
 
 namespace plantops::cpu::winograd {
 
@@ -26,46 +25,6 @@ inline constexpr double kG4[6][3] = {{1.0 / 4, 0, 0},
                                      {1.0 / 24, 1.0 / 12, 1.0 / 6},
                                      {1.0 / 24, -1.0 / 12, 1.0 / 6},
                                      {0, 0, 1}};
-
-// sum over r < R of coef(r) * value(r) for constant coefficients: once the loops are
-// unrolled, zero terms vanish and +-1 terms are plain adds.
-template <int R, typename V, typename Coef, typename Value>
-inline __attribute__((always_inline)) V weighted_sum(Coef coef, Value value) {
-  using E = std::remove_cv_t<std::remove_reference_t<decltype(std::declval<V>()[0])>>;
-  V v{};
-  bool first = true;
-#pragma GCC unroll 6
-  for (int r = 0; r < R; ++r) {
-    const double k = coef(r);
-    if (k == 0) continue;
-    const V d = value(r);
-    if (k == 1)
-      v = first ? d : v + d;
-    else if (k == -1)
-      v = first ? -d : v - d;
-    else
-      v = first ? d * static_cast<E>(k) : v + d * static_cast<E>(k);
-    first = false;
-  }
-  return v;
-}
-
-// out(i, j) = sum over r, s < R of P(i, r) g(r, s) P(j, s) for i, j < I (two_sided with any
-// constant coefficients).
-template <int I, int R, typename V, typename Coef, typename In, typename Out>
-inline __attribute__((always_inline)) void two_sided_weighted(Coef P, In g, Out out) {
-  V t[I][R];
-#pragma GCC unroll 6
-  for (int i = 0; i < I; ++i)
-#pragma GCC unroll 6
-    for (int s = 0; s < R; ++s)
-      t[i][s] = weighted_sum<R, V>([&](int r) { return P(i, r); }, [&](int r) { return g(r, s); });
-#pragma GCC unroll 6
-  for (int i = 0; i < I; ++i)
-#pragma GCC unroll 6
-    for (int j = 0; j < I; ++j)
-      out(i, j, weighted_sum<R, V>([&](int s) { return P(j, s); }, [&](int s) { return t[i][s]; }));
-}
 
 struct F4 {
   static constexpr int m = 4, a = 6, X = 36;
@@ -93,7 +52,7 @@ struct F4 {
     vec d[6][6];
     for (int r = 0; r < 6; ++r)
       for (int c = 0; c < 6; ++c) d[r][c] = S::load(at + r * row + c * S::L);
-    two_sided_weighted<6, 6, vec>([](int i, int r) { return kBt4[i][r]; },
+    two_sided<6, 6, vec>([](int i, int r) { return kBt4[i][r]; },
                                   [&](int r, int c) { return d[r][c]; },
                                   [&](int i, int j, vec x) { v[6 * i + j] = x; });
   }
@@ -101,7 +60,7 @@ struct F4 {
   // Y = A^T M A (4x4) from mm[36].
   template <typename V>
   static inline __attribute__((always_inline)) void output(const V mm[X], V y[m][m]) {
-    two_sided_weighted<4, 6, V>([](int p, int i) { return kA4[i][p]; },
+    two_sided<4, 6, V>([](int p, int i) { return kA4[i][p]; },
                                 [&](int i, int j) { return mm[6 * i + j]; },
                                 [&](int p, int q, V x) { y[p][q] = x; });
   }

@@ -35,22 +35,29 @@ struct Tiles {
 };
 
 // The transform matrices whose entries are 0 or +-1 (Lavin & Gray's B^T and A for F(2, 3)),
-// and a sum with such coefficients in which the zero terms vanish at compile time once the
-// loops are unrolled over constant indices.
+// and a sum with constant coefficients in which, once the loops are unrolled over constant
+// indices, the zero terms vanish and the +-1 terms are plain adds at compile time (F(4x4,
+// 3x3)'s other coefficients multiply).
 inline constexpr int kBt[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
 inline constexpr int kA[4][2] = {{1, 0}, {1, 1}, {1, -1}, {0, -1}};
 
-// sum over r < R of coef(r) * value(r), coef(r) in {-1, 0, 1}.
+// sum over r < R of coef(r) * value(r), for constant coefficients.
 template <int R, typename V, typename Coef, typename Value>
 inline __attribute__((always_inline)) V signed_sum(Coef coef, Value value) {
+  using E = std::remove_cv_t<std::remove_reference_t<decltype(std::declval<V>()[0])>>;
   V v{};
   bool first = true;
-#pragma GCC unroll 4
+#pragma GCC unroll 6
   for (int r = 0; r < R; ++r) {
-    const int k = coef(r);
+    const double k = coef(r);
     if (k == 0) continue;
     const V d = value(r);
-    v = first ? (k > 0 ? d : -d) : (k > 0 ? v + d : v - d);
+    if (k == 1)
+      v = first ? d : v + d;
+    else if (k == -1)
+      v = first ? -d : v - d;
+    else
+      v = first ? d * static_cast<E>(k) : v + d * static_cast<E>(k);
     first = false;
   }
   return v;
@@ -302,19 +309,19 @@ void filter_grad(const T* du, T* g) {
 }
 
 // out(i, j) = sum over r, s < R of P(i, r) g(r, s) P(j, s) for i, j < I: the two-sided
-// transforms of the algorithm (B^T d B, A^T M A, their adjoints), in two stages of R-term
-// signed sums. The coefficients are 0 or +-1 and, once the loops are unrolled, constants.
+// transforms of the algorithms (B^T d B, A^T M A, their adjoints), in two stages of R-term
+// sums with constant coefficients.
 template <int I, int R, typename V, typename Coef, typename In, typename Out>
 inline __attribute__((always_inline)) void two_sided(Coef P, In g, Out out) {
   V t[I][R];
-#pragma GCC unroll 4
+#pragma GCC unroll 6
   for (int i = 0; i < I; ++i)
-#pragma GCC unroll 4
+#pragma GCC unroll 6
     for (int s = 0; s < R; ++s)
       t[i][s] = signed_sum<R, V>([&](int r) { return P(i, r); }, [&](int r) { return g(r, s); });
-#pragma GCC unroll 4
+#pragma GCC unroll 6
   for (int i = 0; i < I; ++i)
-#pragma GCC unroll 4
+#pragma GCC unroll 6
     for (int j = 0; j < I; ++j)
       out(i, j, signed_sum<R, V>([&](int s) { return P(j, s); }, [&](int s) { return t[i][s]; }));
 }
