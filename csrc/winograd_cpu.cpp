@@ -310,9 +310,8 @@ constexpr int kStoredOR = 3, kStoredCR = 4;
 // per band of tiles, every transform is computed once, V[xi][t][c] = (B^T d B)[xi] and
 // D[xi][t][o] = (A dY A^T)[xi] (vectors of L samples), then for each xi a product over the
 // band's tiles, dU[xi][o][c] += sum_t D[xi][t][o] V[xi][t][c], in register blocks of OR by CR
-// that load OR + CR vectors per OR CR FMAs, and dL/dg = G^T dU G. F is the tile policy (F2,
-// F4). Samples are summed in fixed groups in a fixed order: the result does not depend on
-// nthreads.
+// that load OR + CR vectors per OR CR FMAs, and dL/dg = G^T dU G. Samples are summed in fixed
+// groups in a fixed order: the result does not depend on nthreads.
 template <typename T>
 void weight_grad_stored(int64_t N, const Tiles& tl, int64_t O, const Planes<T>& x,
                         const T* grad_out, int64_t o_begin, int64_t o_end, int64_t c_begin,
@@ -320,7 +319,7 @@ void weight_grad_stored(int64_t N, const Tiles& tl, int64_t O, const Planes<T>& 
   using S = Simd<T>;
   using vec = typename S::vec;
   constexpr int64_t L = S::L;
-  constexpr int OR = kStoredOR, CR = kStoredCR, m = 2, X = 16;
+  constexpr int OR = kStoredOR, CR = kStoredCR, m = F2::m, X = F2::X;
   const int64_t no = o_end - o_begin, nc = c_end - c_begin;
   const int64_t nop = round_up(no, OR), ncp = round_up(nc, CR);
   const int64_t groups = (N + L - 1) / L, OWp = m * tl.TW;

@@ -27,7 +27,7 @@ inline constexpr double kG4[6][3] = {{1.0 / 4, 0, 0},
                                      {0, 0, 1}};
 
 struct F4 {
-  static constexpr int m = 4, a = 6, X = 36;
+  static constexpr int m = 4, a = m + 2, X = a * a;
 
   // U = G g G^T (6x6) of one 3x3 filter g, u[xi * stride] for xi = 6 i + j; in double, then
   // rounded once (it runs once per filter and call).

@@ -440,7 +440,7 @@ void sum_groups(const T* partial, int64_t groups, int64_t no, int64_t nc, T* gra
 // F(2x2, 3x3) as the forward's tile policy (see F4 in winograd_f4.h): output tiles of m x m,
 // input tiles of a x a, X transformed values per tile.
 struct F2 {
-  static constexpr int m = 2, a = 4, X = 16;
+  static constexpr int m = 2, a = m + 2, X = a * a;
   template <typename T>
   static void filter(const T* g, T* u, int64_t stride) { filter_transform(g, u, stride); }
   template <typename T>

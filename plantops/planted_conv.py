@@ -320,10 +320,11 @@ def trainable_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
     shape_key = (x.shape[0], x.shape[1], weight.shape[0], x.shape[2], x.shape[3],
                  *weight.shape[2:], stride, padding)
     dtype = _autocast_dtype(x.device.type) or x.dtype
-    if _backends.resolve("auto", x.device.type, dtype, shape_key) == "torch":
+    name = _backends.resolve("auto", x.device.type, dtype, shape_key)
+    if name == "torch":
         return F.conv2d(x, weight, bias, stride, padding)
     return planted_conv2d(x, weight[:0], None, out_weight=weight, out_bias=bias, stride=stride,
-                          padding=padding)
+                          padding=padding, backend=name)
 
 
 def _prepare(x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride, padding,

@@ -123,7 +123,7 @@ def naive_pipeline(cfg, data, device, out: Path, teacher_done=None) -> dict:
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    rows.append(("teacher", sum(p.numel() for p in teacher.parameters()),
+    rows.append(("teacher", models.count_params(teacher_net),
                  evaluate(teacher, data.val), evaluate(teacher, data.test)))
     torch.manual_seed(cfg.seed)
     initial = models.student(cfg.init_width, "cifar", data.classes)
