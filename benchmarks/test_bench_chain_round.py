@@ -24,9 +24,10 @@ import pytest
 import torch
 
 from plantops import engine
-from plantops.chain import Chain, plant
+from plantops.chain import Chain
 from plantops.data import DeviceData, ViewSchedule
 from plantops.planted_round import PlantedRound
+from plantops.planting import export, plant
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from vgg_bn import vgg_bn  # noqa: E402
@@ -50,7 +51,7 @@ def setting():
         for _ in range(3):
             parent(torch.rand(64, 3, 32, 32))
     parent.eval()
-    points = [j for j in parent.points if isinstance(parent.layer(j), torch.nn.Conv2d)]
+    points = parent.plantable_points()
     candidates = {j: plant(parent, j, PLANTED, "small", torch.Generator().manual_seed(j))
                   for j in points}
     return data, teacher, parent, candidates
@@ -59,7 +60,7 @@ def setting():
 def straightforward(candidate: Chain, layer: int):
     """The candidate as a full-size plain network with gradient-masking hooks; its
     trainable parameters."""
-    net = candidate.export().to(DEVICE)
+    net = export(candidate).to(DEVICE)
     layers = [m for m in net if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     grown, reader = layers[layer], layers[layer + 1]
     old_out = candidate.layer(layer).frozen_out

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from plantops import engine, models
+from plantops import engine, models, planting
+
 from plantops.data import DeviceData, ViewSchedule
 from plantops.planted_round import PlantedRound
 
@@ -45,7 +46,7 @@ def round_setting(width: int):
     for p in teacher.parameters():
         p.requires_grad_(False)
     parent = models.student(width)
-    candidates = {layer: models.plant(parent, layer, PLANTED,
+    candidates = {layer: planting.plant(parent, layer, PLANTED,
                                       generator=torch.Generator().manual_seed(layer)).to(DEVICE)
                   for layer in range(5)}
     return data, teacher, parent.to(DEVICE), candidates

@@ -33,6 +33,7 @@ import torch
 
 from plantops import search
 from plantops.data import DeviceData
+from plantops.search.trainer import Trainer
 
 from baselines.naive_search import naive_pipeline
 
@@ -84,17 +85,19 @@ def run_plantops(cfg, data):
     """Search(cfg, data).run(): (chosen layers, seconds after the teacher's training)."""
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        runner = search.Search(search.config_from_dict(dict(out=out), cfg), data)
-        fit, ended = runner.fit, []
+        runner, ended = search.Search(search.config_from_dict(dict(out=out), cfg), data), []
+        fit = Trainer.fit
 
-        def timed_fit(name, *args, **kwargs):
-            result = fit(name, *args, **kwargs)
+        def timed_fit(trainer, name, *args, **kwargs):
+            fit(trainer, name, *args, **kwargs)
             if name == "teacher":
                 sync()
                 ended.append(time.perf_counter())
-            return result
-        runner.fit = timed_fit
-        result = runner.run()
+        Trainer.fit = timed_fit
+        try:
+            result = runner.run()
+        finally:
+            Trainer.fit = fit
         sync()
         total = time.perf_counter() - start
     split = ", ".join(f"{phase} {s:.2f} s" for phase, s in result["seconds"].items())

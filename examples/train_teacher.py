@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `examples.resnet
 
 from examples.resnet import resnet  # noqa: E402
 from plantops.search import Config  # noqa: E402
-from plantops.search.loop import prepare_data  # noqa: E402
+from plantops.search import prepare_data  # noqa: E402
 
 
 def accuracy(model, data, batch_size=500):

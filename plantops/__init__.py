@@ -4,14 +4,15 @@ The op: :func:`planted_conv2d` and :class:`PlantedConv2d` (a convolution over a 
 block and trainable planted blocks; gradients only for the planted blocks), with
 :class:`PlantedLinear` for the fully connected layer that reads the last conv.
 Planting any chain of conv and linear layers (the paper's networks, or a user's
-nn.Sequential): :class:`Chain` and :func:`plant`. The search: ``python -m plantops.search
---help``.
+nn.Sequential): :class:`Chain` (plantops/chain.py) and :func:`plant` (plantops/planting.py).
+The search: ``python -m plantops.search --help``.
 """
 
-from plantops.chain import Chain, ChainError, plant
+from plantops.chain import Chain, ChainError
 from plantops.kernels import backends
 from plantops.planted_conv import PlantedConv2d, planted_conv2d, reference_planted_conv2d
 from plantops.planted_linear import PlantedLinear
+from plantops.planting import plant
 
 __version__ = "0.1.0"
 __all__ = ["Chain", "ChainError", "PlantedConv2d", "PlantedLinear", "backends", "planted_conv2d",

@@ -8,13 +8,12 @@ modules that act on each channel alone: batch norm, activations, pooling, dropou
 identity. The paper's networks (``models.PlantNet``) are chains; so is a user's VGG-style
 network with batch norm, strides, other kernels and 64x64 images.
 
-Planting ``p`` channels into layer ``l`` (``plant``) returns a copy in which layer ``l`` has
-``p`` planted outputs, every batch norm of segment ``l`` has ``p`` (or, after a flatten, ``p``
-times the spatial positions) planted features (``PlantedBatchNorm``), and layer ``l + 1``
-has the matching planted inputs. Everything else is frozen. What a frozen network does
-during planting is what it does when it is evaluated: its batch norms normalise with their
-running statistics and its dropout is off, so the old channels compute exactly the parent's
-values and nothing of the parent changes (see docs/method.md, "Planting on any chain").
+Planting channels into a chain and merging them back live in plantops/planting.py; the
+planted batch norm in plantops/planted_batch_norm.py. What a frozen chain does during
+planting is what it does when it is evaluated: its batch norms normalise with their running
+statistics and its dropout is off (``Chain.train``), so the old channels compute exactly
+the parent's values and nothing of the parent changes (docs/method.md, "Planting on any
+chain").
 
 Anything that is not such a chain is refused before any training, by ``ChainError`` with one
 line that names the module and why (residual blocks, branches, grouped convolutions, ...).
@@ -29,92 +28,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from plantops.planted_batch_norm import BATCH_NORMS, PlantedBatchNorm
 from plantops.planted_conv import PlantedConv2d, planted_conv2d, trainable_conv2d
 from plantops.planted_linear import PlantedLinear
 from plantops.relu_pool import conv_relu_max_pool2d, relu_max_pool2d
 
 LAYERS = (nn.Conv2d, nn.Linear)
-BATCH_NORMS = (nn.BatchNorm2d, nn.BatchNorm1d)
 BETWEEN = (*BATCH_NORMS, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.MaxPool2d,
            nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity)
 # Modules that take (and give) an image-shaped tensor [N, C, H, W].
 SPATIAL = (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 SUPPORTED = ("Conv2d (groups=1, dilation=1, zero padding), Linear and, between them, "
              + ", ".join(t.__name__ for t in BETWEEN))
-# How the planted outgoing weights start: the scale of the layer's default init (0: zero).
-PLANT_INITS = {"preserve": 0.0, "small": 0.1, "random": 1.0}
-
 
 class ChainError(ValueError):
     """A network plantops cannot plant; the message names the module and says why."""
-
-
-# ----------------------------------------------------------------------------- planted BN
-
-class PlantedBatchNorm(nn.Module):
-    """A batch norm over a layer's frozen channels and its planted ones.
-
-    The frozen channels keep the parent's normalisation as it is evaluated: its running
-    statistics and affine, never updated (whatever the module's mode). The planted channels
-    have a batch norm of their own, trained with them: in training mode it normalises with
-    the batch's statistics and updates its running ones, in eval mode it uses those, like
-    any batch norm. It starts at weight 1, bias 0, mean 0, variance 1.
-    """
-
-    def __init__(self, frozen: nn.Module, count: int):
-        super().__init__()
-        if not isinstance(frozen, BATCH_NORMS):
-            raise TypeError(f"PlantedBatchNorm grows a BatchNorm1d/2d, got {type(frozen).__name__}")
-        self.frozen = copy.deepcopy(frozen).eval()
-        for p in self.frozen.parameters():
-            p.requires_grad_(False)
-        w = frozen.running_mean
-        self.planted = type(frozen)(count, frozen.eps, frozen.momentum, frozen.affine,
-                                    device=w.device, dtype=w.dtype)
-
-    @property
-    def frozen_features(self) -> int:
-        return self.frozen.num_features
-
-    @property
-    def planted_features(self) -> int:
-        return self.planted.num_features
-
-    def frozen_part(self, x: Tensor) -> Tensor:
-        bn = self.frozen
-        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0,
-                            bn.eps)
-
-    def planted_part(self, x: Tensor) -> Tensor:
-        return self.planted(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        n = self.frozen_features
-        return torch.cat([self.frozen_part(x[:, :n]), self.planted_part(x[:, n:])], 1)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.frozen.eval()
-        return self
-
-    def to_batch_norm(self) -> nn.Module:
-        """A plain batch norm of every feature (the frozen ones' numbers, then the planted)."""
-        old, new = self.frozen, self.planted
-        merged = copy.deepcopy(old)
-        merged.num_features = old.num_features + new.num_features
-        with torch.no_grad():
-            for name in ("weight", "bias"):
-                if getattr(old, name) is not None:
-                    setattr(merged, name, nn.Parameter(torch.cat(
-                        [getattr(old, name), getattr(new, name)]).detach().clone()))
-            for name in ("running_mean", "running_var"):
-                merged.register_buffer(name, torch.cat([getattr(old, name),
-                                                        getattr(new, name)]).clone())
-        merged.train(self.training)
-        return merged
-
-    def extra_repr(self) -> str:
-        return f"frozen {self.frozen_features}, planted {self.planted_features}"
 
 
 # ----------------------------------------------------------------------------- checks
@@ -226,7 +154,7 @@ def run_modules(modules: Sequence[nn.Module], x: Tensor) -> Tensor:
     return x
 
 
-def _fold_batch_norm(weight: Tensor, bias: Optional[Tensor], bn: nn.Module):
+def fold_batch_norm(weight: Tensor, bias: Optional[Tensor], bn: nn.Module):
     """A conv's weight and bias with an evaluated batch norm after it folded in."""
     scale = bn.running_var.add(bn.eps).rsqrt()
     if bn.weight is not None:
@@ -251,7 +179,7 @@ def in_features(layer) -> int:
     return layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features
 
 
-def _is_conv(layer) -> bool:
+def is_conv(layer) -> bool:
     return isinstance(layer, (nn.Conv2d, PlantedConv2d))
 
 
@@ -278,8 +206,9 @@ class Chain(nn.Module):
         self.name = name
         check(modules, self.paths, name)
         self.body = nn.ModuleList(modules)
-        self.trainable = [i for i, m in enumerate(modules)
-                          if isinstance(m, LAYERS + (PlantedConv2d, PlantedLinear))]
+        # Where in ``body`` each layer (conv or linear, planted or not) is.
+        self.layer_positions = [i for i, m in enumerate(modules)
+                                if isinstance(m, LAYERS + (PlantedConv2d, PlantedLinear))]
 
     @classmethod
     def of(cls, module: nn.Module, name: Optional[str] = None) -> "Chain":
@@ -294,30 +223,35 @@ class Chain(nn.Module):
 
     @property
     def num_layers(self) -> int:
-        return len(self.trainable)
+        return len(self.layer_positions)
 
     @property
     def points(self) -> list[int]:
         """The planting points: every layer but the classifier."""
         return list(range(self.num_layers - 1))
 
+    def plantable_points(self, include_linear: bool = False) -> list[int]:
+        """The planting points a search plants: every conv before the classifier, and the
+        linear layers before it too with ``include_linear``."""
+        return [j for j in self.points if include_linear or is_conv(self.layer(j))]
+
     def layer(self, index: int) -> nn.Module:
-        return self.body[self.trainable[index]]
+        return self.body[self.layer_positions[index]]
 
     def set_layer(self, index: int, module: nn.Module):
-        self.body[self.trainable[index]] = module
+        self.body[self.layer_positions[index]] = module
 
     def segment_range(self, index: int) -> range:
         """Where in ``body`` the modules after layer ``index`` (up to the next layer) are."""
-        stop = self.trainable[index + 1] if index + 1 < self.num_layers else len(self.body)
-        return range(self.trainable[index] + 1, stop)
+        stop = self.layer_positions[index + 1] if index + 1 < self.num_layers else len(self.body)
+        return range(self.layer_positions[index] + 1, stop)
 
     def segment(self, index: int) -> list[nn.Module]:
         return [self.body[i] for i in self.segment_range(index)]
 
     @property
     def prefix(self) -> list[nn.Module]:
-        return list(self.body[:self.trainable[0]])
+        return list(self.body[:self.layer_positions[0]])
 
     @property
     def num_classes(self) -> int:
@@ -331,7 +265,7 @@ class Chain(nn.Module):
         """conv1, conv2, ..., fc1, fc2, ...: each layer by its kind and place."""
         names, counts = [], {"conv": 0, "fc": 0}
         for j in range(self.num_layers):
-            kind = "conv" if _is_conv(self.layer(j)) else "fc"
+            kind = "conv" if is_conv(self.layer(j)) else "fc"
             counts[kind] += 1
             names.append(f"{kind}{counts[kind]}")
         return names
@@ -340,27 +274,28 @@ class Chain(nn.Module):
     def point_widths(self) -> list[int]:
         return [out_features(self.layer(j)) for j in self.points]
 
-    def _kind_widths(self, conv: bool) -> list[int]:
+    def _widths(self, conv: bool) -> list[int]:
         """The widths of the conv (``conv``) or the linear planting points."""
         return [out_features(self.layer(j)) for j in self.points
-                if _is_conv(self.layer(j)) == conv]
+                if is_conv(self.layer(j)) == conv]
 
     @property
     def widths(self) -> list[int]:
         """The conv planting points' widths (the linear ones' where it has no conv point)."""
-        return self._kind_widths(True) or self.point_widths
+        return self._widths(True) or self.point_widths
 
     @property
     def fc_width(self):
         """The linear planting points' width (a list where there are several; None: none,
         or no conv point, whose widths are then ``widths``)."""
-        fcs = self._kind_widths(False)
+        fcs = self._widths(False)
         if not fcs or len(fcs) == len(self.points):
             return None
         return fcs[0] if len(fcs) == 1 else fcs
 
     def describe(self) -> str:
-        convs, fcs = (list(map(str, self._kind_widths(kind))) for kind in (True, False))
+        """The planting points' widths as the search prints them: [convs|linear layers]."""
+        convs, fcs = (list(map(str, self._widths(kind))) for kind in (True, False))
         return f"[{','.join(convs)}{'|' + ','.join(fcs) if fcs else ''}]"
 
     def is_planted(self) -> bool:
@@ -419,7 +354,7 @@ class Chain(nn.Module):
         rule takes them; a gradient for ``x`` only, if it needs one), a linear layer through
         F.linear."""
         layer = self.layer(index)
-        if _is_conv(layer):
+        if is_conv(layer):
             return planted_conv2d(x, layer.weight, layer.bias, stride=layer.stride,
                                   padding=conv_padding(layer), backend=backend)
         return F.linear(x, layer.weight, layer.bias)
@@ -431,11 +366,11 @@ class Chain(nn.Module):
         ReLU + 2x2 max pool after that into the convolution where the kernels can
         (relu_pool.conv_relu_max_pool2d)."""
         layer, rest = self.layer(index), self.segment(index)
-        if not _is_conv(layer):
+        if not is_conv(layer):
             return self.activate(index, self.frozen_layer(index, x, backend))
         weight, bias = layer.weight, layer.bias
         if rest and type(rest[0]) is nn.BatchNorm2d:
-            weight, bias = _fold_batch_norm(weight, bias, rest[0])
+            weight, bias = fold_batch_norm(weight, bias, rest[0])
             rest = rest[1:]
         padding = conv_padding(layer)
         if len(rest) >= 2 and type(rest[0]) is nn.ReLU and _is_pool2x2(rest[1]):
@@ -455,154 +390,3 @@ class Chain(nn.Module):
         for j in range(self.num_layers):
             h = self.frozen_activated(j, h, backend)
         return h
-
-    # ------------------------------------------------------------------ export
-
-    def export(self) -> nn.Sequential:
-        """The network as the user built it, grown: the same modules in the same nn.Sequential
-        nesting (plain torch layers, loadable without plantops), planted layers merged."""
-        plain = merge(self)
-        root = nn.Sequential()
-        for path, module in zip(plain.paths, plain.body):
-            *parents, leaf = path.split(".")
-            node = root
-            for part in parents:
-                if not hasattr(node, part):
-                    node.add_module(part, nn.Sequential())
-                node = getattr(node, part)
-            node.add_module(leaf, copy.deepcopy(module))
-        return root.train(self.training)
-
-
-def count_params(model: nn.Module) -> int:
-    """Parameters of the network as the paper counts them: every weight and bias, planted or
-    not (batch norms' affine included, their running statistics not)."""
-    return sum(t.numel() for t in merge(model).parameters()) if isinstance(model, Chain) \
-        else sum(t.numel() for t in model.parameters())
-
-
-def plant(net: Chain, layer: int, count: int, init: str = "preserve",
-          generator: torch.Generator | None = None) -> Chain:
-    """A copy of ``net`` with ``count`` channels planted into ``layer`` (a planting point).
-
-    Only the planted blocks are trainable. ``init="preserve"`` starts the new outgoing
-    weights (the next layer's planted input slices) at zero, so the candidate computes
-    exactly its parent's function before training; ``"random"`` gives them the layer's
-    default initialization too, and ``"small"`` a tenth of it: the candidate starts near its
-    parent, and the new filters get a gradient from the first step (with zero outgoing
-    weights they get none until the slices have moved). A batch norm between the layer and
-    the next grows by the planted features (PlantedBatchNorm).
-    """
-    if init not in PLANT_INITS:
-        raise ValueError(f"plant init must be one of {', '.join(PLANT_INITS)}, got {init!r}")
-    if not isinstance(net, Chain):
-        raise TypeError(f"plant expects a Chain (plantops.Chain.of(your_sequential)), got "
-                        f"{type(net).__name__}")
-    if layer not in net.points:
-        names = net.layer_names()
-        raise ValueError(f"layer must be a planting point 0-{len(names) - 2} "
-                         f"({', '.join(names[:-1])}; the last, {names[-1]}, is the "
-                         f"classifier), got {layer}")
-    net = merge(net)
-    for p in net.parameters():
-        p.requires_grad_(False)
-    old = net.layer(layer)
-    reader_old = net.layer(layer + 1)
-    frozen = out_features(old)
-    grown = _to_planted(old).plant_outputs(count, generator)
-    net.set_layer(layer, grown)
-    # After a flatten, each planted channel is its spatial positions' features, flattened
-    # channel by channel after the frozen channels' (so they come last in the reader's input).
-    per_channel = 1
-    for i in net.segment_range(layer):
-        m = net.body[i]
-        if isinstance(m, nn.Flatten) and _is_conv(old):
-            per_channel, rest = divmod(in_features(reader_old), frozen)
-            if rest or per_channel < 1:
-                raise ChainError(f"{net.name}: layer {net.layer_names()[layer + 1]} reads "
-                                 f"{in_features(reader_old)} features, not a multiple of the "
-                                 f"{frozen} channels of {net.layer_names()[layer]}: its width "
-                                 "cannot grow")
-        elif isinstance(m, BATCH_NORMS):
-            net.body[i] = PlantedBatchNorm(m, count * per_channel)
-    reader = _to_planted(reader_old).plant_inputs(count * per_channel)
-    net.set_layer(layer + 1, reader)
-    if init != "preserve":
-        bound = PLANT_INITS[init] / reader._fan_in() ** 0.5
-        with torch.no_grad():
-            reader.in_weight.uniform_(-bound, bound, generator=generator)
-    return net.train(net.training)
-
-
-def _to_planted(layer):
-    if isinstance(layer, nn.Conv2d):
-        planted = PlantedConv2d(layer.weight, layer.bias, layer.stride, conv_padding(layer))
-        return planted
-    return PlantedLinear.from_linear(layer)
-
-
-def planted_parameters(net: nn.Module) -> list[nn.Parameter]:
-    """The trainable parameters (the non-empty planted blocks)."""
-    return [p for p in net.parameters() if p.requires_grad and p.numel()]
-
-
-def planted_buffers(net: nn.Module) -> list[Tensor]:
-    """What training the planted channels changes besides their parameters: their batch
-    norms' running statistics."""
-    return [b for m in net.modules() if isinstance(m, PlantedBatchNorm)
-            for b in m.planted.buffers()]
-
-
-def planted_state(net: nn.Module) -> list:
-    """The planted parameters and buffers of ``net`` as CPU copies (what training changed)."""
-    return [t.detach().cpu().clone() for t in planted_parameters(net) + planted_buffers(net)]
-
-
-def load_planted_state(net: nn.Module, state: list):
-    with torch.no_grad():
-        for t, saved in zip(planted_parameters(net) + planted_buffers(net), state, strict=True):
-            t.copy_(saved)
-
-
-def merge(net: Chain) -> Chain:
-    """A plain copy: planted layers become nn.Conv2d / nn.Linear / batch norms with their
-    whole weights."""
-    out = copy.deepcopy(net)
-    for i, m in enumerate(out.body):
-        if isinstance(m, PlantedConv2d):
-            out.body[i] = m.to_conv()
-        elif isinstance(m, PlantedLinear):
-            out.body[i] = m.to_linear()
-        elif isinstance(m, PlantedBatchNorm):
-            out.body[i] = m.to_batch_norm()
-    for p in out.parameters():
-        p.requires_grad_(True)
-    return out.train(net.training)
-
-
-def spatial_check(net: Chain, channels: int, size: int, name: Optional[str] = None):
-    """ChainError naming the module where ``net`` fails on [2, channels, size, size] images."""
-    name = name or net.name
-    x = torch.zeros(2, channels, size, size, dtype=next(net.parameters()).dtype,
-                    device=next(net.parameters()).device)
-    was = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            h = x
-            for path, m in zip(net.paths, net.body):
-                try:
-                    h = m(h)
-                except (RuntimeError, ValueError) as err:
-                    raise ChainError(f"{name} does not run on {size}x{size} images with "
-                                     f"{channels} channels: module {path!r} "
-                                     f"({type(m).__name__}) fails on a {tuple(h.shape)} input "
-                                     f"({str(err).splitlines()[0][:120]})") from None
-    finally:
-        net.train(was)
-    if h.dim() != 2:
-        raise ChainError(f"{name} outputs a {tuple(h.shape)} tensor on {size}x{size} images; "
-                         "expected logits [N, classes] (end it with a flatten and a linear "
-                         "layer, or a pool and a flatten)")
-    return h.shape[1]
-

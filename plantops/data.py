@@ -484,8 +484,9 @@ def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> t
 
 
 @dataclasses.dataclass
-class _Steps:
-    """The steps of one batch size: sample indices and crop offsets and flips, [steps, batch]."""
+class StepDraws:
+    """What was drawn for the steps of one shape: sample indices, crop offsets and flips,
+    each [steps, batch]."""
     index: torch.Tensor
     dy: torch.Tensor
     dx: torch.Tensor
@@ -500,12 +501,12 @@ class ViewSchedule:
 
     ``DeviceData.batches`` draws each epoch's order and each batch's augmentation from a seeded
     generator as it goes; this draws the same numbers, in the same order, for every epoch at
-    once, so a step needs no host work: step ``pos`` of a kind gathers its images, labels and
+    once, so a step needs no host work: step ``pos`` of a shape gathers its images, labels and
     views by a device index. The steps of an epoch are its ``len(data) // batch_size`` full
-    batches and, when the size does not divide, one last shorter batch. The two shapes are
-    two kinds of step (``"full"``, ``"rest"``), each with its own table, so that each runs as
-    a static step (one CUDA graph per shape). Without a seed the order is the data's and
-    nothing is augmented (evaluation).
+    batches and, when the size does not divide, one last shorter batch: two shapes of step
+    (``shapes``: ``"full"``, ``"rest"``), each with its own table (``StepDraws``), so that
+    each runs as a static step (one CUDA graph per shape). Without a seed the order is the
+    data's and nothing is augmented (evaluation).
     """
 
     def __init__(self, data: DeviceData, batch_size: int, epochs: int = 1,
@@ -529,12 +530,12 @@ class ViewSchedule:
                          + (torch.zeros(len(idx), dtype=torch.bool),))
                 tables["full" if len(idx) == batch_size else "rest"].append((idx, *views))
         device = data.device
-        self.kinds = {}
-        for kind, rows in tables.items():
+        self.shapes = {}
+        for shape, rows in tables.items():
             if rows:
                 index, dy, dx, flip = (torch.stack(c) for c in zip(*rows))
                 # Offsets fit a byte (0 to 2 * crop_pad): a tenth of the memory of int64.
-                self.kinds[kind] = _Steps(index.to(device), dy.to(device, torch.uint8),
+                self.shapes[shape] = StepDraws(index.to(device), dy.to(device, torch.uint8),
                                           dx.to(device, torch.uint8), flip.to(device))
         self.augment = generator is not None
 
@@ -544,20 +545,20 @@ class ViewSchedule:
         if size == 1:
             return self
         shard = copy.copy(self)
-        shard.kinds = {kind: _Steps(*(t[:, rank::size].contiguous() for t in
+        shard.shapes = {shape: StepDraws(*(t[:, rank::size].contiguous() for t in
                                       (s.index, s.dy, s.dx, s.flip)))
-                       for kind, s in self.kinds.items()}
+                       for shape, s in self.shapes.items()}
         return shard
 
     @property
     def steps_per_epoch(self) -> int:
-        return self.full_steps + ("rest" in self.kinds)
+        return self.full_steps + ("rest" in self.shapes)
 
     def epoch_steps(self, epoch: int):
-        """(kind, position) of each step of ``epoch``, in order."""
+        """(shape, position) of each step of ``epoch``, in order."""
         for s in range(self.full_steps):
             yield "full", epoch * self.full_steps + s
-        if "rest" in self.kinds:
+        if "rest" in self.shapes:
             yield "rest", epoch
 
     def fingerprint(self) -> str:
@@ -570,22 +571,22 @@ class ViewSchedule:
             digest = hashlib.sha1(f"{self.batch_size} {self.crop_pad} {len(self.data)}".encode())
             digest.update(self.data.labels.cpu().numpy().tobytes())
             digest.update(self.data.images.flatten()[::61].cpu().numpy().tobytes())
-            for kind, steps in sorted(self.kinds.items()):
-                rows = self.positions(kind, 0)
+            for shape, steps in sorted(self.shapes.items()):
+                rows = self.positions(shape, 0)
                 for table in (steps.index, steps.dy, steps.dx, steps.flip):
                     digest.update(table[rows.start:rows.stop].cpu().numpy().tobytes())
             self._fingerprint = digest.hexdigest()[:16]
         return self._fingerprint
 
-    def positions(self, kind: str, epoch: int) -> range:
-        """The positions in ``kind``'s table of ``epoch``'s steps."""
-        per = self.full_steps if kind == "full" else 1
+    def positions(self, shape: str, epoch: int) -> range:
+        """The positions in ``shape``'s table of ``epoch``'s steps."""
+        per = self.full_steps if shape == "full" else 1
         return range(epoch * per, (epoch + 1) * per)
 
-    def batch(self, kind: str, pos: torch.Tensor):
+    def batch(self, shape: str, pos: torch.Tensor):
         """(normalized images [k * batch, C, H, W], labels [k * batch]) of the steps at
         ``pos`` (a device index tensor [k]), augmented, stacked along the batch."""
-        steps = self.kinds[kind]
+        steps = self.shapes[shape]
         index = steps.index.index_select(0, pos).flatten()
         labels = self.data.labels.index_select(0, index)
         if not self.augment:

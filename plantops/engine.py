@@ -1,8 +1,9 @@
 """The training engine of the search: one static step per batch, everything on the device.
 
 Every network the search trains (the teacher, the initial network, the ``--table`` students
-and each round's candidates, together through ``planted_round.PlantedRound``) goes through
-:func:`fit`, and every evaluation through :func:`evaluate`:
+and each round's candidates, together through ``planted_round.PlantedRound``) trains through
+:class:`Training` (epoch by epoch, so the search checkpoints each; :func:`fit` runs a whole
+training), and every evaluation goes through :func:`evaluate`:
 
 - A run's batches are fixed in advance (``data.ViewSchedule``): sample order, crops and flips
   are device tensors indexed by the step, and so are the teacher's logits of those views
@@ -11,8 +12,8 @@ and each round's candidates, together through ``planted_round.PlantedRound``) go
   update (:class:`SGD`: foreach ops, momentum and weight decay, lr a device tensor), and adds
   its losses to device sums. Nothing inside an epoch waits for the device: the sums are read
   once per epoch.
-- Shapes are fixed per kind of step (full batches, and the last shorter batch of an epoch),
-  so on CUDA each kind is captured once as a CUDA graph and replayed (:class:`Steps`):
+- A run has two shapes of step (full batches, and the last shorter batch of an epoch), each
+  static, so on CUDA each is captured once as a CUDA graph and replayed (:class:`StepRunner`):
   one launch per step instead of hundreds.
 
 Losses: ``ce`` (labels) or ``kd``, the poster's distillation loss with the sign that makes it
@@ -167,11 +168,11 @@ def use_graphs(setting: str, device: torch.device) -> bool:
     return setting != "off" and device.type == "cuda"
 
 
-class Steps:
-    """Runs a step function, one per kind of step (its shape), eagerly or as CUDA graphs.
+class StepRunner:
+    """Runs a step function, one per shape of step, eagerly or as CUDA graphs.
 
-    ``run(kind)`` calls ``steps[kind]()``. With ``graphs``, the first ``warmup`` calls of a
-    kind run eagerly on a side stream (real steps: they count), the next one is captured and
+    ``run(shape)`` calls ``steps[shape]()``. With ``graphs``, the first ``warmup`` calls of a
+    shape run eagerly on a side stream (real steps: they count), the next one is captured and
     then replayed, and every later call only replays the graph. A step function must read
     its inputs from tensors that stay in place (positions, tables, parameters) and advance
     its own position, so that a replay is the next step.
@@ -179,30 +180,30 @@ class Steps:
 
     def __init__(self, steps: dict[str, Callable[[], None]], graphs: bool, warmup: int = 2):
         self.steps, self.graphs, self.warmup = steps, graphs, warmup
-        self.calls = {kind: 0 for kind in steps}
+        self.calls = {shape: 0 for shape in steps}
         self.captured: dict = {}
 
-    def run(self, kind: str):
+    def run(self, shape: str):
         if not self.graphs:
-            self.steps[kind]()
+            self.steps[shape]()
             return
-        graph = self.captured.get(kind)
+        graph = self.captured.get(shape)
         if graph is not None:
             graph.replay()
             return
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        if self.calls[kind] < self.warmup:
+        if self.calls[shape] < self.warmup:
             with torch.cuda.stream(stream):
-                self.steps[kind]()
+                self.steps[shape]()
         else:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, stream=stream):
-                self.steps[kind]()
-            self.captured[kind] = graph
+                self.steps[shape]()
+            self.captured[shape] = graph
             graph.replay()
         torch.cuda.current_stream().wait_stream(stream)
-        self.calls[kind] += 1
+        self.calls[shape] += 1
 
 
 # ----------------------------------------------------------------------------- teacher logits
@@ -211,36 +212,37 @@ class Steps:
 def teacher_logits(teacher: torch.nn.Module, views: ViewSchedule,
                    dtype: torch.dtype = torch.float32, precision: str = "float32",
                    images_per_pass: int = 1024, part: tuple[int, int] = (0, 1),
-                   from_epoch: int = 0, on_step: Optional[Callable[[], None]] = None
-                   ) -> dict[str, torch.Tensor]:
-    """The teacher's logits of every view of ``views``: ``{kind: [steps, batch, classes]}``
+                   from_epoch: int = 0, on_step: Optional[Callable[[], None]] = None,
+                   classes: Optional[int] = None) -> dict[str, torch.Tensor]:
+    """The teacher's logits of every view of ``views``: ``{shape: [steps, batch, classes]}``
     in ``dtype``. Computed in passes of about ``images_per_pass`` images, through the
-    teacher's frozen layers (``PlantNet.frozen_forward``: the planted kernels where their auto
-    rule takes them; 1.4x faster than oneDNN in channels-last for Teacher[128] on a 2-core
-    CPU). float32 keeps the results those of running the teacher on every batch, up to
-    float rounding; a 16-bit dtype halves the memory but rounds the logits.
-    ``from_epoch``: only the steps of that epoch on (a table of the first epochs is already
-    there); ``part=(i, k)``: only the i-th of k equal blocks of those steps (``part_rows``);
-    ``on_step()`` after each step's logits."""
+    teacher's frozen layers where it has them (``Chain.frozen_forward``: the planted kernels
+    where their auto rule takes them). float32 keeps the results those of running the
+    teacher on every batch, up to float rounding; a 16-bit dtype halves the memory but rounds
+    the logits. ``from_epoch``: only the steps of that epoch on (a table of the first epochs
+    is already there); ``part=(i, k)``: only the i-th of k equal blocks of those steps
+    (``part_rows``); ``on_step()`` after each step's logits. ``classes`` (unset: the
+    teacher's ``num_classes``) shapes a part that holds no step."""
     teacher.eval()
     forward = getattr(teacher, "frozen_forward", teacher)
     device = views.data.device
     tables = {}
-    for kind, steps in views.kinds.items():
+    for shape, steps in views.shapes.items():
         per_pass = max(1, images_per_pass // steps.index.shape[1])
         chunks = []
-        skip = views.positions(kind, from_epoch).start
+        skip = views.positions(shape, from_epoch).start
         first, stop = (skip + row for row in part_rows(len(steps) - skip, *part))
         for start in range(first, stop, per_pass):
             pos = torch.arange(start, min(start + per_pass, stop), device=device)
-            x, _ = views.batch(kind, pos)
+            x, _ = views.batch(shape, pos)
             with autocast(precision, device):
                 logits = forward(x)
             chunks.append(logits.to(dtype).view(len(pos), steps.index.shape[1], -1))
             for _ in range(len(pos) if on_step is not None else 0):
                 on_step()
-        tables[kind] = torch.cat(chunks) if chunks else torch.empty(
-            (0, steps.index.shape[1], teacher.num_classes), dtype=dtype, device=device)
+        tables[shape] = torch.cat(chunks) if chunks else torch.empty(
+            (0, steps.index.shape[1], classes or teacher.num_classes), dtype=dtype,
+            device=device)
     return tables
 
 
@@ -268,7 +270,7 @@ class Training:
 
     ``forward(x)`` returns the logits of ``count`` networks stacked along the batch; ``loss``
     is ``"ce"`` or ``"kd"`` (``teacher``: the teacher's logits of these views, from
-    :func:`teacher_logits`). Each kind of step is built once, so on CUDA it is captured once
+    :func:`teacher_logits`). Each shape of step is built once, so on CUDA it is captured once
     and replayed for every later step of every epoch. Deterministic: the views are the
     schedule's, and nothing here draws a random number.
     """
@@ -294,31 +296,31 @@ class Training:
         # and the gradients are summed over the ranks at every step: data parallelism, the
         # same steps as one process up to float rounding.
         self.ranks = ranks if ranks is not None and ranks.size > 1 else None
-        batch = {kind: s.index.shape[1] for kind, s in views.kinds.items()}
+        batch = {shape: s.index.shape[1] for shape, s in views.shapes.items()}
         if self.ranks is not None:
             views = views.shard(self.ranks.rank, self.ranks.size)
             if teacher is not None:
-                teacher = {kind: t[:, self.ranks.rank::self.ranks.size]
-                           for kind, t in teacher.items()}
+                teacher = {shape: t[:, self.ranks.rank::self.ranks.size]
+                           for shape, t in teacher.items()}
             graphs = False  # a collective in every step: no CUDA graph
         self.views, self.schedule = views, schedule
         device = views.data.device
         self.sgd = SGD(params, schedule.momentum, schedule.weight_decay)
-        # Each kind's position in its tables, advanced by its step: a graph replay reads it.
-        self.positions = {kind: torch.zeros(1, dtype=torch.int64, device=device)
-                          for kind in views.kinds}
+        # Each shape's position in its tables, advanced by its step: a graph replay reads it.
+        self.positions = {shape: torch.zeros(1, dtype=torch.int64, device=device)
+                          for shape in views.shapes}
         self.sums = torch.zeros(count, device=device)
 
-        def make_step(kind):
-            pos = self.positions[kind]
+        def make_step(shape):
+            pos = self.positions[shape]
 
             def step():
-                x, labels = views.batch(kind, pos)
+                x, labels = views.batch(shape, pos)
                 target = None if teacher is None or loss == "ce" else \
-                    teacher[kind].index_select(0, pos)[0]
+                    teacher[shape].index_select(0, pos)[0]
                 with autocast(schedule.precision, device, graphs):
                     values = losses(forward(x), labels, target, loss, count, temperature, alpha,
-                                    None if self.ranks is None else batch[kind])
+                                    None if self.ranks is None else batch[shape])
                 grads = list(torch.autograd.grad(values.sum(), params))
                 if self.ranks is not None:
                     self.ranks.sum_(grads)
@@ -327,7 +329,7 @@ class Training:
                 pos.add_(1)
             return step
 
-        self.steps = Steps({kind: make_step(kind) for kind in views.kinds}, graphs)
+        self.steps = StepRunner({shape: make_step(shape) for shape in views.shapes}, graphs)
 
     def state(self) -> dict:
         """The parameters, SGD's momentum and the buffers, as CPU copies (for a checkpoint)."""
@@ -353,13 +355,13 @@ class Training:
     def epoch(self, epoch: int, on_step: Optional[Callable[[], None]] = None) -> EpochReport:
         """Runs epoch ``epoch`` (0-based) and returns its mean training losses; ``on_step()``
         after each step (host side: on a GPU the step may still be running)."""
-        for kind, pos in self.positions.items():
-            pos.fill_(self.views.positions(kind, epoch)[0])
+        for shape, pos in self.positions.items():
+            pos.fill_(self.views.positions(shape, epoch)[0])
         lr = self.schedule.lr_at(epoch)
         self.sgd.lr.fill_(lr)
         self.sums.zero_()
-        for kind, _ in self.views.epoch_steps(epoch):
-            self.steps.run(kind)
+        for shape, _ in self.views.epoch_steps(epoch):
+            self.steps.run(shape)
             if on_step is not None:
                 on_step()
         if self.ranks is not None:
@@ -397,30 +399,30 @@ def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], views: ViewSchedul
     the views, the distillation loss (``kd_loss``) of each of the ``count`` networks whose
     logits ``forward(x)`` stacks along the batch, over every sample of ``views``."""
     device = views.data.device
-    positions = {kind: torch.zeros(1, dtype=torch.int64, device=device) for kind in views.kinds}
+    positions = {shape: torch.zeros(1, dtype=torch.int64, device=device) for shape in views.shapes}
     totals = torch.zeros(count, 3, device=device, dtype=torch.float64)
 
-    def make_step(kind):
-        pos = positions[kind]
+    def make_step(shape):
+        pos = positions[shape]
 
         def step():
-            x, labels = views.batch(kind, pos)
+            x, labels = views.batch(shape, pos)
             logits = forward(x).float().view(count, labels.shape[0], -1)
             n = labels.shape[0]
             totals[:, 0] += F.cross_entropy(logits.transpose(1, 2), labels.expand(count, n),
                                             reduction="none").sum(1)
             totals[:, 1] += (logits.argmax(-1) == labels).sum(1)
             if teacher is not None:
-                target = teacher[kind].index_select(0, pos)[0]
+                target = teacher[shape].index_select(0, pos)[0]
                 totals[:, 2] += losses(logits.flatten(0, 1), labels, target, "kd", count,
                                        temperature) * n
             pos.add_(1)
         return step
 
-    steps = Steps({kind: make_step(kind) for kind in views.kinds}, graphs, warmup=1)
+    steps = StepRunner({shape: make_step(shape) for shape in views.shapes}, graphs, warmup=1)
     for epoch in range(views.epochs):
-        for kind, _ in views.epoch_steps(epoch):
-            steps.run(kind)
+        for shape, _ in views.epoch_steps(epoch):
+            steps.run(shape)
     n = len(views.data) * views.epochs
     results = []
     for loss_sum, correct, kd_sum in (totals / n).tolist():

@@ -1,11 +1,12 @@
-"""The paper's networks (METHOD.md): chains of plantops.chain.
+"""The paper's networks (docs/method.md, "The networks"), chains of plantops.chain, and how a
+search keeps any chain in a checkpoint.
 
 ``PlantNet(widths, arch)`` is the plain CNN of the poster: five 3x3 convs (stride 1, pad 1,
 bias, ReLU), max pooling after conv1, conv2, conv5 (CIFAR, 32x32) or conv1, conv2, conv3,
 conv5 (STL-10, 96x96), then fc1 (128 wide) and fc2. ``Student[k]`` has every conv k wide;
-the parameter counts of METHOD.md's table are checked in tests/test_models.py. It is a
-``Chain`` like any user's network: planting, merging and the round op are the chain's
-(``plant``, ``merge`` ... are plantops.chain's, named here too).
+the parameter counts of docs/method.md's table are checked in tests/test_models.py. It is a
+``Chain`` like any user's network: planting, merging and the round op are the same
+(plantops/planting.py).
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from plantops.chain import (PLANT_INITS, Chain, count_params, load_planted_state, merge,  # noqa: F401
-                            out_features, plant, planted_buffers, planted_parameters,
-                            planted_state)
+from plantops.chain import Chain, out_features
+from plantops.planting import export
 
 ARCHS = {
     # input size, convs followed by a 2x2 max pool, spatial size at fc1
@@ -89,7 +89,7 @@ class PlantNet(Chain):
         layers: list[nn.Module] = []
         if mean is not None:
             layers.append(normalizing_conv(mean, std))
-        return nn.Sequential(*layers, *self.export())
+        return nn.Sequential(*layers, *export(self))
 
 
 def normalizing_conv(mean, std) -> nn.Conv2d:
@@ -108,5 +108,52 @@ def student(width: int, arch: str = "cifar", num_classes: int = 10) -> PlantNet:
     return PlantNet([width] * 5, arch, num_classes)
 
 
-def plantable_layers(include_fc1: bool) -> list[int]:
-    return list(range(6 if include_fc1 else 5))
+# ----------------------------------------------------------------------------- checkpoints
+
+_PAPER_KEYS = {"widths", "arch", "num_classes", "fc_width", "state_dict"}
+
+
+def to_checkpoint(plain: Chain) -> dict:
+    """What a checkpoint keeps of a plain (merged) chain: the paper's networks as their
+    widths and weights (a file that loads without pickled classes), any other chain as
+    itself (plain torch modules in a plantops.Chain)."""
+    if isinstance(plain, PlantNet):
+        return dict(widths=plain.widths, fc_width=plain.fc_width, arch=plain.arch,
+                    num_classes=plain.num_classes, state_dict=plain.state_dict())
+    return dict(chain=plain)
+
+
+def holds_network(payload) -> bool:
+    """Whether ``payload`` (a loaded file) is what to_checkpoint gave."""
+    return isinstance(payload, dict) and (_PAPER_KEYS <= set(payload) or isinstance(
+        payload.get("chain"), Chain))
+
+
+def from_checkpoint(payload: dict) -> Chain:
+    """The network of a to_checkpoint payload (RuntimeError, ValueError, KeyError or
+    TypeError if its weights do not fit its widths)."""
+    if "chain" in payload:
+        return payload["chain"]
+    net = PlantNet(payload["widths"], payload["arch"], payload["num_classes"],
+                   payload["fc_width"])
+    net.load_state_dict(_renamed_keys(net, payload["state_dict"]))
+    return net
+
+
+def _renamed_keys(net: PlantNet, state: dict) -> dict:
+    """A PlantNet state dict, from one of the names of the paper's network before it was a
+    chain (convs.i.*, fc1.*, fc2.*) too: checkpoints of earlier searches keep loading."""
+    if not any(k.startswith(("convs.", "fc1.", "fc2.")) for k in state):
+        return state
+    where = {f"convs.{i}": net.layer_positions[i] for i in range(5)}
+    where.update({"fc1": net.layer_positions[5], "fc2": net.layer_positions[6]})
+    renamed = {}
+    for key, value in state.items():
+        owner, _, name = key.rpartition(".")
+        renamed[f"body.{where[owner]}.{name}" if owner in where else key] = value
+    return renamed
+
+
+def family(net: nn.Module) -> str | None:
+    """The paper's network family of ``net`` ("cifar", "stl"), or None for any other."""
+    return getattr(net, "arch", None)

@@ -1,7 +1,7 @@
 """The round op: every candidate of a planting round, computed layer by layer in a few calls.
 
 A candidate of a round is its parent plus ``p`` channels planted into one layer ``l``
-(``chain.plant``, on any chain: the paper's networks or a user's): ``p`` new filters in layer
+(``planting.plant``, on any chain: the paper's networks or a user's): ``p`` new filters in layer
 ``l``, their batch norm where one follows, and their ``p`` new input slices in layer ``l + 1``
 (the reader); everything else is the parent's and frozen. So for one batch, at each layer
 ``j`` of the network:
@@ -35,14 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from plantops.chain import (Chain, PlantedBatchNorm, _fold_batch_norm, conv_padding, merge,
-                            planted_buffers, planted_parameters, run_modules)
+from plantops.chain import Chain, conv_padding, fold_batch_norm, run_modules
+from plantops.planted_batch_norm import PlantedBatchNorm
 from plantops.planted_conv import PlantedConv2d, planted_conv2d
+from plantops.planting import merge, planted_buffers, planted_parameters
 
 
 class PlantedRound:
-    """A parent and its candidates ``{layer: network}`` (each ``chain.plant(parent, layer,
-    p)``), as one function: ``round_(x)`` is every candidate's logits, ``[k * N, classes]``
+    """A parent and its candidates ``{layer: network}`` (each ``planting.plant(parent,
+    layer, p)``), as one function: ``round_(x)`` is every candidate's logits, ``[k * N, classes]``
     for ``k`` candidates in the order of their layers. Training it trains the candidates'
     own planted parameters (the same tensors, shared). The parent runs as it is evaluated
     (batch norms on their running statistics, dropout off); each candidate's planted
@@ -64,7 +65,7 @@ class PlantedRound:
         for j in range(self.parent.num_layers):
             layer, segment = self.parent.layer(j), self.parent.segment(j)
             if isinstance(layer, nn.Conv2d) and segment and type(segment[0]) is nn.BatchNorm2d:
-                self.folded[j] = _fold_batch_norm(layer.weight, layer.bias, segment[0])
+                self.folded[j] = fold_batch_norm(layer.weight, layer.bias, segment[0])
         parent_widths = [_frozen_out(self.parent.layer(j)) for j in range(self.parent.num_layers)]
         for layer, net in self.candidates.items():
             grown, reader = net.layer(layer), net.layer(layer + 1)
@@ -73,7 +74,7 @@ class PlantedRound:
                     and not _planted(reader, "out") and _planted(reader, "in")
                     and frozen_widths == parent_widths):
                 raise ValueError(f"candidate for layer {layer} is not its parent plus channels "
-                                 "planted into that one layer (build it with chain.plant)")
+                                 "planted into that one layer (build it with plantops.plant)")
             # Each candidate's segment after its planted layer, for its planted channels
             # alone: its planted batch norms' own parts, the other modules as they are.
             self.segments[layer] = [m.planted if isinstance(m, PlantedBatchNorm) else m

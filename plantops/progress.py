@@ -1,4 +1,5 @@
-"""Progress of the search's phases: a tqdm bar on a terminal, plain lines in a log.
+"""Progress of the search's phases, a tqdm bar on a terminal and plain lines in a log, and
+the wall time of each phase.
 
 On a terminal (stderr is a TTY) each phase shows a bar with its elapsed time and ETA, and the
 latest training loss. Elsewhere (a log file, CI) it writes one line per finished epoch, and
@@ -68,3 +69,13 @@ class Progress:
     def _line(self, text: str):
         self.last_line = time.perf_counter()
         print(f"  {text}", file=self.stream, flush=True)
+
+
+class PhaseTimes(dict):
+    """The wall time of each phase of a run, in seconds, summed over its parts."""
+
+    def add(self, phase: str, start: float) -> float:
+        """Adds the time since ``start`` (a ``time.perf_counter()``) to ``phase``; returns it."""
+        seconds = time.perf_counter() - start
+        self[phase] = self.get(phase, 0.0) + seconds
+        return seconds

@@ -10,6 +10,22 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """A tiny image folder of three classes, 10 training and 3 test images each."""
+    from helpers import write_image_folder
+    return write_image_folder(tmp_path_factory.mktemp("data") / "imgs", per_class=(10, 3))
+
+
+@pytest.fixture(scope="module")
+def reference_run(image_folder, tmp_path_factory):
+    """(out folder, result) of the tiny search (helpers.tiny_config), run once per module."""
+    from helpers import tiny_config
+    from plantops import search
+    out = tmp_path_factory.mktemp("ref") / "run"
+    return out, search.run_search(tiny_config(image_folder, out))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     """Every test starts from the same random state."""

@@ -1,11 +1,16 @@
-"""Cases and assertions shared by the kernel tests."""
+"""Cases and assertions shared by the tests: the kernels' (against the float64 reference) and
+the search's (tiny data, a tiny search, the same result)."""
 
 import os
 
+import numpy as np
+import pytest
 import torch
+from PIL import Image
 
 from plantops import planted_conv2d, reference_planted_conv2d
-
+from plantops.data import DeviceData
+from plantops.search.config import config_from_dict
 
 
 def assert_close(got, ref, *, atol, rtol, name="tensor"):
@@ -201,3 +206,58 @@ def check_split(backend, shape, dtype, frozen_needs_grad):
         assert_close_to_reference(got, *expected[name], name=f"{backend} split grad {name}",
                                   factor=factors["x" if name.startswith("x_") else name])
     assert ("x_frozen" in grads) == frozen_needs_grad
+
+
+# ----------------------------------------------------------------------------- the search's
+
+CLASSES = ["cat", "dog", "frog"]
+
+
+def write_image_folder(root, per_class=(6, 2), size=32, fmt="PNG"):
+    """An image folder of CLASSES (train/<class>/*, test/<class>/*): ``per_class`` images a
+    class in each split, random pixels with the class in the red channel."""
+    rng = np.random.default_rng(0)
+    for split, count in zip(("train", "test"), per_class):
+        for ci, cls in enumerate(CLASSES):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                pixels[..., 0] = ci * 100  # class visible in the red channel
+                Image.fromarray(pixels).save(root / split / cls / f"{i:04d}.png", fmt)
+    return root
+
+
+# A search small enough for a test: 4-wide teacher, 3-wide student, 1 channel per candidate.
+# Enough training that the candidates' losses differ by clear margins (0.005 or more): the
+# tests compare choices, and choices between near-ties would hang on rounding.
+TINY_SEARCH = dict(dataset="folder", device="cpu", seed=0, train_subset=0, val_size=6,
+                   teacher_width=4, teacher_epochs=4, init_width=3, init_epochs=4,
+                   plant_channels=1, plant_epochs=2, max_rounds=2, batch_size=8, lr=0.1,
+                   download=False)
+
+
+def tiny_config(data_dir, out, **overrides):
+    """The Config of TINY_SEARCH on the image folder ``data_dir``, writing to ``out``."""
+    values = dict(TINY_SEARCH, data=str(data_dir), out=str(out),
+                  cache_dir=str(out.parent / "cache"))
+    values.update(overrides)
+    return config_from_dict(values).validate()
+
+
+def tiny_data(n, seed=0, size=32):
+    """``n`` random 3-channel images of ``size`` and labels of 10 classes, on the CPU."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, n)
+    return DeviceData(images, labels, torch.device("cpu"), (0.5, 0.4, 0.3), (0.25, 0.2, 0.3))
+
+
+def same_result(got, want, rel=1e-5):
+    """Two searches' results are the same: the same choices and widths, and the same test and
+    validation losses within ``rel`` (1e-5 in one process; the ranks of a torchrun job sum in
+    another order)."""
+    assert [r["layer"] for r in got["rounds"]] == [r["layer"] for r in want["rounds"]]
+    for key in ("teacher", "initial", "final"):
+        assert got[key]["widths"] == want[key]["widths"], key
+        assert got[key]["test_loss"] == pytest.approx(want[key]["test_loss"], rel=rel), key
+        assert got[key]["val_loss"] == pytest.approx(want[key]["val_loss"], rel=rel), key

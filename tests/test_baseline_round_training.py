@@ -3,30 +3,23 @@ round op): training a round's candidates together gives what training each alone
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 
 from baselines.round_training import Round, evaluate_round, train_round
 from baselines.training import Schedule, TeacherCache, evaluate, train
-from plantops import models
-from plantops.data import DeviceData
+from plantops import models, planting
+
+from helpers import tiny_data
 
 LAYERS = list(range(6))  # conv1-conv5 and fc1
 
 
 def parent_and_candidates(dtype=torch.float64, init="random"):
     parent = models.PlantNet([3, 5, 4, 6, 2]).to(dtype)
-    candidates = {layer: models.plant(parent, layer, 2, init, torch.Generator().manual_seed(layer))
+    candidates = {layer: planting.plant(parent, layer, 2, init, torch.Generator().manual_seed(layer))
                   for layer in LAYERS}
     return parent, candidates
-
-
-def tiny_data(n=40, seed=0):
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-    labels = rng.integers(0, 10, n)
-    return DeviceData(images, labels, torch.device("cpu"), (0.5,) * 3, (0.25,) * 3)
 
 
 @pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format], ids=str)
@@ -50,20 +43,20 @@ def test_gradients_reach_only_planted_parameters():
 def test_training_together_equals_training_alone():
     parent, candidates = parent_and_candidates(torch.float32, init="preserve")
     teacher = models.student(6)
-    data, val = tiny_data(), tiny_data(20, seed=1)
+    data, val = tiny_data(40), tiny_data(20, seed=1)
     schedule = Schedule(2, 0.05, batch_size=16)
     alone = copy.deepcopy(candidates)
     expected = []
     for layer, net in alone.items():
-        train(net, models.planted_parameters(net), data, schedule, "kd", layer, teacher,
+        train(net, planting.planted_parameters(net), data, schedule, "kd", layer, teacher,
               data_seed=7)
         expected.append(evaluate(net, val, teacher=teacher))
     round_ = Round(parent, candidates)
     train_round(round_, data, schedule, teacher, 1.0, 0.0, 7, TeacherCache(teacher))
     got = evaluate_round(round_, val, teacher, 1.0, TeacherCache(teacher))
     for layer in LAYERS:
-        for mine, theirs in zip(models.planted_parameters(candidates[layer]),
-                                models.planted_parameters(alone[layer])):
+        for mine, theirs in zip(planting.planted_parameters(candidates[layer]),
+                                planting.planted_parameters(alone[layer])):
             torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
     for mine, theirs in zip(got, expected):
         assert mine == pytest.approx(theirs, rel=1e-4, abs=1e-6)

@@ -11,7 +11,11 @@ import torch
 from torch import nn
 
 from plantops import chain as chains
-from plantops.chain import Chain, ChainError, PlantedBatchNorm, merge, plant
+from plantops import planting
+from plantops.chain import Chain, ChainError
+from plantops.planted_batch_norm import PlantedBatchNorm
+from plantops.planting import export, merge, plant
+from plantops.search.networks import check_student
 from plantops.planted_round import PlantedRound
 
 
@@ -69,7 +73,7 @@ def reference(candidate: Chain, layer: int, x):
     batch's statistics)."""
     candidate = copy.deepcopy(candidate).train()
     logits = candidate(x)
-    params = chains.planted_parameters(candidate)
+    params = planting.planted_parameters(candidate)
     return logits, torch.autograd.grad(logits.square().sum(), params)
 
 
@@ -127,7 +131,7 @@ def test_export_equals_the_trained_network_and_keeps_the_users_layout():
             if isinstance(m, PlantedBatchNorm):
                 m.planted.running_mean.uniform_(-1, 1)
     candidate.eval()
-    exported = candidate.export().eval()
+    exported = export(candidate).eval()
     x = torch.randn(4, 3, 20, 20)
     torch.testing.assert_close(exported(x), candidate(x), rtol=1e-5, atol=1e-6)
     assert [type(m) for m in exported.modules()] == [type(m) for m in vgg_bn().modules()]
@@ -180,6 +184,8 @@ def test_a_residual_block_is_refused():
 def test_a_network_that_fails_on_the_image_size_is_refused_naming_the_module():
     net = Chain.of(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 30 * 30, 2)),
                    "mine")
-    assert chains.spatial_check(net, 3, 32) == 2
+    check_student(net, 3, 32, 2)
     with pytest.raises(ChainError, match="64x64 images.*module '2' \\(Linear\\)"):
-        chains.spatial_check(net, 3, 64)
+        check_student(net, 3, 64, 2)
+    with pytest.raises(ChainError, match="outputs 2 logits; the data has 10 classes"):
+        check_student(net, 3, 32, 10)

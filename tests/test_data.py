@@ -1,29 +1,15 @@
 """Dataset loaders on small fixtures built here, in each accepted format."""
 
-import io
 import pickle
 import tarfile
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from plantops import data
 
-CLASSES = ["cat", "dog", "frog"]
-
-
-def write_image_folder(root, per_class=(6, 2), size=32, fmt="PNG"):
-    rng = np.random.default_rng(0)
-    for split, count in zip(("train", "test"), per_class):
-        for ci, cls in enumerate(CLASSES):
-            (root / split / cls).mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-                pixels[..., 0] = ci * 100  # class visible in the red channel
-                Image.fromarray(pixels).save(root / split / cls / f"{i:04d}.png", fmt)
-    return root
+from helpers import CLASSES, write_image_folder
 
 
 def tar_folder(folder, path, top="dataset"):

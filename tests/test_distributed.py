@@ -15,13 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from test_data import write_image_folder
+from helpers import TINY_SEARCH, same_result, write_image_folder
 
 pytestmark = pytest.mark.slow
-OPTIONS = dict(dataset="folder", device="cpu", seed=0, train_subset=0, val_size=6,
-               teacher_width=4, teacher_epochs=4, init_width=3, init_epochs=4,
-               plant_channels=1, plant_epochs=2, max_rounds=2, batch_size=8, lr=0.1,
-               download=False)
+OPTIONS = TINY_SEARCH
 
 
 @pytest.fixture(scope="module")
@@ -48,21 +45,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def same_result(got, want):
-    assert [r["layer"] for r in got["rounds"]] == [r["layer"] for r in want["rounds"]]
-    for key in ("teacher", "initial", "final"):
-        assert got[key]["widths"] == want[key]["widths"]
-        assert got[key]["test_loss"] == pytest.approx(want[key]["test_loss"], rel=1e-4)
-        assert got[key]["val_loss"] == pytest.approx(want[key]["val_loss"], rel=1e-4)
-
-
 def test_one_search_over_two_ranks_is_the_single_process_search(setting):
     root, config, env, reference, one = setting
     out = root / "two"
     run = subprocess.run(torchrun("--config", str(config), "--out", str(out), env=env),
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    same_result(json.loads((out / "result.json").read_text()), reference)
+    same_result(json.loads((out / "result.json").read_text()), reference, rel=1e-4)
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
     records = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
     ranks = {r["rank"] for r in records if r["kind"] == "candidate"}
@@ -80,12 +69,12 @@ def test_seeds_over_two_ranks_are_the_single_process_runs(setting):
     run = subprocess.run(torchrun("--config", str(config), "--out", str(out), "--seeds", "0,1",
                                   env=env), env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    same_result(json.loads((out / "seed_0" / "result.json").read_text()), reference)
+    same_result(json.loads((out / "seed_0" / "result.json").read_text()), reference, rel=1e-4)
     alone = root / "seed1-alone"
     subprocess.run([sys.executable, "-m", "plantops.search", "--config", str(config), "--seed",
                     "1", "--out", str(alone)], env=env, check=True, capture_output=True)
     same_result(json.loads((out / "seed_1" / "result.json").read_text()),
-                json.loads((alone / "result.json").read_text()))
+                json.loads((alone / "result.json").read_text()), rel=1e-4)
     summary = json.loads((out / "summary.json").read_text())
     assert [r["run"] for r in summary["runs"]] == ["seed_0", "seed_1"]
     assert summary["groups"][0]["runs"] == 2 and "±" in (out / "summary.md").read_text()
@@ -129,7 +118,7 @@ def test_a_killed_rank_ends_the_job_and_resume_finishes_it(setting):
     run = subprocess.run(torchrun("--resume", str(out), env=env), env=env, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    same_result(json.loads((out / "result.json").read_text()), reference)
+    same_result(json.loads((out / "result.json").read_text()), reference, rel=1e-4)
 
 
 def test_ranks_with_different_options_are_refused(setting):

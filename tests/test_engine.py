@@ -9,46 +9,41 @@ import pytest
 import torch
 
 from baselines.training import TeacherCache, evaluate as baseline_evaluate, train as baseline_train
-from plantops import engine, models
+from plantops import engine, models, planting
 from plantops.data import DeviceData, ViewSchedule
 
-
-def tiny_data(n=37, seed=0, size=32):
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-    labels = rng.integers(0, 10, n)
-    return DeviceData(images, labels, torch.device("cpu"), (0.5, 0.4, 0.3), (0.25, 0.2, 0.3))
+from helpers import tiny_data
 
 
 def test_views_are_the_batches_of_device_data():
     """Same order, crops and flips as DeviceData.batches with the same seed; full batches
     and one shorter last batch per epoch."""
-    data = tiny_data()
+    data = tiny_data(37)
     views = ViewSchedule(data, 8, 3, seed=5)
-    assert views.steps_per_epoch == 5 and len(views.kinds["full"]) == 12
+    assert views.steps_per_epoch == 5 and len(views.shapes["full"]) == 12
     generator = torch.Generator().manual_seed(5)
     for epoch in range(3):
         expected = list(data.batches(8, generator, augment=True))
         steps = list(views.epoch_steps(epoch))
         assert len(steps) == len(expected)
-        for (kind, pos), (x, y) in zip(steps, expected):
-            got_x, got_y = views.batch(kind, torch.tensor([pos]))
+        for (shape, pos), (x, y) in zip(steps, expected):
+            got_x, got_y = views.batch(shape, torch.tensor([pos]))
             assert torch.equal(got_x, x) and torch.equal(got_y, y)
 
 
 def test_the_views_of_fewer_epochs_are_the_first_epochs_of_more():
-    data = tiny_data()
+    data = tiny_data(37)
     short, long = ViewSchedule(data, 8, 2, seed=3), ViewSchedule(data, 8, 5, seed=3)
-    for kind, steps in short.kinds.items():
+    for shape, steps in short.shapes.items():
         for name in ("index", "dy", "dx", "flip"):
             assert torch.equal(getattr(steps, name),
-                               getattr(long.kinds[kind], name)[:len(steps)])
+                               getattr(long.shapes[shape], name)[:len(steps)])
 
 
 def test_evaluation_views_are_the_data_in_order():
     data = tiny_data(n=11)
     views = ViewSchedule(data, 4)
-    xs, ys = zip(*(views.batch(kind, torch.tensor([pos])) for kind, pos in views.epoch_steps(0)))
+    xs, ys = zip(*(views.batch(shape, torch.tensor([pos])) for shape, pos in views.epoch_steps(0)))
     assert torch.equal(torch.cat(ys), data.labels)
     assert torch.equal(torch.cat(xs), data.normalize(data.images))
 
@@ -102,7 +97,7 @@ def test_fit_trains_a_network_as_the_previous_loop_did(loss):
     teacher = models.student(4).eval()
     net = models.student(3)
     theirs = copy.deepcopy(net)
-    data = tiny_data()
+    data = tiny_data(37)
     schedule = engine.Schedule(3, 0.05, batch_size=8)
     views = ViewSchedule(data, 8, 3, seed=7)
     table = engine.teacher_logits(teacher, views) if loss == "kd" else None
@@ -123,23 +118,23 @@ def test_fit_trains_a_network_as_the_previous_loop_did(loss):
 def test_teacher_logits_are_the_teachers_outputs_on_each_view():
     torch.manual_seed(0)
     teacher = models.student(4).eval()
-    data = tiny_data()
+    data = tiny_data(37)
     views = ViewSchedule(data, 8, 2, seed=3)
     tables = engine.teacher_logits(teacher, views, images_per_pass=16)
     compact = engine.teacher_logits(teacher, views, torch.float16)
     cache = TeacherCache(teacher)
     for epoch in range(2):
-        for kind, pos in views.epoch_steps(epoch):
-            x, _ = views.batch(kind, torch.tensor([pos]))
-            want = cache.get((kind, pos), x)
-            torch.testing.assert_close(tables[kind][pos], want, rtol=1e-5, atol=1e-5)
-            assert compact[kind].dtype == torch.float16
-            torch.testing.assert_close(compact[kind][pos].float(), want, rtol=2 ** -10, atol=1e-3)
+        for shape, pos in views.epoch_steps(epoch):
+            x, _ = views.batch(shape, torch.tensor([pos]))
+            want = cache.get((shape, pos), x)
+            torch.testing.assert_close(tables[shape][pos], want, rtol=1e-5, atol=1e-5)
+            assert compact[shape].dtype == torch.float16
+            torch.testing.assert_close(compact[shape][pos].float(), want, rtol=2 ** -10, atol=1e-3)
     assert engine.table_nbytes(compact) * 2 == engine.table_nbytes(tables) == 37 * 2 * 10 * 4
 
 
 def test_fit_refuses_what_it_cannot_train():
-    data = tiny_data()
+    data = tiny_data(37)
     views = ViewSchedule(data, 8, 2, seed=0)
     net = models.student(2)
     with pytest.raises(ValueError, match="nothing to train"):
@@ -174,7 +169,7 @@ def test_graphed_steps_equal_eager_steps_on_cuda():
     parent = models.student(4)
     results = []
     for graphs in (False, True):
-        candidates = {layer: models.plant(parent, layer, 2, "random",
+        candidates = {layer: planting.plant(parent, layer, 2, "random",
                                           torch.Generator().manual_seed(layer)).to(device)
                       for layer in range(5)}
         round_op = PlantedRound(parent.to(device), candidates)

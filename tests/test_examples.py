@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from plantops import Chain, ChainError, plant
-from plantops.chain import spatial_check
-from plantops.search.networks import NetworkFileError, check_teacher, load_module
+from plantops.search.networks import check_student, check_teacher_output, load_module
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -22,7 +21,7 @@ def test_vgg_student_plants_on_64x64():
     net, name = load_module(f"{ROOT}/examples/vgg_bn.py:student", "--student")
     chain = Chain.of(net, name)
     assert chain.layer_names()[:3] == ["conv1", "conv2", "conv3"]
-    assert spatial_check(chain, 3, 64) == 10
+    check_student(chain, 3, 64, 10)
     x = torch.rand(2, 3, 64, 64)
     chain.eval()
     for layer in range(3):   # every planting point: the candidate starts as its parent
@@ -32,9 +31,9 @@ def test_vgg_student_plants_on_64x64():
 
 def test_resnet_is_a_teacher_not_a_student():
     teacher = resnet(4, 10, image_size=64).eval()
-    check_teacher(teacher, "resnet", torch.rand(2, 3, 64, 64), 10)
+    check_teacher_output(teacher, "resnet", torch.rand(2, 3, 64, 64), 10)
     with pytest.raises(ValueError, match="outputs .*expected logits \\[2, 7\\]"):
-        check_teacher(teacher, "resnet", torch.rand(2, 3, 64, 64), 7)
+        check_teacher_output(teacher, "resnet", torch.rand(2, 3, 64, 64), 7)
     with pytest.raises(ChainError, match="ResNet.*Sequential"):
         Chain.of(teacher, "resnet")
 

@@ -17,7 +17,7 @@ import torch
 from plantops import data, models, search
 from plantops.search import checkpoints
 
-from test_search import image_folder, reference_run, tiny_config  # noqa: F401 (fixtures)
+from helpers import same_result, tiny_config
 
 # Ways a file goes bad: cut short, emptied, overwritten with noise.
 DAMAGE = {
@@ -29,12 +29,6 @@ DAMAGE = {
 
 def damage(path, how):
     path.write_bytes(DAMAGE[how](path.read_bytes()))
-
-
-def same_result(got, reference):
-    assert [r["layer"] for r in got["rounds"]] == [r["layer"] for r in reference["rounds"]]
-    assert got["final"]["widths"] == reference["final"]["widths"]
-    assert got["final"]["test_loss"] == pytest.approx(reference["final"]["test_loss"], rel=1e-5)
 
 
 def no_temporary_files(folder):
@@ -122,7 +116,7 @@ def killed_after_epoch(monkeypatch, phase: str, epochs_done: int):
         if path.stem == phase and done == epochs_done:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr("plantops.search.loop.save_partial", save_then_die)
+    monkeypatch.setattr("plantops.search.run_folder.save_partial", save_then_die)
 
 
 @pytest.mark.parametrize("how", [*DAMAGE, "another run's shapes", "both bad"])

@@ -1,11 +1,13 @@
-"""The paper's networks: parameter counts (METHOD.md) and planting on them."""
+"""The paper's networks: parameter counts (docs/method.md, "The networks") and planting on
+them."""
 
 import pytest
 import torch
 
-from plantops.models import PlantNet, count_params, merge, plant, planted_parameters, student
+from plantops.models import PlantNet, student
+from plantops.planting import count_params, merge, plant, planted_parameters
 
-COUNTS = [  # (arch, classes, width, params) from METHOD.md
+COUNTS = [  # (arch, classes, width, params) from docs/method.md
     ("cifar", 10, 8, 20_362), ("cifar", 10, 16, 43_914), ("cifar", 10, 32, 104_842),
     ("cifar", 10, 64, 281_994), ("cifar", 10, 128, 857_482),
     ("cifar", 100, 16, 55_524), ("cifar", 100, 128, 869_092),

@@ -2,7 +2,6 @@
 a size the paper's networks refuse, and a final.pt of the user's architecture that loads
 without plantops."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +11,7 @@ import torch
 from torch import nn
 
 from plantops import search
-from test_data import write_image_folder
-from test_search import tiny_config
+from helpers import tiny_config, write_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 NETWORKS = '''

@@ -6,29 +6,28 @@ search's previous round trainer (benchmarks/baselines/round_training.py)."""
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 
 from baselines.round_training import Round, evaluate_round, train_round
 from baselines.training import TeacherCache
-from helpers import assert_close_to_reference
-from plantops import engine, models
-from plantops.data import DeviceData, ViewSchedule
+from helpers import assert_close_to_reference, tiny_data
+from plantops import engine, models, planting
+from plantops.data import ViewSchedule
 from plantops.planted_round import PlantedRound
 
 WIDTHS = [3, 5, 4, 6, 2]
 
 
 def candidates_of(parent, layers, count=2, init="random"):
-    return {layer: models.plant(parent, layer, count, init, torch.Generator().manual_seed(layer))
+    return {layer: planting.plant(parent, layer, count, init, torch.Generator().manual_seed(layer))
             for layer in layers}
 
 
 def reference(candidate, layer, x):
     """The candidate's logits and the gradients of sum(logits^2) with respect to its planted
     blocks, from its merged weights with plain autograd."""
-    net = models.merge(candidate)
+    net = planting.merge(candidate)
     logits = net(x)
     grown, reader = net.layer(layer), net.layer(layer + 1)
     gw, gb, gr = torch.autograd.grad(logits.square().sum(), [grown.weight, grown.bias,
@@ -99,18 +98,11 @@ def test_round_rejects_a_network_that_is_not_a_candidate():
         PlantedRound(other, candidates)
 
 
-def tiny_data(n=40, seed=0):
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-    labels = rng.integers(0, 10, n)
-    return DeviceData(images, labels, torch.device("cpu"), (0.5,) * 3, (0.25,) * 3)
-
-
 def test_training_together_equals_alone_and_the_previous_round_trainer():
     torch.manual_seed(0)
     parent = models.PlantNet(WIDTHS)
     teacher = models.student(6).eval()
-    data, val = tiny_data(), tiny_data(20, seed=1)
+    data, val = tiny_data(40), tiny_data(20, seed=1)
     schedule = engine.Schedule(2, 0.05, batch_size=16)
     views, val_views = ViewSchedule(data, 16, 2, seed=7), ViewSchedule(val, 8)
     table, val_table = engine.teacher_logits(teacher, views), engine.teacher_logits(teacher, val_views)
@@ -129,9 +121,9 @@ def test_training_together_equals_alone_and_the_previous_round_trainer():
     train_round(old, data, schedule, teacher, 2.0, 0.0, 7, TeacherCache(teacher))
     old_metrics = evaluate_round(old, val, teacher, 2.0, TeacherCache(teacher))
     for layer in candidates:
-        for mine, single, theirs in zip(models.planted_parameters(candidates[layer]),
-                                        models.planted_parameters(alone[layer]),
-                                        models.planted_parameters(previous[layer])):
+        for mine, single, theirs in zip(planting.planted_parameters(candidates[layer]),
+                                        planting.planted_parameters(alone[layer]),
+                                        planting.planted_parameters(previous[layer])):
             torch.testing.assert_close(mine, single, rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
     for mine, single, theirs in zip(together, one_by_one, old_metrics):

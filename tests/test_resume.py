@@ -9,16 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from test_data import write_image_folder
+from helpers import TINY_SEARCH, write_image_folder
 
-OPTIONS = dict(dataset="folder", device="cpu", seed=0, train_subset=0, val_size=6,
-               teacher_width=4, teacher_epochs=4, init_width=3, init_epochs=4,
-               plant_channels=1, plant_epochs=3, max_rounds=2, batch_size=8, lr=0.1,
-               download=False, table=True, table_widths="2", compare_with="none")
+OPTIONS = dict(TINY_SEARCH, plant_epochs=3, table=True, table_widths="2",
+               compare_with="none")
 # Where to kill: a little after the first line that starts with this, in each phase in turn
 # (mid-epoch, between epochs, while candidates are saved, after the teacher's logits).
 KILL_AFTER = ["  teacher: epoch", "teacher logits: 4 epochs", "  initial: epoch", "  round 1 (",

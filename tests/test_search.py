@@ -1,6 +1,8 @@
-"""The search driver end to end on a tiny image folder: outputs, determinism, resume, options."""
+"""The search end to end on a tiny image folder: outputs, determinism, resume, the paths a run
+takes (caches, layouts, precision, --table), and what it shows."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -9,29 +11,7 @@ import torch
 
 from plantops import search
 
-from test_data import write_image_folder
-
-
-def tiny_config(data_dir, out, **overrides):
-    # Enough training that the candidates' losses differ by clear margins (0.005 or more):
-    # the tests compare choices, and choices between near-ties would hang on rounding.
-    values = dict(dataset="folder", data=str(data_dir), out=str(out), device="cpu", seed=0,
-                  train_subset=0, val_size=6, teacher_width=4, teacher_epochs=4, init_width=3,
-                  init_epochs=4, plant_channels=1, plant_epochs=2, max_rounds=2, batch_size=8,
-                  lr=0.1, cache_dir=str(out.parent / "cache"), download=False)
-    values.update(overrides)
-    return search.config_from_dict(values).validate()
-
-
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    return write_image_folder(tmp_path_factory.mktemp("data") / "imgs", per_class=(10, 3))
-
-
-@pytest.fixture(scope="module")
-def reference_run(image_folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ref") / "run"
-    return out, search.run_search(tiny_config(image_folder, out))
+from helpers import tiny_config, write_image_folder
 
 
 def test_outputs(reference_run):
@@ -103,7 +83,8 @@ def test_same_seed_same_choices(reference_run, image_folder, tmp_path):
 def test_resume_after_a_kill_mid_round(reference_run, image_folder, tmp_path, monkeypatch):
     _, reference = reference_run
     out = tmp_path / "killed"
-    real = search.Search.save_candidate
+    from plantops.search.rounds import Rounds
+    real = Rounds.save_candidate
     calls = []
 
     def dies_on_the_third(self, *args, **kwargs):
@@ -112,12 +93,12 @@ def test_resume_after_a_kill_mid_round(reference_run, image_folder, tmp_path, mo
             raise KeyboardInterrupt  # killed after two of a round's candidates were saved
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(search.Search, "save_candidate", dies_on_the_third)
+    monkeypatch.setattr(Rounds, "save_candidate", dies_on_the_third)
     with pytest.raises(KeyboardInterrupt):
         search.run_search(tiny_config(image_folder, out))
     with open(out / "log.jsonl", "a") as f:
         f.write('{"kind": "candid')  # and killed mid-write of a log line
-    monkeypatch.setattr(search.Search, "save_candidate", real)
+    monkeypatch.setattr(Rounds, "save_candidate", real)
     resumed = search.run_search(search.parse_args(["--resume", str(out)]))
     assert [r["layer"] for r in resumed["rounds"]] == [r["layer"] for r in reference["rounds"]]
     assert resumed["final"]["widths"] == reference["final"]["widths"]
@@ -129,73 +110,6 @@ def test_resume_after_a_kill_mid_round(reference_run, image_folder, tmp_path, mo
 def test_max_params_budget_skips_candidates(image_folder, tmp_path):
     result = search.run_search(tiny_config(image_folder, tmp_path / "budget", max_params=1))
     assert result["rounds"] == [] and "--max-params" in result["stop_reason"]
-
-
-def test_config_file_rejects_unknown_keys(tmp_path):
-    path = tmp_path / "c.json"
-    path.write_text(json.dumps({"plant-channels": 2, "plant_epoch": 3}))
-    with pytest.raises(ValueError, match=rf"{path}: unknown option 'plant_epoch'; did you mean "
-                                         "'plant_epochs'\\?"):
-        search.parse_args(["--config", str(path)])
-    path.write_text(json.dumps({"plant-channels": 2, "init_width": 16}))
-    cfg = search.parse_args(["--config", str(path), "--init-width", "8"])
-    assert cfg.plant_channels == 2 and cfg.init_width == 8  # flags override the file
-
-
-def test_broken_config_file_is_named(tmp_path):
-    path = tmp_path / "broken.json"
-    path.write_text('{"plant-channels": 2,}')
-    with pytest.raises(ValueError, match=rf"--config {path}: not valid JSON \(line 1 column"):
-        search.parse_args(["--config", str(path)])
-    with pytest.raises(FileNotFoundError, match="--config /nonexistent.json: no such file"):
-        search.parse_args(["--config", "/nonexistent.json"])
-
-
-def test_help_shows_the_defaults_that_apply_and_what_paper_changes():
-    help_text = subprocess.run([sys.executable, "-m", "plantops.search", "--help"],
-                               capture_output=True, text=True, check=True).stdout
-    flat = " ".join(help_text.split())
-    assert "--teacher-epochs N teacher epochs (default 15; --preset paper: 100)" in flat
-    assert "--init-loss {kd,ce}" in flat and "(default None)" not in flat
-    for title in ("data and output:", "planting:", "training (every network):"):
-        assert title in help_text
-
-
-@pytest.mark.parametrize("argv, words", [
-    (["--dataset", "mnist"], "argument --dataset: invalid choice: 'mnist' (choose from"),
-    (["--plant-channels", "0"], "--plant-channels must be >= 1"),
-    (["--label-weight", "2"], "--label-weight must be in [0, 1]"),
-    (["--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
-    (["--plant-epochs", "0"], "--plant-epochs must be >= 1, got 0"),
-    (["--init-epochs", "0"], "--init-epochs must be >= 1, got 0"),
-    (["--teacher-epochs", "0"], "--teacher-epochs must be >= 1, got 0"),
-    (["--cuda-graphs", "yes"], "argument --cuda-graphs: invalid choice: 'yes'"),
-])
-def test_bad_options_are_one_line_errors_with_exit_code_2(argv, words, capsys):
-    try:
-        code = search.main(argv)
-    except SystemExit as exit:  # argparse's own checks
-        code = exit.code
-    err = capsys.readouterr().err
-    assert code == 2 and words in err
-    assert err.count("\n") == 1 and "Traceback" not in err
-
-
-def test_zero_teacher_epochs_are_fine_with_a_trained_teacher():
-    cfg = search.parse_args(["--teacher-epochs", "0", "--teacher", "runs/x/teacher.pt"])
-    assert cfg.teacher_epochs == 0
-
-
-def test_command_line_help_and_error_exit():
-    help_text = subprocess.run([sys.executable, "-m", "plantops.search", "--help"],
-                               capture_output=True, text=True, check=True).stdout
-    for flag in ("--plant-channels", "--teacher-epochs", "--resume", "--config", "--preset",
-                 "--train-subset", "--temperature", "--max-rounds"):
-        assert flag in help_text
-    bad = subprocess.run([sys.executable, "-m", "plantops.search", "--dataset", "folder",
-                          "--data", "/nonexistent/place", "--out", "/tmp/plantops-x"],
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and "/nonexistent/place does not exist" in bad.stderr
 
 
 def test_teacher_cache_changes_nothing(reference_run, image_folder, tmp_path):
@@ -276,24 +190,6 @@ def test_training_candidates_together_changes_no_choice(reference_run, image_fol
     assert ref and candidates(reference_run[0]) == pytest.approx(ref, rel=1e-4)
 
 
-def test_teacher_from_another_dataset_is_refused(reference_run, tmp_path):
-    out, _ = reference_run
-    other = write_image_folder(tmp_path / "five", per_class=(4, 1))
-    # a 3-class teacher against a dataset with more classes
-    import shutil
-    for extra in ("bird", "ship"):
-        shutil.copytree(other / "train" / "cat", other / "train" / extra)
-        shutil.copytree(other / "test" / "cat", other / "test" / extra)
-    cfg = tiny_config(other, tmp_path / "run", teacher=str(out / "teacher.pt"), val_size=5)
-    with pytest.raises(ValueError, match="3 classes, but the data is cifar with 5 classes"):
-        search.run_search(cfg)
-
-
-def test_resume_of_a_folder_without_a_search():
-    with pytest.raises(FileNotFoundError, match="no config.json there"):
-        search.parse_args(["--resume", "/nonexistent/run"])
-
-
 def test_table_mode_trains_the_students_and_compares_with_the_paper(image_folder, tmp_path):
     result = search.run_search(tiny_config(image_folder, tmp_path / "table", table=True,
                                            table_widths="2", max_rounds=1,
@@ -304,18 +200,6 @@ def test_table_mode_trains_the_students_and_compares_with_the_paper(image_folder
     assert "Beside the paper's cifar10 table" in text
     assert "/ 40.6K" in text and "84.35%" in text  # the paper's planted row beside ours
     assert "| Student[2] | CE |" in text
-
-
-def test_bad_table_widths():
-    with pytest.raises(ValueError, match="--table-widths"):
-        search.parse_args(["--table-widths", "16,x"])
-
-
-def test_readme_lists_every_option_with_its_defaults():
-    from pathlib import Path
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    assert search.options_table() in readme, "README's options table is stale: paste " \
-        "the output of python -c 'from plantops import search; print(search.options_table())'"
 
 
 def test_initial_network_is_the_same_when_the_teacher_is_reloaded(reference_run, image_folder,
@@ -358,36 +242,29 @@ def test_a_train_subset_that_with_the_validation_set_is_all_the_images_takes_the
 
 @pytest.mark.parametrize("together", [True, False], ids=["together", "alone"])
 def test_bfloat16_training_runs_through_every_path(reference_run, image_folder, tmp_path,
-                                                   together):
-    """--precision bfloat16: planted layers, the round trainer and the teacher all run under
-    autocast (a dtype mismatch anywhere would raise); the result stays near float32's."""
+                                                   monkeypatch, together):
+    """--precision bfloat16: every training step's forward, of the plain networks and of the
+    round op, runs under bfloat16 autocast (a dtype mismatch anywhere would raise); the result
+    stays near float32's."""
+    from plantops import engine
+    from plantops.planted_round import PlantedRound
+    seen = set()  # (what trained, the dtype of its logits in a training step)
+    real_init = engine.Training.__init__
+
+    def spied_init(self, forward, *args, **kwargs):
+        def spied_forward(x):
+            logits = forward(x)
+            seen.add((type(forward).__name__, logits.dtype))
+            return logits
+        real_init(self, spied_forward, *args, **kwargs)
+
+    monkeypatch.setattr(engine.Training, "__init__", spied_init)
     _, exact = reference_run
     mixed = search.run_search(tiny_config(image_folder, tmp_path / "bf16",
                                           precision="bfloat16", train_together=together))
     assert mixed["final"]["test_loss"] == pytest.approx(exact["final"]["test_loss"], rel=0.05)
-    assert mixed["final"]["test_loss"] != exact["final"]["test_loss"]  # autocast did act
-
-
-def test_unknown_precision_is_refused():
-    from plantops.engine import Schedule
-    with pytest.raises(ValueError, match="precision must be one of float32, bfloat16, got 'float16'"):
-        Schedule(1, 0.1, precision="float16")
-
-
-def test_channels_last_default_follows_the_device_and_the_network_and_a_flag_overrides_it():
-    """Unset, --channels-last is off for chains (their convs run on the planted kernels, which
-    read NCHW) and on GPUs, on for other modules on a CPU (a user's teacher); an explicit
-    choice is honoured on either device for any network."""
-    from plantops import models
-    auto = search.config_from_dict({})
-    chain, other = models.student(64), torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3))
-    assert search.layout(auto, "cpu", chain) == torch.contiguous_format
-    assert search.layout(auto, "cpu", other) == torch.channels_last
-    assert search.layout(auto, torch.device("cuda"), other) == torch.contiguous_format
-    for flag, expected in (("--channels-last", torch.channels_last),
-                           ("--no-channels-last", torch.contiguous_format)):
-        cfg = search.parse_args(["--dataset", "folder", "--data", "x", flag])
-        assert search.layout(cfg, "cpu", chain) == search.layout(cfg, "cuda", other) == expected
+    assert {dtype for _, dtype in seen} == {torch.bfloat16}, seen
+    assert {what for what, _ in seen} == {"PlantNet", PlantedRound.__name__}, seen
 
 
 def test_a_plain_chain_trains_through_the_planted_kernels_on_a_cpu(monkeypatch):
@@ -423,8 +300,8 @@ def test_the_engine_makes_the_previous_loops_choices_and_losses(reference_run, i
     and the same layer chosen in every round."""
     from baselines.round_training import Round, evaluate_round, train_round
     from baselines.training import TeacherCache
-    from plantops import models
-    from plantops.search.loop import choose
+    from plantops import models, planting
+    from plantops.search.rules import choose
 
     out, result = reference_run
     cfg = search.Config(**json.loads((out / "config.json").read_text())["config"])
@@ -435,10 +312,10 @@ def test_the_engine_makes_the_previous_loops_choices_and_losses(reference_run, i
     assert result["rounds"], "the fixture's search accepted no round"
     for accepted in result["rounds"]:
         rnd = accepted["round"]
-        layers = models.plantable_layers(cfg.plant_fc1)
-        candidates = {layer: models.plant(parent, layer, cfg.plant_channels, cfg.plant_init,
-                                          torch.Generator().manual_seed(
-                                              search.candidate_seed(cfg, rnd, layer)))
+        layers = parent.plantable_points(cfg.plant_fc1)
+        candidates = {layer: planting.plant(parent, layer, cfg.plant_channels, cfg.plant_init,
+                                            torch.Generator().manual_seed(
+                                                search.candidate_seed(cfg, rnd, layer)))
                       for layer in layers}
         old = Round(parent, candidates, search.layout(cfg, "cpu", parent))
         train_round(old, data.train, search.training_schedule(cfg, cfg.plant_epochs, "planted"),
@@ -450,9 +327,9 @@ def test_the_engine_makes_the_previous_loops_choices_and_losses(reference_run, i
             assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-4)
             assert mine["kd_loss"] == pytest.approx(theirs["kd_loss"], rel=1e-4, abs=1e-6)
         # The search's rule (--select-rule) on the old trainer's numbers.
-        chosen = choose([dict(layer=layer, params=models.count_params(candidates[layer]),
+        chosen = choose([dict(layer=layer, params=planting.count_params(candidates[layer]),
                               val=old_vals[layer]) for layer in layers], meta["val"],
-                        models.count_params(parent), cfg)["layer"]
+                        planting.count_params(parent), cfg)["layer"]
         assert models.LAYER_NAMES[chosen] == accepted["layer"]
         parent, meta = search.load_network(out / f"round_{rnd}.pt", "cpu")
 
@@ -464,12 +341,12 @@ def test_a_run_refused_before_training_leaves_no_folder(reference_run, tmp_path)
                         "--out", str(missing)]) == 2
     assert not missing.exists()
     other = write_image_folder(tmp_path / "five", per_class=(4, 1))
-    import shutil
     for extra in ("bird", "ship"):  # a 3-class teacher against 5 classes: refused at its load
         shutil.copytree(other / "train" / "cat", other / "train" / extra)
         shutil.copytree(other / "test" / "cat", other / "test" / extra)
     refused = tmp_path / "refused"
-    with pytest.raises(ValueError, match="3 classes"):
+    with pytest.raises(ValueError, match="3 classes, but the data is cifar with 5 classes: pass "
+                                         "a teacher trained on this dataset"):
         search.run_search(tiny_config(other, refused, teacher=str(out / "teacher.pt"),
                                       val_size=5))
     assert not refused.exists()

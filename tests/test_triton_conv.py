@@ -60,18 +60,18 @@ def test_round_op_on_triton():
     """The round op with its planted convolutions on Triton: every candidate's logits and
     planted gradients as its own network gives them (a small network, batch 2:
     the interpreter is slow)."""
-    from plantops import models
+    from plantops import models, planting
     from plantops.planted_round import PlantedRound
     torch.manual_seed(0)
     parent = models.PlantNet([3, 2, 3, 2, 2]).to(DEVICE)
-    candidates = {layer: models.plant(parent.cpu(), layer, 1, "random",
+    candidates = {layer: planting.plant(parent.cpu(), layer, 1, "random",
                                       torch.Generator().manual_seed(layer)).to(DEVICE)
                   for layer in (0, 2, 4)}
     round_op = PlantedRound(parent.to(DEVICE), candidates, backend="triton")
     x = torch.randn(2, 3, 32, 32, device=DEVICE)
     logits = round_op(x)
     grads = torch.autograd.grad(logits.square().sum(), round_op.parameters())
-    expected = [(net(x), torch.autograd.grad(net(x).square().sum(), models.planted_parameters(net)))
+    expected = [(net(x), torch.autograd.grad(net(x).square().sum(), planting.planted_parameters(net)))
                 for net in candidates.values()]
     for i, (want, want_grads) in enumerate(expected):
         assert_close(logits[2 * i:2 * (i + 1)], want, atol=2e-3, rtol=2e-3, name="logits")

@@ -19,14 +19,15 @@ from pathlib import Path
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from plantops import models
+from plantops import models, planting
+
 from plantops.search import candidate_seed
 from baselines.training import Schedule, evaluate, loss_fn, lr_milestones, train
 
 
 def frozen_masks(parent: models.PlantNet, candidate: models.PlantNet) -> dict:
     """1 where the candidate's entry is new (planted), 0 where it is the parent's."""
-    old = models.merge(parent).state_dict()
+    old = planting.merge(parent).state_dict()
     masks = {}
     for name, p in candidate.named_parameters():
         mask = torch.ones_like(p)
@@ -72,11 +73,11 @@ def naive_search(cfg, initial, initial_val, teacher, train_data, val_data, devic
     current, current_val, chosen = initial, initial_val, []
     for rnd in range(1, cfg.max_rounds + 1):
         results = []
-        for layer in models.plantable_layers(cfg.plant_fc1):
+        for layer in current.plantable_points(cfg.plant_fc1):
             generator = torch.Generator().manual_seed(candidate_seed(cfg, rnd, layer))
-            planted = models.plant(current.cpu(), layer, cfg.plant_channels, cfg.plant_init,
-                                   generator)
-            candidate = models.merge(planted)  # full-size layers
+            planted = planting.plant(current.cpu(), layer, cfg.plant_channels,
+                                     cfg.plant_init, generator)
+            candidate = planting.merge(planted)  # full-size layers
             masks = frozen_masks(current, candidate)
             # torch's own layers, in the same parameter order as the PlantNet
             plain = candidate.to_sequential().to(device)
@@ -123,7 +124,7 @@ def naive_pipeline(cfg, data, device, out: Path, teacher_done=None) -> dict:
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    rows.append(("teacher", models.count_params(teacher_net),
+    rows.append(("teacher", planting.count_params(teacher_net),
                  evaluate(teacher, data.val), evaluate(teacher, data.test)))
     torch.manual_seed(cfg.seed)
     initial = models.student(cfg.init_width, "cifar", data.classes)
@@ -134,12 +135,12 @@ def naive_pipeline(cfg, data, device, out: Path, teacher_done=None) -> dict:
         vector_to_parameters(parameters_to_vector(plain.parameters()).cpu(),
                              initial.parameters())
     initial_val = evaluate(plain, data.val, teacher=teacher, temperature=cfg.temperature)
-    rows.append(("initial", models.count_params(initial), initial_val,
+    rows.append(("initial", planting.count_params(initial), initial_val,
                  evaluate(plain, data.test)))
     chosen, final, final_val = naive_search(cfg, initial, initial_val, teacher, data.train,
                                             data.val, device)
     final_plain = final.to_sequential().to(device)
-    rows.append(("final", models.count_params(final), final_val,
+    rows.append(("final", planting.count_params(final), final_val,
                  evaluate(final_plain, data.test)))
     out.mkdir(parents=True, exist_ok=True)
     lines = ["| network | params | val loss | val acc | test acc |", "|---|---|---|---|---|"]

@@ -25,7 +25,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from plantops import models
+
+from plantops import planting
+from plantops.chain import Chain
 from plantops.planted_conv import PlantedConv2d
 from baselines.training import Schedule, TeacherCache, evaluate_outputs, train_outputs
 
@@ -40,12 +42,12 @@ def _planted_term(layer, x, weight, bias=None):
 class Round:
     """A parent and its candidates (``{layer: candidate network}``), computed together."""
 
-    def __init__(self, parent: models.PlantNet, candidates: dict[int, models.PlantNet],
+    def __init__(self, parent: Chain, candidates: dict[int, Chain],
                  memory_format: torch.memory_format = torch.channels_last):
         # Channels-last: the parent's activations, and the candidates' terms computed from
         # them, run in oneDNN's preferred layout: 1.4-1.6x faster steps for Student[8]-[16]
         # rounds on a 2-core CPU (benchmarks/test_bench_layout.py).
-        self.parent = models.merge(parent).to(memory_format=memory_format)
+        self.parent = planting.merge(parent).to(memory_format=memory_format)
         for p in self.parent.parameters():
             p.requires_grad_(False)
         self.candidates = dict(candidates)
@@ -55,10 +57,10 @@ class Round:
             if (not planted(grown, "out") or planted(grown, "in") or planted(reader, "out")
                     or not planted(reader, "in")):
                 raise ValueError(f"candidate for layer {layer} is not its parent plus channels "
-                                 "planted into that one layer (build it with models.plant)")
+                                 "planted into that one layer (build it with plantops.plant)")
 
     def parameters(self) -> list[torch.nn.Parameter]:
-        return [p for net in self.candidates.values() for p in models.planted_parameters(net)]
+        return [p for net in self.candidates.values() for p in planting.planted_parameters(net)]
 
     def logits(self, x) -> list[torch.Tensor]:
         """Each candidate's logits for ``x``, in the order of ``self.candidates``."""

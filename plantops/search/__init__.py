@@ -1,6 +1,7 @@
 """Channel planting search (Mitsuno, Nomura, Kurita, ICPR 2020), end to end.
 
-    python -m plantops.search --dataset folder --data ../shared/data/cifar10-jpeg.tar.gz --out runs/quick
+    python -m plantops.search --out runs/quick             # CIFAR-10, downloaded the first time
+    python -m plantops.search --dataset folder --data cifar10-jpeg.tar.gz --out runs/quick
     python -m plantops.search --preset paper --dataset cifar10 --data DIR --out runs/paper --device cuda
     python -m plantops.search --resume runs/quick          # continue an interrupted search
 
@@ -17,15 +18,20 @@ Writes to ``--out``: config.json, log.jsonl, result.json, results.md, accuracy_v
 checkpoints (teacher.pt, initial.pt, round_K.pt), and final.pt, the chosen network as a plain
 ``nn.Sequential`` (``torch.load(path, weights_only=False)``; no plantops needed).
 
-The ``quick`` preset (default) runs a reduced protocol meant for a CPU: 3 minutes on 2
-cores (measured on an AVX-512 Xeon, plus about 10 s to decode CIFAR-10's
-JPEGs the first time); ``paper`` is the poster's procedure with the full protocol of the
-first author's code (100 epochs, SGD 0.01), for a GPU.
-Under ``torchrun`` one search, or the runs of ``--seeds``/``--sweep``, spread over the ranks.
+The ``quick`` preset (default) runs a reduced protocol meant for a CPU: about 4 minutes on
+2 cores (plus about 10 s to decode CIFAR-10's JPEGs the first time); ``paper`` is the
+poster's procedure with the full protocol of the first author's code (100 epochs, SGD 0.01),
+for a GPU. Under ``torchrun`` one search, or the runs of ``--seeds``/``--sweep``, spread over
+the ranks.
 
-In Python: ``run_search(Config(...))``. The package's modules: ``config`` (options, presets,
-command line), ``checkpoints`` (files of the output folder), ``loop`` (the phases),
-``report`` (results.md and the plot).
+In Python: ``run_search(Config(...))``. The package's modules, in the order a search uses
+them: ``config`` (options, presets, command line), ``splits`` (the data on the device),
+``networks`` (the user's networks, the input convention, the checks), ``loop`` (the phases,
+in the poster's order), ``trainer`` (training and evaluation), ``teacher_tables`` (the
+teacher's logits of the views), ``rounds`` (a round's candidates and fine-tuning), ``rules``
+(schedules, the choice, seeds, warnings), ``run_folder`` and ``checkpoints`` (the output
+folder and its files), ``result`` and ``report`` (result.json, results.md and the plot),
+``distributed`` (torchrun ranks) and ``runs`` (``--seeds`` and ``--sweep``).
 """
 
 from __future__ import annotations
@@ -39,8 +45,11 @@ from plantops.search.checkpoints import (DiskError, Log, atomic_write, candidate
 from plantops.search import distributed, runs
 from plantops.search.config import (PRESETS, Config, config_from_dict, options_table,
                                     parse_args as _parse_args, parse_command)
-from plantops.search.loop import (Search, SearchData, candidate_seed, layout, prepare_data,
-                                  resolve_device, run_search, training_schedule)
+from plantops.search.distributed import resolve_device
+from plantops.search.loop import Search, run_search
+from plantops.search.rules import candidate_seed, training_schedule
+from plantops.search.splits import SearchData, prepare_data
+from plantops.search.trainer import layout
 
 
 def parse_args(argv=None) -> Config:

@@ -1,7 +1,8 @@
-"""What a search keeps on disk: networks, the log, and where each file of the output folder is.
+"""The files a search keeps on disk: networks, epoch checkpoints, the log, JSON, and where
+each file of the output folder is; DiskError for a write that fails.
 
 Every write is atomic (a temporary file and a rename), so a killed run leaves the old file or
-the new one, never half of one.
+the new one, never half of one. Which rank writes, and when, is plantops/search/run_folder.py's.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 
 from plantops import models
-from plantops.chain import Chain
+from plantops.planting import merge
 
 
 class DiskError(OSError):
@@ -92,14 +93,8 @@ def write_json(path: Path, obj):
 
 
 def save_network(path: Path, net, meta: dict):
-    """A network and what is known of it (``meta``). The paper's networks are kept as their
-    widths and weights; any other chain as itself (plain torch modules in a plantops.Chain)."""
-    plain = models.merge(net).cpu()
-    if isinstance(plain, models.PlantNet):
-        payload = dict(widths=plain.widths, fc_width=plain.fc_width, arch=plain.arch,
-                       num_classes=plain.num_classes, state_dict=plain.state_dict(), meta=meta)
-    else:
-        payload = dict(chain=plain, meta=meta)
+    """A network, merged (models.to_checkpoint), and what is known of it (``meta``)."""
+    payload = dict(models.to_checkpoint(merge(net).cpu()), meta=meta)
     atomic_write(path, lambda p: torch.save(payload, p))
 
 
@@ -167,9 +162,18 @@ def what_it_holds(path: Path) -> str:
         return f"the --table student Student[{width}] {loss.upper()}"
     if path.parent.name == "candidates" and name.startswith("r") and "_l" in name:
         rnd, layer = name[1:].split("_l")
-        if layer.isdigit() and int(layer) < len(models.LAYER_NAMES):
-            return f"round {rnd}'s candidate for {models.LAYER_NAMES[int(layer)]}"
+        if layer.isdigit():
+            return f"round {rnd}'s candidate for {_candidate_layer(path, int(layer))}"
     return "a network"
+
+
+def _candidate_layer(path: Path, layer: int) -> str:
+    """The name of the layer a candidate grew, from the record saved beside it (its index
+    where the record is missing or unreadable)."""
+    try:
+        return json.loads(path.with_suffix(".json").read_text())["layer_name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"layer {layer} (counting from 0)"
 
 
 def read_network(path: Path) -> dict:
@@ -178,9 +182,7 @@ def read_network(path: Path) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # truncated, zero bytes, random bytes: any reader error
         raise _bad_checkpoint(path, f"does not load ({type(err).__name__})") from None
-    paper = {"widths", "arch", "num_classes", "fc_width", "state_dict", "meta"}
-    if not isinstance(payload, dict) or not (paper <= set(payload) or (
-            {"chain", "meta"} <= set(payload) and isinstance(payload["chain"], Chain))):
+    if not models.holds_network(payload) or "meta" not in payload:
         raise _bad_checkpoint(path, "is not a network checkpoint of plantops")
     return payload
 
@@ -201,16 +203,11 @@ def _bad_checkpoint(path: Path, problem: str) -> CheckpointError:
         f"or move it aside (e.g. to {path.name}.bad) and --resume trains it again")
 
 
-def network_from(payload: dict, device, path: Path | None = None
-                 ) -> tuple[models.PlantNet, dict]:
+def network_from(payload: dict, device, path: Path | None = None) -> tuple:
     """The network and meta of a read_network payload, on ``device``; CheckpointError naming
     ``path`` if its weights do not fit its architecture."""
-    if "chain" in payload:
-        return payload["chain"].to(device), payload["meta"]
     try:
-        net = models.PlantNet(payload["widths"], payload["arch"], payload["num_classes"],
-                              payload["fc_width"])
-        net.load_state_dict(_paper_keys(net, payload["state_dict"]))
+        net = models.from_checkpoint(payload)
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         if path is None:
             raise
@@ -219,22 +216,7 @@ def network_from(payload: dict, device, path: Path | None = None
     return net.to(device), payload["meta"]
 
 
-def _paper_keys(net: models.PlantNet, state: dict) -> dict:
-    """A PlantNet state dict, from one of the names of the paper's network before it was a
-    chain (convs.i.*, fc1.*, fc2.*) too: checkpoints of earlier searches keep loading."""
-    if not any(k.startswith(("convs.", "fc1.", "fc2.")) for k in state):
-        return state
-    where = {f"convs.{i}": net.trainable[i] for i in range(5)}
-    where.update({"fc1": net.trainable[5], "fc2": net.trainable[6]})
-    renamed = {}
-    for key, value in state.items():
-        owner, _, name = key.rpartition(".")
-        renamed[f"body.{where[owner]}.{name}" if owner in where else key] = value
-    return renamed
-
-
-def load_network(path: Path, device, memory_format=torch.contiguous_format
-                 ) -> tuple[models.PlantNet, dict]:
+def load_network(path: Path, device, memory_format=torch.contiguous_format) -> tuple:
     net, meta = network_from(read_network(path), device, path)
     return net.to(memory_format=memory_format), meta
 

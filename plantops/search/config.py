@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from plantops import data as datasets
-from plantops import models
+from plantops.planting import PLANT_INITS
 from plantops.engine import CACHE_DTYPES, PRECISIONS
 
 GROUPS = {
@@ -92,7 +92,7 @@ class Config:
                              "candidate starts exactly at its parent); small: at a tenth of "
                              "the default init (near its parent, and the new filters get a "
                              "gradient from the first step); random: default init for them "
-                             "too", "planting", tuple(models.PLANT_INITS))
+                             "too", "planting", tuple(PLANT_INITS))
     plant_lr: Optional[float] = option(None, "SGD learning rate of the planted parameters "
                                        "(unset: --lr)", "planting")
     plant_lr_decay: Optional[float] = option(None, "lr multiplier after each third of a "

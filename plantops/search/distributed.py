@@ -1,5 +1,5 @@
-"""The processes of a search: one, or the ranks of a ``torchrun`` job (torch.distributed:
-NCCL on GPUs, gloo on CPUs).
+"""The processes of a search and its device: one process, or the ranks of a ``torchrun`` job
+(torch.distributed: NCCL on GPUs, gloo on CPUs).
 
 ``Ranks.start(device)`` joins the job that torchrun set up (``WORLD_SIZE``, ``RANK``,
 ``LOCAL_RANK``, ``MASTER_ADDR``...) or, without torchrun, stands for the one process. The
@@ -9,6 +9,7 @@ search talks to the other ranks only through this class: collectives of Python o
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import time
@@ -102,6 +103,16 @@ class Ranks:
                 raise ValueError(f"rank {rank}'s {what} differ from rank 0's: {hint} "
                                  f"({_first_difference(values[0], other)})")
 
+    @contextlib.contextmanager
+    def one_voice(self):
+        """Rank 0's lines alone on stdout while it lasts (every rank's errors still reach
+        stderr)."""
+        if self.main:
+            yield
+            return
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            yield
+
     def share(self, items: Sequence) -> list:
         """This rank's share of ``items`` (every size-th, from its rank on)."""
         return list(items)[self.rank::self.size]
@@ -109,6 +120,17 @@ class Ranks:
     def close(self):
         if self.size > 1:
             shutdown()
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device of --device: "auto" is CUDA where there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is available; "
+                         "use --device cpu")
+    return device
 
 
 def shutdown():

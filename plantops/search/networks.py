@@ -1,25 +1,39 @@
 """The search's networks as the user gives them: --student and --teacher files, the input
 convention, and the checks made before anything trains.
 
-The input convention: a network of the user's own takes float images in [0, 1]
-(``uint8 / 255``), ``[N, 3, H, W]``, with any normalisation inside it, as ``final.pt`` takes
-them. A search whose student is the user's feeds the networks those images (augmented crops
-pad with black, as torchvision's ``RandomCrop(padding=4)``); a search of the paper's
-networks feeds them images normalised by the dataset's channel statistics, as before. A
-teacher that expects the other convention is wrapped in an ``InputAdapter``.
+The input convention (``InputConvention``, decided once per search, in ``splits.prepare_data``):
+a network of the user's own takes float images in [0, 1] (``uint8 / 255``), ``[N, 3, H, W]``,
+with any normalisation inside it, as ``final.pt`` takes them. A search whose student is the
+user's feeds the networks those images (augmented crops pad with black, as torchvision's
+``RandomCrop(padding=4)``); a search of the paper's networks feeds them images normalised by
+the dataset's channel statistics, and exports its network with that normalisation as its
+first layer. A teacher that expects another convention is wrapped in an ``InputAdapter``.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Optional
 
+import numpy as np
 import torch
 from torch import nn
 
+from plantops import models
 from plantops.chain import Chain, ChainError
+from plantops.models import normalizing_conv
+from plantops.planting import export
+from plantops.search.checkpoints import is_network_checkpoint
+
+# Per-channel mean and std of the official datasets' training images.
+NORMALIZATION = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "stl10": ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)),
+}
 
 
 class NetworkFileError(ValueError):
@@ -31,12 +45,11 @@ class InputAdapter(nn.Module):
     (normalised images to a [0, 1] network: scale std, shift mean; [0, 1] images to a
     normalised one: scale 1 / std, shift -mean / std)."""
 
-    def __init__(self, module: nn.Module, scale, shift, num_classes: int):
+    def __init__(self, module: nn.Module, scale, shift):
         super().__init__()
         self.module = module
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("shift", torch.as_tensor(shift, dtype=torch.float32).view(1, -1, 1, 1))
-        self.num_classes = num_classes
 
     def forward(self, x):
         return self.module(x * self.scale + self.shift)
@@ -45,6 +58,63 @@ class InputAdapter(nn.Module):
     def frozen_forward(self, x):
         inner = getattr(self.module, "frozen_forward", self.module)
         return inner(x * self.scale + self.shift)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConvention:
+    """The images a search feeds its networks: ``(x / 255 - mean) / std`` per channel. The
+    paper's networks take images normalised by the dataset's statistics (``paper``); a
+    user's take float [0, 1] images (``unit``: mean 0, std 1)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def unit(cls, channels: int = 3) -> "InputConvention":
+        return cls((0.0,) * channels, (1.0,) * channels)
+
+    @classmethod
+    def paper(cls, dataset: str, train_images: np.ndarray) -> "InputConvention":
+        """Images normalised by the official dataset's statistics, or by those of
+        ``train_images`` (uint8, ``[N, H, W, C]``) for any other."""
+        if dataset in NORMALIZATION:
+            return cls(*NORMALIZATION[dataset])
+        x = np.ascontiguousarray(train_images).reshape(-1, train_images.shape[-1])
+        x = x.astype(np.float64) / 255.0
+        return cls(tuple(x.mean(0)), tuple(x.std(0)))
+
+    @classmethod
+    def of_meta(cls, meta: dict) -> "InputConvention":
+        return cls(tuple(meta["mean"]), tuple(meta["std"]))
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and std as the device data holds them (float32)."""
+        return (torch.tensor(self.mean, dtype=torch.float32),
+                torch.tensor(self.std, dtype=torch.float32))
+
+    def meta(self) -> dict:
+        """What a network's checkpoint records of the images it was trained on."""
+        mean, std = self.tensors()
+        return dict(mean=mean.tolist(), std=std.tolist())
+
+    def feed(self, module: nn.Module, takes: "InputConvention") -> nn.Module:
+        """``module``, which takes images of the convention ``takes``, fed this convention's
+        images (an InputAdapter where the two differ)."""
+        mine_mean, mine_std = self.tensors()
+        mean, std = takes.tensors()
+        if torch.equal(mine_mean, mean) and torch.equal(mine_std, std):
+            return module
+        device = next(iter(module.parameters()), mine_mean).device
+        return InputAdapter(module, mine_std / std, (mine_mean - mean) / std).to(device)
+
+    def export(self, net: Chain) -> nn.Sequential:
+        """``net`` as plain torch layers that take float [0, 1] images: the user's own
+        nn.Sequential, grown (it takes them already), or, for images normalised here, the
+        network behind a first layer that normalises (a 1x1 convolution)."""
+        net = net.cpu()
+        if self == InputConvention.unit(len(self.mean)):
+            return export(net)
+        return nn.Sequential(normalizing_conv(*self.tensors()), *export(net))
 
 
 def load_module(spec: str, what: str, seed: int = 0) -> tuple[nn.Module, str]:
@@ -94,12 +164,7 @@ def load_module(spec: str, what: str, seed: int = 0) -> tuple[nn.Module, str]:
     return net, name
 
 
-def student_chain(module: nn.Module, name: str) -> Chain:
-    """The user's student as a chain (ChainError, before any training, if it is not one)."""
-    return Chain.of(module, name)
-
-
-def check_teacher(teacher: nn.Module, name: str, sample: torch.Tensor, classes: int):
+def check_teacher_output(teacher: nn.Module, name: str, sample: torch.Tensor, classes: int):
     """ValueError, in one line, when the teacher does not give ``classes`` logits for images
     like ``sample``."""
     size = f"{sample.shape[-2]}x{sample.shape[-1]}"
@@ -118,20 +183,96 @@ def check_teacher(teacher: nn.Module, name: str, sample: torch.Tensor, classes: 
 
 
 def check_student(net: Chain, channels: int, size: int, classes: int):
-    """ChainError when the student does not run on the data's images or gives other classes."""
-    from plantops.chain import spatial_check
-    got = spatial_check(net, channels, size)
-    if got != classes:
-        raise ChainError(f"{net.name} outputs {got} logits; the data has {classes} classes: "
-                         f"make its last layer {classes} wide")
+    """ChainError naming the module where ``net`` fails on [2, channels, size, size] images,
+    or saying that it gives another number of classes than ``classes``."""
+    x = torch.zeros(2, channels, size, size, dtype=next(net.parameters()).dtype,
+                    device=next(net.parameters()).device)
+    was = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            h = x
+            for path, m in zip(net.paths, net.body):
+                try:
+                    h = m(h)
+                except (RuntimeError, ValueError) as err:
+                    raise ChainError(f"{net.name} does not run on {size}x{size} images with "
+                                     f"{channels} channels: module {path!r} "
+                                     f"({type(m).__name__}) fails on a {tuple(h.shape)} input "
+                                     f"({str(err).splitlines()[0][:120]})") from None
+    finally:
+        net.train(was)
+    if h.dim() != 2:
+        raise ChainError(f"{net.name} outputs a {tuple(h.shape)} tensor on {size}x{size} "
+                         "images; expected logits [N, classes] (end it with a flatten and a "
+                         "linear layer, or a pool and a flatten)")
+    if h.shape[1] != classes:
+        raise ChainError(f"{net.name} outputs {h.shape[1]} logits; the data has {classes} "
+                         f"classes: make its last layer {classes} wide")
 
 
-def display_name(cfg, data_path: Optional[str]) -> str:
-    """The dataset as the user knows it: the official name, or the folder's (archive's) name."""
-    if cfg.dataset != "folder" or not data_path:
-        return cfg.dataset
-    name = Path(data_path).name
-    for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
-        if name.endswith(suffix):
-            return name[:-len(suffix)]
-    return name
+def user_student(cfg, module: nn.Module | None) -> tuple[Chain | None, str]:
+    """(the user's student as a chain, its name) from ``module`` or --student; (None,
+    "Student[k]") for the paper's. ChainError, before any training, if it is not a chain."""
+    if module is None and cfg.student:
+        module, name = load_module(cfg.student, "--student", cfg.seed)
+    elif module is not None:
+        name = getattr(module, "name", None) if isinstance(module, Chain) else None
+        name = name or type(module).__name__
+    else:
+        return None, f"Student[{cfg.init_width}]"
+    if name == "Sequential":
+        name = "student"
+    return Chain.of(module, name), name
+
+
+def user_teacher(cfg, module: nn.Module | None) -> tuple[nn.Module, str] | None:
+    """(a teacher module of the user's, its name) from ``module`` or --teacher; None for the
+    search's own Teacher[k] (trained, or a teacher.pt of an earlier search)."""
+    spec = cfg.teacher
+    if module is not None:
+        return module, getattr(module, "name", None) or type(module).__name__
+    if not spec:
+        return None
+    path = Path(spec)
+    if ".py:" not in spec:
+        if not path.is_file():
+            raise FileNotFoundError(f"--teacher {spec} does not exist: pass a teacher.pt "
+                                    "of an earlier search, a saved nn.Module or "
+                                    "FILE.py:FUNCTION")
+        if is_network_checkpoint(path):
+            return None  # a teacher.pt of plantops
+    return load_module(spec, "--teacher", cfg.seed)
+
+
+def ready_teacher(module: nn.Module, name: str, data, place) -> nn.Module:
+    """A copy of the user's teacher as the search runs it (the user's module stays theirs):
+    ``place(copy)`` (on the device, in its layout), in eval mode, frozen, fed the search's
+    images; ValueError, in one line, if it does not give the data's logits."""
+    module = place(copy.deepcopy(module)).eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    # The user's teacher takes [0, 1] images.
+    adapted = data.inputs.feed(module, InputConvention.unit(len(data.inputs.mean)))
+    check_teacher_output(adapted, name, data.val.normalize(data.val.images[:2]), data.classes)
+    return adapted
+
+
+def check_trained_teacher(net: nn.Module, path: Path, data):
+    """ValueError when a teacher.pt of an earlier search is of another dataset than
+    ``data``: other classes, or another family of the paper's networks."""
+    family = models.family(net)
+    if net.num_classes != data.classes or (data.arch is not None and family != data.arch):
+        raise ValueError(f"the teacher {path} is a {family or 'user'} network with "
+                         f"{net.num_classes} classes, but the data is "
+                         f"{data.arch or data.size_text} with {data.classes} classes: pass a "
+                         "teacher trained on this dataset")
+
+
+def trained_teacher_inputs(meta: dict, dataset: str, data) -> InputConvention:
+    """The images a teacher.pt of an earlier search takes: those it records, or, without a
+    record (a search before records were kept), those the paper's networks are fed."""
+    if meta.get("inputs") is not None:
+        return InputConvention.of_meta(meta["inputs"])
+    images = data.train.images.permute(0, 2, 3, 1).cpu().numpy()
+    return InputConvention.paper(dataset, images)

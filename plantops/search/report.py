@@ -8,7 +8,8 @@ from pathlib import Path
 
 from plantops.search.checkpoints import atomic_write
 
-# The poster's tables (METHOD.md): network, params, test loss ("Test Err."), test acc, loss.
+# The poster's tables (docs/method.md, "The paper's results"): network, params, test loss
+# ("Test Err."), test acc, loss.
 PAPER = {
     "cifar10": [("Teacher[128]", "857.5K", 0.5007, 88.10, "CE"),
                 ("Student[128]", "857.5K", 0.3823, 88.51, "KD"),
@@ -213,7 +214,8 @@ def write_results(out: Path, result: dict):
     text = [f"# Channel planting on {dataset}", "",
             "Test loss is the test cross-entropy (the paper's \"Test Err.\").", "",
             results_table(result), "",
-            *([f"Beside the paper's {result['compare_with']} table (METHOD.md):", "",
+            *([f"Beside the paper's {result['compare_with']} table (the poster's numbers, "
+               "Mitsuno et al., ICPR 2020):", "",
                comparison_table(result), ""] if result.get("compare_with", "none") != "none" else []),
             f"Stopped: {result['stop_reason']}.", "",
             *[f"{line}." for line in [curve_sentence(result)] if line],

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from plantops.search.checkpoints import atomic_write, make_folder, write_json
 from plantops.search.config import Config, config_from_dict, flag, value_type
-from plantops.search.distributed import Ranks
+from plantops.search.distributed import Ranks, resolve_device
 
 
 def parse_seeds(text: str | None) -> list[int]:
@@ -84,7 +84,6 @@ def plan(cfg: Config, seeds: list[int], sweep: tuple[str, list] | None) -> list[
 def run_many(runs: list[dict], out: Path, search) -> dict:
     """Runs ``runs`` (rank r takes every size-th from the r-th) with ``search(cfg, ranks)``
     and writes the combined report on rank 0; returns the summary."""
-    from plantops.search.loop import resolve_device
     device = resolve_device(runs[0]["config"].device)
     ranks = Ranks.start(device.type)
     if ranks.size > 1 and device.type == "cuda":  # each rank its own GPU

@@ -1,6 +1,6 @@
 """The teacher's logits of the training views, each view's computed once per search.
 
-Every network of a search that distils sees the views of ``Search.views(E)``: E epochs drawn
+Every network of a search that distils sees the views of ``Trainer.views(E)``: E epochs drawn
 from --seed, and a run of E epochs sees the first E epochs of a longer run's. So one table
 serves every phase: a phase that needs fewer epochs than the table holds takes its first
 rows, and one that needs more computes only the epochs that are missing and extends it. The
@@ -31,7 +31,7 @@ from plantops.search.checkpoints import atomic_write, check_free_space, make_fol
 
 def prefix(tables: dict, views: ViewSchedule) -> dict:
     """The rows of a teacher table (of as many epochs, or more) that belong to ``views``."""
-    return {kind: tables[kind][:len(steps)] for kind, steps in views.kinds.items()}
+    return {shape: tables[shape][:len(steps)] for shape, steps in views.shapes.items()}
 
 
 def table_path(folder: Path, epochs: int) -> Path:
@@ -52,25 +52,26 @@ def stored_epochs(folder: Path) -> list[int]:
 
 
 class TeacherTables:
-    """The teacher's logits of the views of one search: ``get(views)``.
+    """The logits of ``teacher`` (which gives ``classes`` of them) of the views of one
+    search: ``get(views)``.
 
     ``folder``: where tables are stored (rank 0 alone reads and writes it; ``ranks``
     broadcasts what it holds). ``dtype``: a name of engine.CACHE_DTYPES. ``keep``: hold the
     longest table in memory between calls (--cache-teacher); otherwise it is read back from
     the folder. Over several ranks each computes an equal share of the missing steps and all
     gather them: the teacher's passes are the bulk of the work, and every rank needs every
-    view. ``teacher`` is set by the search once it is trained."""
+    view."""
 
-    def __init__(self, folder: Path, ranks, dtype: str = "float32", precision: str = "float32",
-                 keep: bool = True):
+    def __init__(self, folder: Path, ranks, teacher: torch.nn.Module, classes: int,
+                 dtype: str = "float32", precision: str = "float32", keep: bool = True):
         self.folder, self.ranks, self.keep = folder, ranks, keep
+        self.teacher, self.classes = teacher, classes
         self.dtype_name, self.dtype, self.precision = dtype, CACHE_DTYPES[dtype], precision
-        self.teacher = None
         self.memory: tuple[int, dict] | None = None   # (epochs, tables) of the longest table
         self.passes = 0                                # teacher passes made (steps computed)
 
     def get(self, views: ViewSchedule) -> dict:
-        """The teacher's logits of every view of ``views``: ``{kind: [steps, batch,
+        """The teacher's logits of every view of ``views``: ``{shape: [steps, batch,
         classes]}``. Says in one line what it computed or read, unless the table was in
         memory already."""
         epochs = views.epochs
@@ -105,11 +106,9 @@ class TeacherTables:
 
     def _extend(self, views: ViewSchedule, have: int, tables: dict | None) -> dict:
         """``tables`` (the first ``have`` epochs of views, or None) with the rest computed."""
-        if self.teacher is None:
-            raise RuntimeError("the teacher's logits are needed before the teacher is set")
         rank, size = self.ranks.rank, self.ranks.size
-        missing = {kind: len(steps) - views.positions(kind, have).start
-                   for kind, steps in views.kinds.items()}
+        missing = {shape: len(steps) - views.positions(shape, have).start
+                   for shape, steps in views.shapes.items()}
         mine = sum(engine.part_rows(rows, rank, size)[1] - engine.part_rows(rows, rank, size)[0]
                    for rows in missing.values())
         epochs_left = views.epochs - have
@@ -117,23 +116,24 @@ class TeacherTables:
         try:
             part = engine.teacher_logits(self.teacher, views, self.dtype, self.precision,
                                          part=(rank, size), from_epoch=have,
-                                         on_step=progress.step)
+                                         on_step=progress.step, classes=self.classes)
         finally:
             progress.close()
         self.passes += mine
-        new = {kind: self.ranks.gather_rows(part[kind], missing[kind]) for kind in views.kinds}
+        new = {shape: self.ranks.gather_rows(part[shape], missing[shape])
+               for shape in views.shapes}
         if tables is None:
             return new
-        return {kind: torch.cat([tables[kind][:views.positions(kind, have).start].to(new[kind]),
-                                 new[kind]]) for kind in views.kinds}
+        return {shape: torch.cat([tables[shape][:views.positions(shape, have).start]
+                                  .to(new[shape]), new[shape]]) for shape in views.shapes}
 
     # ------------------------------------------------------------------------- the folder
 
     def _nbytes(self, views: ViewSchedule) -> int:
         """The size of the file of ``views``' table, with room for its container."""
         size = torch.empty((), dtype=self.dtype).element_size()
-        return sum(len(steps) * steps.index.shape[1] * self.teacher.num_classes * size
-                   for steps in views.kinds.values()) + (1 << 20)
+        return sum(len(steps) * steps.index.shape[1] * self.classes * size
+                   for steps in views.shapes.values()) + (1 << 20)
 
     def _read_stored(self, views: ViewSchedule, epochs: int):
         """(epochs, tables on the device) of the stored table that serves ``views`` best (the
@@ -164,7 +164,7 @@ class TeacherTables:
         if stored is None:
             return None
         device = views.data.device
-        return stored[0], {kind: t.to(device) for kind, t in stored[1].items()}
+        return stored[0], {shape: t.to(device) for shape, t in stored[1].items()}
 
     def _mismatch(self, payload, views: ViewSchedule, epochs: int) -> str | None:
         """Why a loaded table cannot serve ``views`` (None: it can)."""
@@ -174,17 +174,17 @@ class TeacherTables:
             return ("holds the logits of other views (another --seed, --batch-size or "
                     "training set)")
         tables = payload["tables"]
-        if not isinstance(tables, dict) or set(tables) != set(views.kinds):
-            return "holds other kinds of steps than these views"
-        for kind, steps in views.kinds.items():
-            rows = views.positions(kind, epochs).start
-            table = tables[kind]
+        if not isinstance(tables, dict) or set(tables) != set(views.shapes):
+            return "holds other shapes of steps than these views"
+        for shape, steps in views.shapes.items():
+            rows = views.positions(shape, epochs).start
+            table = tables[shape]
             if not isinstance(table, torch.Tensor) or table.dim() != 3 \
                     or tuple(table.shape[:2]) != (rows, steps.index.shape[1]):
-                return (f"holds a {kind} table of shape {tuple(getattr(table, 'shape', ()))}, "
+                return (f"holds a {shape} table of shape {tuple(getattr(table, 'shape', ()))}, "
                         f"not [{rows}, {steps.index.shape[1]}, classes]")
-            if self.teacher is not None and table.shape[2] != self.teacher.num_classes:
-                return f"holds {table.shape[2]} classes, the teacher has {self.teacher.num_classes}"
+            if table.shape[2] != self.classes:
+                return f"holds {table.shape[2]} classes, the teacher has {self.classes}"
             if table.dtype != self.dtype:
                 return f"is of {table.dtype}, not --cache-dtype {self.dtype_name}"
         return None
@@ -196,7 +196,7 @@ class TeacherTables:
         make_folder(self.folder, "the teacher's logits", parents=False)
         path = table_path(self.folder, epochs)
         payload = dict(fingerprint=views.fingerprint(), epochs=epochs,
-                       tables={kind: t.cpu() for kind, t in tables.items()})
+                       tables={shape: t.cpu() for shape, t in tables.items()})
         atomic_write(path, lambda p: torch.save(payload, p), "the teacher's logits")
         for shorter in stored_epochs(self.folder):
             if shorter < epochs:
