@@ -22,7 +22,8 @@ from plantops.planted_conv import PlantedConv2d
 from plantops.planted_linear import PlantedLinear
 
 # How the planted outgoing weights start: the scale of the layer's default init (0: zero).
-PLANT_INITS = {"preserve": 0.0, "small": 0.1, "random": 1.0}
+# "steepest" starts them at zero too, and chooses the new filters (plant_steepest).
+PLANT_INITS = {"preserve": 0.0, "small": 0.1, "random": 1.0, "steepest": 0.0}
 
 
 def plant(net: Chain, layer: int, count: int, init: str = "preserve",
@@ -71,11 +72,39 @@ def plant(net: Chain, layer: int, count: int, init: str = "preserve",
             net.body[i] = PlantedBatchNorm(m, count * per_channel)
     reader = _to_planted(reader_old).plant_inputs(count * per_channel)
     net.set_layer(layer + 1, reader)
-    if init != "preserve":
+    if PLANT_INITS[init]:
         bound = PLANT_INITS[init] / reader._fan_in() ** 0.5
         with torch.no_grad():
             reader.in_weight.uniform_(-bound, bound, generator=generator)
     return net.train(net.training)
+
+
+def plant_steepest(net: Chain, layer: int, count: int, generator: torch.Generator | None,
+                   batches, pool: int = 8) -> Chain:
+    """``plant(net, layer, count)`` whose new filters start where the loss falls fastest:
+    of ``pool * count`` filters of the layer's default init, the ``count`` whose reader
+    slices get the largest gradient of the loss over ``batches`` ((images, loss of the
+    logits) pairs), the slices at zero. With zero slices the candidate starts as its parent,
+    and the first step moves its loss by the squared norm of that gradient times the step
+    size: GradMax's criterion (Evci et al., ICLR 2022), met by choosing among random filters
+    rather than by its closed form, which assumes a linear layer between the two."""
+    wide = plant(net, layer, count * pool, "steepest", generator)
+    device = batches[0][0].device if batches else torch.device("cpu")
+    wide = wide.to(device).train()
+    slices = wide.layer(layer + 1).in_weight
+    total = torch.zeros_like(slices)
+    for x, loss in batches:
+        total += torch.autograd.grad(loss(wide(x)), [slices])[0]
+    per_channel = total[0].numel() // (count * pool)
+    score = total.reshape(total.shape[0], count * pool, per_channel).square().sum((0, 2))
+    keep = score.topk(count).indices.sort().values.cpu()
+    candidate = plant(net, layer, count, "steepest", torch.Generator())  # filters: below
+    grown, drawn = candidate.layer(layer), wide.layer(layer).cpu()
+    with torch.no_grad():
+        grown.out_weight.copy_(drawn.out_weight[keep])
+        if grown.out_bias is not None:
+            grown.out_bias.copy_(drawn.out_bias[keep])
+    return candidate
 
 
 def _to_planted(layer):
@@ -144,3 +173,47 @@ def count_params(model: nn.Module) -> int:
     not (batch norms' affine included, their running statistics not)."""
     return sum(t.numel() for t in merge(model).parameters()) if isinstance(model, Chain) \
         else sum(t.numel() for t in model.parameters())
+
+
+def forward_flops(net: nn.Module, channels: int, size: int) -> int:
+    """The floating-point operations of one image's forward pass through the network's
+    convolutions and linear layers (2 per multiply-add, the usual count), on ``channels`` x
+    ``size`` x ``size`` images. Batch norms, activations and pools (a few percent of a
+    network's work at most) are not counted."""
+    plain = export(net) if isinstance(net, Chain) else net
+    flops = 0
+
+    def count(module, inputs, out):
+        nonlocal flops
+        if isinstance(module, nn.Conv2d):
+            taps = module.in_channels // module.groups * module.kernel_size[0] \
+                * module.kernel_size[1]
+            flops += 2 * out.numel() * taps
+        else:
+            flops += 2 * out.numel() * module.in_features
+
+    hooks = [m.register_forward_hook(count) for m in plain.modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was = plain.training
+    try:
+        with torch.no_grad():
+            plain.eval()(torch.zeros(1, channels, size, size,
+                                     device=next(plain.parameters()).device))
+    finally:
+        plain.train(was)
+        for hook in hooks:
+            hook.remove()
+    return flops
+
+
+def from_scratch(net: Chain) -> Chain:
+    """A plain network of ``net``'s architecture and widths with new weights: every layer's
+    and batch norm's default initialization (in the order of the chain, the order the paper's
+    networks are built in), running statistics reset. Seed torch first for the same
+    weights."""
+    with torch.random.fork_rng():  # merging builds layers, whose init would draw numbers
+        fresh = merge(net)
+    for module in fresh.body:
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()  # batch norms reset their running statistics too
+    return fresh

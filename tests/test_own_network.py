@@ -90,6 +90,27 @@ def test_own_student_and_teacher_plant_end_to_end(folder24, networks, tmp_path):
     assert "torch.Size([1, 3])" in loaded.stdout, loaded.stderr
 
 
+def test_the_table_trains_your_network_at_its_initial_widths_as_long_and_retrain_grown(
+        folder24, networks, tmp_path):
+    out = tmp_path / "table"
+    result = search.run_search(own(folder24, out, networks, max_rounds=1, finetune_epochs=2,
+                                   table=True, retrain=True))
+    epochs = 4 + 2 * len(result["rounds"])
+    student, = result["students"]
+    assert student["network"] == "student (initial widths)" and student["loss_fn"] == "KD"
+    assert student["widths"] == result["initial"]["widths"] and student["epochs"] == epochs
+    retrained = result["retrained"]
+    assert retrained["widths"] == result["final"]["widths"] and retrained["epochs"] == epochs
+    # No curve of one point: the comparison is with that network, trained as long.
+    lines = search.report.verdict(result)
+    assert lines[0].startswith("Planted (final), ")
+    assert f"student (initial widths) KD trained {epochs} epochs" in lines[0]
+    again = torch.load(out / "final_retrained.pt", weights_only=False)
+    final = torch.load(out / "final.pt", weights_only=False)
+    assert [type(m) for m in again] == [type(m) for m in final]
+    assert [p.shape for p in again.parameters()] == [p.shape for p in final.parameters()]
+
+
 def test_init_epochs_zero_takes_the_students_weights(folder24, networks, tmp_path):
     result = search.run_search(own(folder24, tmp_path / "asis", networks, init_epochs=0,
                                    max_rounds=1))

@@ -15,28 +15,31 @@ from plantops.search.rules import choose
 from helpers import tiny_config
 
 
-def result_of(layer, loss, params):
-    return dict(layer=layer, params=params, val=dict(loss=loss, kd_loss=loss))
+def result_of(layer, loss, params, flops=0):
+    return dict(layer=layer, params=params, flops=flops, val=dict(loss=loss, kd_loss=loss))
 
 
 def test_lowest_rule_keeps_the_lowest_loss_and_per_param_the_best_fall_per_parameter():
     current = dict(loss=1.0, kd_loss=1.0)
-    cheap = result_of(0, 0.99, 1_100)   # falls 0.01 for 100 parameters
-    dear = result_of(4, 0.95, 3_000)    # falls 0.05 for 2,000 parameters
+    size = dict(params=1_000, flops=1_000_000)
+    cheap = result_of(0, 0.99, 1_100, 1_400_000)   # falls 0.01 for 100 parameters, 400K FLOPs
+    dear = result_of(4, 0.95, 3_000, 1_100_000)    # falls 0.05 for 2,000 parameters, 100K FLOPs
     lowest = search.config_from_dict(dict(select_rule="lowest"))
     per_param = search.config_from_dict(dict(select_rule="per_param"))
-    assert choose([cheap, dear], current, 1_000, lowest) is dear
-    assert choose([cheap, dear], current, 1_000, per_param) is cheap
+    assert choose([cheap, dear], current, size, lowest) is dear
+    assert choose([cheap, dear], current, size, per_param) is cheap
+    per_flop = search.config_from_dict(dict(select_rule="per_flop"))
+    assert choose([cheap, dear], current, size, per_flop) is dear
     # A candidate that does not lower the loss is never kept for its tiny cost.
     worse_but_cheap = result_of(1, 1.001, 1_001)
-    assert choose([worse_but_cheap, dear], current, 1_000, per_param) is dear
+    assert choose([worse_but_cheap, dear], current, size, per_param) is dear
     # None lowers it: the lowest, which the round then rejects.
-    assert choose([result_of(2, 1.2, 2_000), worse_but_cheap], current, 1_000,
+    assert choose([result_of(2, 1.2, 2_000), worse_but_cheap], current, size,
                   per_param) is worse_but_cheap
     # Ties go to the lower layer, under both rules.
     twin = result_of(3, 0.95, 3_000)
-    assert choose([twin, dear], current, 1_000, lowest)["layer"] == 3
-    assert choose([dear, twin], current, 1_000, per_param)["layer"] == 3
+    assert choose([twin, dear], current, size, lowest)["layer"] == 3
+    assert choose([dear, twin], current, size, per_param)["layer"] == 3
 
 
 def test_the_planted_schedule_takes_its_own_options_and_the_plain_one_ignores_them():
@@ -131,8 +134,10 @@ def test_curve_interpolates_in_log_parameters_and_does_not_extrapolate():
 
 
 def test_the_report_says_where_planting_lies_against_the_students_curves():
-    row = lambda loss, params, acc: dict(loss_fn=loss, params=params, test_acc=acc)
-    result = dict(initial=row("KD", 20_000, 0.55), final=dict(row("KD", 36_000, 0.57)),
+    row = lambda loss, params, acc, epochs=45: dict(network="x", loss_fn=loss, params=params,
+                                                     test_acc=acc, epochs=epochs)
+    result = dict(initial=row("KD", 20_000, 0.55), final=dict(row("KD", 36_000, 0.57),
+                                                             network="Planted (final)"),
                   students=[row("KD", 40_000, 0.62), row("CE", 20_000, 0.50),
                             row("CE", 40_000, 0.54)])
     where = report.against_curves(result)
@@ -141,5 +146,43 @@ def test_the_report_says_where_planting_lies_against_the_students_curves():
     assert where["KD"]["margin"] < 0 < where["CE"]["margin"]
     result["against_curves"] = where
     sentence = report.curve_sentence(result)
-    assert sentence.startswith("Planted (final), 57.00% at 36.0K params, is below the KD "
-                               "students' curve (60.94% there, -3.94 points) and above the CE")
+    assert sentence.startswith("Planted (final), 57.00% at 36.0K params, is 3.94 points below "
+                               "the KD students trained 45 epochs (60.94% at its size, "
+                               "interpolated in log parameters) and 3.61 points above the CE")
+    # An initial network trained fewer epochs than the students is not on their curve.
+    result["initial"]["epochs"] = 15
+    assert "KD" not in report.student_curves(result)
+
+
+@pytest.mark.parametrize("layer", [0, 4, 5])
+def test_steepest_keeps_the_filters_whose_outgoing_weights_get_the_largest_gradient(layer):
+    """--plant-init steepest: of 4x the draws, the filters whose zero outgoing weights get the
+    largest gradient; the candidate starts as its parent, and its first gradient on those
+    weights is the largest of any choice of as many draws."""
+    from plantops.planting import plant_steepest
+    torch.manual_seed(0)
+    parent = models.student(3).eval()
+    x, target = torch.randn(6, 3, 32, 32), torch.randn(6, 10)
+    loss = lambda logits: (logits - target).square().mean()
+    candidate = plant_steepest(parent, layer, 2, torch.Generator().manual_seed(5), [(x, loss)],
+                               pool=4)
+    wide = plant(parent, layer, 8, "preserve", torch.Generator().manual_seed(5)).train()
+    g, = torch.autograd.grad(loss(wide(x)), [wide.layer(layer + 1).in_weight])
+    score = g.reshape(g.shape[0], 8, -1).square().sum((0, 2))
+    top = score.topk(2).indices.sort().values
+    ranked = score.sort(descending=True).values
+    assert ranked[1] > ranked[2]  # the choice is not a tie (dead draws all score 0)
+    torch.testing.assert_close(candidate.layer(layer).out_weight, wide.layer(layer).out_weight[top])
+    torch.testing.assert_close(candidate.eval()(x), parent(x), rtol=1e-5, atol=1e-6)
+    candidate.train()
+    got, = torch.autograd.grad(loss(candidate(x)), [candidate.layer(layer + 1).in_weight])
+    assert got.square().sum() == pytest.approx(score[top].sum().item(), rel=1e-4)
+    assert got.square().sum() >= score[:2].sum() and got.square().sum() >= score[-2:].sum()
+
+
+def test_a_search_plants_the_steepest_filters_end_to_end(image_folder, tmp_path):
+    result = search.run_search(tiny_config(image_folder, tmp_path / "steep", max_rounds=1,
+                                           plant_init="steepest", select_rule="per_flop"))
+    assert result["config"]["plant_init"] == "steepest"
+    records = [json.loads(p.read_text()) for p in (tmp_path / "steep" / "candidates").glob("*.json")]
+    assert len(records) == 5 and all(r["flops"] > 0 for r in records)

@@ -158,8 +158,13 @@ def what_it_holds(path: Path) -> str:
     if name.startswith("round_"):
         return f"round {name[6:]}'s accepted network"
     if name.startswith("student_"):
-        _, width, loss = name.split("_", 2)
-        return f"the --table student Student[{width}] {loss.upper()}"
+        _, width, loss, *epochs = name.split("_")
+        network = "your network at its initial widths" if width == "initial" else \
+            f"Student[{width}]"
+        trained = f" trained {epochs[0][:-2]} epochs" if epochs else ""
+        return f"the --table network {network} {loss.upper()}{trained}"
+    if name.startswith("retrained_"):
+        return f"the --retrain network, trained {name.split('_')[1][:-2]} epochs"
     if path.parent.name == "candidates" and name.startswith("r") and "_l" in name:
         rnd, layer = name[1:].split("_l")
         if layer.isdigit():

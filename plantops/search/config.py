@@ -28,7 +28,7 @@ GROUPS = {
     "planting": "planting",
     "training": "training (every network)",
     "speed": "speed (same results up to float rounding, unless said)",
-    "table": "the paper's comparison table",
+    "table": "the comparison: networks trained the standard way, as long",
 }
 
 
@@ -78,7 +78,7 @@ class Config:
                                     "--init-epochs from its own weights (0: takes it as it "
                                     "is). Unset: Student[--init-width]", "networks")
     init_width: int = option(8, "initial Student[k] width", "networks")
-    init_epochs: int = option(15, "initial network epochs (and the --table students'); 0 "
+    init_epochs: int = option(15, "initial network epochs; 0 "
                               "with --student: its weights as they are", "networks")
     init_loss: str = option("kd", "initial network loss: kd (distillation) or ce (labels)",
                             "networks", ("kd", "ce"))
@@ -92,7 +92,10 @@ class Config:
                              "candidate starts exactly at its parent); small: at a tenth of "
                              "the default init (near its parent, and the new filters get a "
                              "gradient from the first step); random: default init for them "
-                             "too", "planting", tuple(PLANT_INITS))
+                             "too; steepest: at zero, the new filters chosen of 8 times as "
+                             "many random draws as those whose outgoing weights get the "
+                             "largest gradient on the round's first 4 batches (GradMax's "
+                             "criterion)", "planting", tuple(PLANT_INITS))
     plant_lr: Optional[float] = option(None, "SGD learning rate of the planted parameters "
                                        "(unset: --lr)", "planting")
     plant_lr_decay: Optional[float] = option(None, "lr multiplier after each third of a "
@@ -108,9 +111,10 @@ class Config:
                             "(distillation loss)", "planting", ("loss", "kd_loss"))
     select_rule: str = option("per_param", "which candidate a round keeps: per_param (the "
                               "largest fall of the validation --select-on per added "
-                              "parameter, among those that lower it) or lowest (the lowest "
-                              "validation --select-on, the poster's rule)", "planting",
-                              ("per_param", "lowest"))
+                              "parameter, among those that lower it), per_flop (per added "
+                              "forward FLOP per image) or lowest (the lowest validation "
+                              "--select-on, the poster's rule)", "planting",
+                              ("per_param", "per_flop", "lowest"))
     finetune_epochs: int = option(4, "after each accepted round, train the whole network "
                                   "this many epochs by distillation (a departure from the "
                                   "poster, which keeps every old parameter fixed; 0 = off, "
@@ -154,11 +158,22 @@ class Config:
                                   "over the data, sharing the parent's forward and their "
                                   "frozen layers' calls; off: one candidate after another",
                                   "speed")
-    table: bool = option(False, "also train Student[k] for each --table-widths with "
-                         "cross-entropy and with distillation (--init-epochs) and put them, "
-                         "with the paper's numbers, in the results table and plot", "table")
+    table: bool = option(False, "also train networks the standard way, as long as the "
+                         "planted network's oldest weights (--table-epochs), and compare: "
+                         "Student[k] for each --table-widths and the initial width, with "
+                         "cross-entropy and with distillation (with --student: your initial "
+                         "network, by --init-loss); in the results table, result.json and "
+                         "the plot, with the paper's numbers", "table")
     table_widths: str = option("16,32,64", "comma-separated Student[k] widths for --table",
                                "table")
+    table_epochs: Optional[int] = option(
+        None, "epochs of the --table networks and of --retrain; unset: as long as the planted "
+        "network's oldest weights trained (--init-epochs plus --finetune-epochs for each "
+        "accepted round)", "table")
+    retrain: bool = option(False, "after the search, train the final network's widths from "
+                           "scratch by distillation, as long as the --table networks: a row "
+                           "of its own and final_retrained.pt (did planting find widths worth "
+                           "having?)", "table")
     compare_with: str = option("auto", "whose paper table to print beside ours: cifar10, "
                                "cifar100, stl10, none, or auto (the dataset's own; none for "
                                "an image folder)", "table",
@@ -183,10 +198,6 @@ class Config:
                 hint = " (or --teacher FILE to reuse a trained one)" if name == "teacher_epochs" else ""
                 raise ValueError(f"{flag(name)} must be >= 1, got {getattr(self, name)}: a "
                                  f"network trained for 0 epochs does not change{hint}")
-        if self.student and self.table:
-            raise ValueError("--table trains the paper's Student[k] networks beside the "
-                             "planted one; with --student it has nothing to compare: drop "
-                             "--table")
         for name in ("max_rounds", "init_epochs", "train_subset", "max_params", "seed", "split_seed",
                      "finetune_epochs", "plant_weight_decay"):
             value = getattr(self, name)
@@ -203,6 +214,12 @@ class Config:
                              f"got {self.table_widths!r}")
         if self.temperature <= 0 or self.lr <= 0:
             raise ValueError("--temperature and --lr must be > 0")
+        if (self.table or self.retrain) and not self.init_epochs and self.table_epochs is None:
+            raise ValueError("--table and --retrain train as long as the initial network's "
+                             "training and the fine-tuning, but --init-epochs 0 takes your "
+                             "network as it is: say how long with --table-epochs N")
+        if self.table_epochs is not None and self.table_epochs < 1:
+            raise ValueError(f"--table-epochs must be >= 1, got {self.table_epochs}")
         for name in ("plant_lr", "plant_lr_decay", "finetune_lr"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -252,7 +269,7 @@ def shown(f: dataclasses.Field, value):
 
 
 def options_table() -> str:
-    """The README's tables of options, one per group, from Config (tests/test_search.py
+    """The README's tables of options, one per group, from Config (tests/test_config.py
     keeps the README equal to it)."""
     quick, paper = Config(), config_from_dict(PRESETS["paper"])
     lines = []

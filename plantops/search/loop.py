@@ -7,7 +7,8 @@
    distillation, keeps the candidate --select-rule chooses if it lowers the validation
    loss, and fine-tunes it (--finetune-epochs); the search stops when no candidate lowers
    the loss, at --max-rounds, or when every candidate is above --max-params;
-4. the --table students, trained the standard way for comparison;
+4. the comparison (--table): networks trained the standard way, as long as the planted
+   network's oldest weights, and (--retrain) the final widths trained from scratch as long;
 5. the report.
 
 Each phase keeps what it made in the output folder and a resumed search takes it from there.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import time
 from pathlib import Path
 
@@ -29,9 +31,9 @@ import torch
 import plantops
 from plantops import data as datasets
 from plantops import models
-from plantops.planting import count_params
+from plantops.planting import from_scratch
 from plantops.progress import PhaseTimes
-from plantops.search import networks, result, rules
+from plantops.search import networks, report, result, rules
 from plantops.search.config import Config
 from plantops.search.distributed import Ranks, resolve_device
 from plantops.search.rounds import Rounds
@@ -117,9 +119,11 @@ class Search:
         warning = rules.weak_teacher(cfg, teacher_meta["val"], meta["val"])
         if warning:
             self.folder.warn(warning)
-        accepted, stop_reason = self.plant_rounds(current, meta["val"])
-        students = self.students() if cfg.table else []
-        return self.finish(accepted, stop_reason, students)
+        current, accepted, stop_reason = self.plant_rounds(current, meta["val"])
+        epochs = cfg.table_epochs or rules.oldest_epochs(cfg, len(accepted))
+        students = self.students(epochs) if cfg.table else []
+        retrained = self.retrain(current, epochs) if cfg.retrain else None
+        return self.finish(accepted, stop_reason, students, retrained)
 
     # ------------------------------------------------------------------------- 1. teacher
 
@@ -171,8 +175,9 @@ class Search:
     # ------------------------------------------------------------------------- 3. rounds
 
     def plant_rounds(self, current, current_val: dict):
-        """The planting rounds from ``current``; returns (accepted rounds, why the search
-        stopped). Each round's candidates and every accepted network are checkpointed."""
+        """The planting rounds from ``current``; returns (the final network, the accepted
+        rounds, why the search stopped). Each round's candidates and every accepted network
+        are checkpointed."""
         cfg = self.cfg
         accepted = []
         stop_reason = f"reached --max-rounds {cfg.max_rounds}"
@@ -189,7 +194,7 @@ class Search:
                 stop_reason = f"every candidate is above --max-params {cfg.max_params}"
                 break
             # The same results on every rank, so every rank makes this choice.
-            best = rules.choose(results, current_val, count_params(current), cfg)
+            best = rules.choose(results, current_val, self.trainer.size(current), cfg)
             improved = rules.improves(best, current_val, cfg)
             name = current.layer_names()[best["layer"]]
             seconds = self.times.add(f"round {rnd}", start)
@@ -209,32 +214,50 @@ class Search:
                 current, current_val = self.rounds.finetune(rnd, current)
                 seconds += self.times.add(f"round {rnd}", tuned)
             accepted.append(self.rounds.accept(rnd, name, current, current_val, seconds))
-        return accepted, stop_reason
+        return current, accepted, stop_reason
 
-    # ------------------------------------------------------------------------- 4. students
+    # ------------------------------------------------------------------------- 4. comparison
 
-    def students(self) -> list:
-        """The paper's comparison rows: Student[k] trained the standard way, CE and KD."""
+    def students(self, epochs: int) -> list:
+        """--table: networks trained the standard way for ``epochs`` epochs (by default as long
+        as the planted network's oldest weights): Student[k] of --table-widths and the initial
+        width, with cross-entropy and distillation; for a network of the user's, that network
+        at its initial widths, with --init-loss. Returns (path, label, loss) of each."""
         cfg, data = self.cfg, self.data
         start = time.perf_counter()
+        if self.student_net is not None:
+            plans = [("initial", f"{self.student_name} (initial widths)", cfg.init_loss,
+                      lambda: copy.deepcopy(self.student_net))]
+        else:
+            widths = dict.fromkeys([int(w) for w in cfg.table_widths.split(",") if w.strip()]
+                                   + [cfg.init_width])
+            plans = [(width, f"Student[{width}]", loss,
+                      functools.partial(models.student, width, data.arch, data.classes))
+                     for width in widths for loss in ("ce", "kd")
+                     # trained as many epochs, the initial network is that row already
+                     if (width, loss, epochs) != (cfg.init_width, cfg.init_loss, cfg.init_epochs)]
         students = []
-        for width in [int(w) for w in cfg.table_widths.split(",") if w.strip()] + [cfg.init_width]:
-            for loss in ("ce", "kd"):
-                path = self.folder.student(width, loss)
-                if (width == cfg.init_width and loss == cfg.init_loss) or \
-                        any(p == path for p, _, _ in students):
-                    continue  # the initial network is that row already
-                self.trainer.plain(path, f"Student[{width}] {loss.upper()}",
-                                   lambda: models.student(width, data.arch, data.classes),
-                                   loss, cfg.init_epochs)
-                students.append((path, f"Student[{width}]", loss.upper()))
+        for name, label, loss, build in plans:
+            path = self.folder.student(name, loss, epochs)
+            self.trainer.plain(path, f"{label} {loss.upper()}", build, loss, epochs)
+            students.append((path, label, loss.upper()))
         self.times.add("students", start)
         return students
 
+    def retrain(self, final, epochs: int) -> Path:
+        """--retrain: the final network's widths trained from scratch by distillation for
+        ``epochs`` epochs, as the --table networks (did planting find widths worth having, or
+        only train longer?). Returns where it is saved."""
+        start = time.perf_counter()
+        path = self.folder.retrained(epochs)
+        self.trainer.plain(path, "retrained", lambda: from_scratch(final), "kd", epochs)
+        self.times.add("retrain", start)
+        return path
+
     # ------------------------------------------------------------------------- 5. report
 
-    def finish(self, accepted, stop_reason, students=()) -> dict:
-        """result.json, results.md, the plot and final.pt."""
+    def finish(self, accepted, stop_reason, students=(), retrained=None) -> dict:
+        """result.json, results.md, the plot, final.pt (and final_retrained.pt)."""
         cfg = self.cfg
         start = time.perf_counter()
         if self.given_teacher is not None:
@@ -246,11 +269,12 @@ class Search:
             else "given"
         outcome, final_net = result.build(
             self.trainer, teacher, f"Initial = {self.student_name}", initial_loss, accepted,
-            stop_reason, students, self.student_name, self.ranks.size, self.folder.warnings)
-        result.write(self.trainer, outcome, final_net)
+            self.rounds.round_costs, stop_reason, students, retrained, self.student_name,
+            self.ranks.size, self.folder.warnings)
+        result.write(self.trainer, outcome, final_net, retrained)
         seconds = self.times.add("report", start)
-        print(f"report: results.md, accuracy_vs_params.png, final.pt, result.json "
-              f"({seconds:.1f}s)")
+        print(f"report: results.md, accuracy_vs_params.png, final.pt, "
+              f"{'final_retrained.pt, ' if retrained else ''}result.json ({seconds:.1f}s)")
         if self.ranks.size > 1:  # of the phases' times, spent in collectives (rank 0's)
             self.times["communication"] = self.ranks.seconds
         outcome["seconds"] = dict(self.times)
@@ -261,6 +285,8 @@ class Search:
               f"{final['test_acc'] * 100:.2f}% ({stop_reason}). Results in "
               f"{self.folder.out}/results.md")
         print("time: " + ", ".join(f"{phase} {s:.1f}s" for phase, s in self.times.items()))
+        for comparison in report.verdict(outcome):  # what a user needs to know, last
+            print(comparison)
         return outcome
 
 

@@ -1,5 +1,8 @@
 """Human-readable results of a search: results.md (a table laid out like the paper's) and
-accuracy_vs_params.png (test accuracy against parameters)."""
+accuracy_vs_params.png (test accuracy against parameters), and where the planted network
+lies against the networks trained the standard way (--table), on the terms a user needs:
+trained as long.
+"""
 
 from __future__ import annotations
 
@@ -36,14 +39,17 @@ PAPER = {
 
 
 def student_curves(result: dict) -> dict[str, list[tuple[int, float]]]:
-    """The trained students' curves: loss ("CE", "KD") -> [(params, test accuracy)] sorted by
-    params, the initial network on the curve of its own loss; curves of 2 points or more."""
+    """The curves of the networks trained the standard way: loss ("CE", "KD") -> [(params,
+    test accuracy)] sorted by params, of the --table students, and of the initial network
+    where it trained as many epochs as they did; curves of 2 points or more."""
+    students = result.get("students", [])
+    epochs = {r.get("epochs") for r in students}
     curves = {}
     for loss in ("CE", "KD"):
-        pts = [(r["params"], r["test_acc"]) for r in result.get("students", [])
-               if r["loss_fn"] == loss]
-        if result["initial"]["loss_fn"] == loss:
-            pts.append((result["initial"]["params"], result["initial"]["test_acc"]))
+        pts = [(r["params"], r["test_acc"]) for r in students if r["loss_fn"] == loss]
+        initial = result["initial"]
+        if initial["loss_fn"] == loss and initial.get("epochs") in epochs:
+            pts.append((initial["params"], initial["test_acc"]))
         if len(pts) > 1:
             curves[loss] = sorted(pts)
     return curves
@@ -62,30 +68,72 @@ def curve_at(points: list[tuple[int, float]], params: int) -> float | None:
     return None
 
 
-def against_curves(result: dict) -> dict:
-    """Where the final network lies against each students' curve at its size:
-    {loss: {"curve_acc", "margin"}} (test accuracy, margin = final - curve), for the curves
-    that reach its size."""
-    final = result["final"]
+def against_curves(result: dict, key: str = "final") -> dict:
+    """Where ``result[key]`` (the final network, or the retrained one) lies against each
+    curve of the networks trained the standard way, at its size: {loss: {"curve_acc",
+    "margin"}} (test accuracy, margin = its - the curve's), for the curves that reach its
+    size."""
+    row = result[key]
     out = {}
     for loss, pts in student_curves(result).items():
-        acc = curve_at(pts, final["params"])
+        acc = curve_at(pts, row["params"])
         if acc is not None:
-            out[loss] = dict(curve_acc=acc, margin=final["test_acc"] - acc)
+            out[loss] = dict(curve_acc=acc, margin=row["test_acc"] - acc)
     return out
 
 
-def curve_sentence(result: dict) -> str | None:
-    """One line: the final network against the students' curves, in numbers, or None without
-    a curve at its size."""
-    final, where = result["final"], result.get("against_curves") or {}
+def _trained_as(result: dict) -> str:
+    epochs = {r.get("epochs") for r in result.get("students", [])}
+    return f"trained {epochs.pop()} epochs" if len(epochs) == 1 else "trained"
+
+
+def curve_sentence(result: dict, key: str = "final") -> str | None:
+    """One line: ``result[key]`` against the curves of the networks trained the standard
+    way, in numbers, or None without a curve at its size."""
+    row = result[key]
+    where = result.get("against_curves") if key == "final" else row.get("against_curves")
     if not where:
         return None
-    parts = [f"{'above' if c['margin'] >= 0 else 'below'} the {loss} students' curve "
-             f"({c['curve_acc'] * 100:.2f}% there, {c['margin'] * 100:+.2f} points)"
+    parts = [f"{abs(c['margin']) * 100:.2f} points {'above' if c['margin'] >= 0 else 'below'} "
+             f"the {loss} students {_trained_as(result)} ({c['curve_acc'] * 100:.2f}% at its "
+             "size, interpolated in log parameters)"
              for loss, c in sorted(where.items(), key=lambda kv: kv[0] != "KD")]
-    return (f"Planted (final), {final['test_acc'] * 100:.2f}% at {final['params'] / 1000:.1f}K "
-            f"params, is " + " and ".join(parts) + " (interpolated in log parameters)")
+    return (f"{row['network']}, {row['test_acc'] * 100:.2f}% at {row['params'] / 1000:.1f}K "
+            f"params, is " + " and ".join(parts))
+
+
+def nearest_sentence(result: dict, key: str = "final") -> str | None:
+    """Where no curve reaches ``result[key]``'s size (a network of the user's is one point; a
+    planted network can outgrow the widest student): it against the network trained the
+    standard way nearest its size (a distilled one where there is one), or None."""
+    row = result[key]
+    students = result.get("students", [])
+    pool = [r for r in students if r["loss_fn"] == row["loss_fn"]] or students
+    if not pool:
+        return None
+    other = min(pool, key=lambda r: (abs(math.log(row["params"] / r["params"])), r["params"]))
+    margin = row["test_acc"] - other["test_acc"]
+    more = row["params"] / other["params"] - 1
+    loss = f" {other['loss_fn']}" if other["loss_fn"] in ("CE", "KD") else ""
+    return (f"{row['network']}, {row['test_acc'] * 100:.2f}% at {row['params'] / 1000:.1f}K "
+            f"params, is {abs(margin) * 100:.2f} points {'above' if margin >= 0 else 'below'} "
+            f"{other['network']}{loss} {_trained_as(result)} ({other['test_acc'] * 100:.2f}% at "
+            f"{other['params'] / 1000:.1f}K params; {more * 100:+.0f}% parameters)")
+
+
+def verdict(result: dict) -> list[str]:
+    """The comparisons a user needs, one line each: the final network, and the retrained
+    one, against the networks trained the standard way as long (none without --table)."""
+    keys = ["final"] + (["retrained"] if result.get("retrained") else [])
+    return [line for key in keys
+            for line in [curve_sentence(result, key) or nearest_sentence(result, key)] if line]
+
+
+def cost_text(cost: dict | None) -> str:
+    """A training cost (search.rules.training_cost) as the table shows it."""
+    if not cost:
+        return "-"
+    return f"{cost['flops'] / 1e12:.3g} TFLOP, {cost['seconds']:.0f} s"
 
 
 def comparison_table(result: dict) -> str:
@@ -105,20 +153,24 @@ def comparison_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def results_table(result: dict, paper: list[dict] | None = None) -> str:
+def results_table(result: dict) -> str:
     """Markdown table: network, params, test loss, test acc, loss function (the paper's
-    columns; its "Test Err." is the test cross-entropy), plus the validation numbers."""
+    columns; its "Test Err." is the test cross-entropy), the epochs its oldest weights
+    trained and what training it cost, plus the validation numbers."""
     rows = [result["teacher"], result["initial"], *result.get("students", []), *result["rounds"]]
-    lines = ["| network | widths | params | test loss | test acc | loss | val loss | val acc |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['network']} | {widths_text(r)} | "
-                     f"{r['params'] / 1000:.1f}K | {r['test_loss']:.4f} | {r['test_acc'] * 100:.2f}% "
-                     f"| {r['loss_fn']} | {r['val_loss']:.4f} | {r['val_acc'] * 100:.2f}% |")
-    final = result["final"]
-    lines.append(f"| **Planted (final)** | {widths_text(final)} | **{final['params'] / 1000:.1f}K** | "
-                 f"**{final['test_loss']:.4f}** | **{final['test_acc'] * 100:.2f}%** | KD | "
-                 f"{final['val_loss']:.4f} | {final['val_acc'] * 100:.2f}% |")
+    final = dict(result["final"], network="**Planted (final)**")
+    retrained = [result["retrained"]] if result.get("retrained") else []
+    lines = ["| network | widths | params | epochs | train cost | test loss | test acc | loss "
+             "| val loss | val acc |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in [*rows, final, *retrained]:
+        bold = (lambda t: f"**{t}**") if r is final else (lambda t: t)
+        params, loss, acc = (bold(t) for t in (f"{r['params'] / 1000:.1f}K",
+                                               f"{r['test_loss']:.4f}",
+                                               f"{r['test_acc'] * 100:.2f}%"))
+        epochs = "-" if r.get("epochs") is None else r["epochs"]
+        lines.append(f"| {r['network']} | {widths_text(r)} | {params} | {epochs} | "
+                     f"{cost_text(r.get('cost'))} | {loss} | {acc} | {r['loss_fn']} | "
+                     f"{r['val_loss']:.4f} | {r['val_acc'] * 100:.2f}% |")
     return "\n".join(lines)
 
 
@@ -200,27 +252,36 @@ def write_results(out: Path, result: dict):
     curves = {"planting": [(result["initial"]["params"], result["initial"]["test_acc"])]
               + [(p, a) for _, p, a in planted]}
     for loss, pts in student_curves(result).items():
-        curves[f"Student[k], {loss}"] = pts
+        curves[f"Student[k], {loss}, {_trained_as(result)}"] = pts
+    points = [("initial", result["initial"]["params"], result["initial"]["test_acc"]), *planted]
+    points += [(r["network"], r["params"], r["test_acc"]) for r in result.get("students", [])
+               if not student_curves(result)]  # a network of the user's: no curve to draw
+    if result.get("retrained"):
+        points.append(("retrained", result["retrained"]["params"],
+                       result["retrained"]["test_acc"]))
     teacher = result["teacher"]
-    # The curve's own warning repeats its sentence, which results.md states already.
-    sentence = curve_sentence(result)
+    lines = verdict(result)
+    # A curve's warning repeats its sentence, which results.md states already.
     other_warnings = [w for w in result.get("warnings", [])
-                      if not (sentence and w.startswith(sentence))]
+                      if not any(w.startswith(line) for line in lines)]
     dataset = result.get("dataset_name", cfg["dataset"])
     start = result.get("student_name", f"Student[{cfg['init_width']}]")
-    plot([("initial", result["initial"]["params"], result["initial"]["test_acc"]), *planted],
-         out / "accuracy_vs_params.png", f"{dataset}: planting from {start}",
+    plot(points, out / "accuracy_vs_params.png", f"{dataset}: planting from {start}",
          curves=curves, teacher=(teacher["network"], teacher["params"], teacher["test_acc"]))
+    compare = result.get("compare_with", "none") != "none"
     text = [f"# Channel planting on {dataset}", "",
-            "Test loss is the test cross-entropy (the paper's \"Test Err.\").", "",
+            "Test loss is the test cross-entropy (the paper's \"Test Err.\"). Epochs: how long "
+            "a network's oldest weights trained. Train cost: image-epochs times 3 forward "
+            "passes' FLOPs (forward and backward) of every network trained on the way (for "
+            "planting: the initial network and every candidate, rejected ones included), and "
+            "the wall time on this device; the teacher's passes are not counted.", "",
             results_table(result), "",
             *([f"Beside the paper's {result['compare_with']} table (the poster's numbers, "
-               "Mitsuno et al., ICPR 2020):", "",
-               comparison_table(result), ""] if result.get("compare_with", "none") != "none" else []),
+               "Mitsuno et al., ICPR 2020):", "", comparison_table(result), ""] if compare else []),
             f"Stopped: {result['stop_reason']}.", "",
-            *[f"{line}." for line in [curve_sentence(result)] if line],
+            *[f"{line}." for line in lines],
             *[f"Warning: {w}" for w in other_warnings],
-            *([""] if curve_sentence(result) or other_warnings else []),
+            *([""] if lines or other_warnings else []),
             "![test accuracy against parameters](accuracy_vs_params.png)", "",
             "Configuration: see config.json; every trained network and candidate: log.jsonl."]
     atomic_write(out / "results.md", lambda p: p.write_text("\n".join(text) + "\n"))

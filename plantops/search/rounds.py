@@ -20,7 +20,8 @@ import time
 import torch
 
 from plantops.planted_round import PlantedRound
-from plantops.planting import count_params, load_planted_state, plant, planted_state
+from plantops.planting import (count_params, load_planted_state, plant, plant_steepest,
+                               planted_state)
 from plantops.search import rules
 from plantops.search.trainer import Trainer, line
 
@@ -32,6 +33,9 @@ class Rounds:
     def __init__(self, trainer: Trainer):
         self.trainer, self.cfg = trainer, trainer.cfg
         self.folder, self.ranks, self.device = trainer.folder, trainer.ranks, trainer.device
+        # What each round cost (rules.training_cost): every candidate, and the fine-tuning of
+        # the one it accepted; the rounds that accepted none too.
+        self.round_costs: dict[int, dict] = {}
 
     def saved(self, rnd: int):
         """(network, meta, the round's record) of round ``rnd`` accepted before an
@@ -42,6 +46,7 @@ class Rounds:
         net, meta = self.trainer.load(path)
         print(line(f"round {rnd}", net.describe(), count_params(net), meta["val"],
                    meta["seconds"], "(from checkpoint)"))
+        self.round_costs[rnd] = meta.get("cost")  # (a round of an earlier version: None)
         return net, meta, dict(round=rnd, **meta["round"])
 
     def candidates(self, rnd: int, current) -> list:
@@ -60,8 +65,14 @@ class Rounds:
                            saved["params"], saved["val"], saved["seconds"],
                            "(from checkpoint)"))
             generator = torch.Generator().manual_seed(rules.candidate_seed(cfg, rnd, layer))
-            candidate = plant(parent, layer, cfg.plant_channels, cfg.plant_init,
-                              generator).to(self.device)
+            if cfg.plant_init == "steepest":
+                candidate = plant_steepest(parent, layer, cfg.plant_channels, generator,
+                                           self.trainer.probe(cfg.plant_epochs))
+            else:
+                candidate = plant(parent, layer, cfg.plant_channels, cfg.plant_init, generator)
+            candidate = candidate.to(self.device)
+            if saved is not None:  # (a record of an earlier version has no FLOPs)
+                saved.setdefault("flops", self.trainer.size(candidate)["flops"])
             params = count_params(candidate)
             if cfg.max_params and params > cfg.max_params:
                 print(f"candidate r{rnd} +{cfg.plant_channels} {names[layer]}: {params:,} "
@@ -81,6 +92,9 @@ class Rounds:
             if all(results.get(layer) is not None for layer in members):
                 continue  # trained and saved before an interruption
             self._train_slot(rnd, current, group, members, eligible, results)
+        self.round_costs[rnd] = rules.total_cost(
+            self.trainer.cost(eligible[layer], cfg.plant_epochs, results[layer]["seconds"])
+            for layer in sorted(eligible))
         return [results[layer] for layer in layers]
 
     def _train_slot(self, rnd, current, group, members, eligible, results):
@@ -118,10 +132,10 @@ class Rounds:
     def save_candidate(self, rnd, layer, candidate, val, seconds, note="", rank=0) -> dict:
         """Saves a trained candidate and its record, logs and reports it; returns the record."""
         name = candidate.layer_names()[layer]
-        params = count_params(candidate)
+        size = self.trainer.size(candidate)
+        params = size["params"]
         record = dict(round=rnd, layer=layer, layer_name=name, widths=candidate.widths,
-                      fc_width=candidate.fc_width, params=params, val=val, seconds=seconds,
-                      rank=rank)
+                      fc_width=candidate.fc_width, val=val, seconds=seconds, rank=rank, **size)
         self.folder.save_candidate(rnd, layer, candidate, dict(val=val, seconds=seconds),
                                    record)
         self.folder.add_log(dict(kind="candidate", round=rnd, layer=name,
@@ -153,18 +167,23 @@ class Rounds:
         net.eval()
         val, = self.trainer.evaluate(net, "val")
         self.folder.finished(name)
-        print(line("finetune", net.describe(), count_params(net), val,
-                   time.perf_counter() - start, f"(round {rnd}, {cfg.finetune_epochs} epochs)"))
+        seconds = time.perf_counter() - start
+        self.round_costs[rnd] = rules.total_cost(
+            [self.round_costs.get(rnd), self.trainer.cost(net, cfg.finetune_epochs, seconds)])
+        print(line("finetune", net.describe(), count_params(net), val, seconds,
+                   f"(round {rnd}, {cfg.finetune_epochs} epochs)"))
         return net, val
 
     def accept(self, rnd: int, layer_name: str, net, val: dict, seconds: float) -> dict:
         """Saves round ``rnd``'s accepted network (evaluated on the test set for the report)
-        and logs it; returns the round's record."""
+        and logs it; returns the round's record. The round's cost, every candidate and the
+        fine-tuning, is kept with it; its wall time is ``seconds``."""
         test, = self.trainer.evaluate(net, "test")
         info = dict(layer=layer_name, widths=net.widths, fc_width=net.fc_width,
                     params=count_params(net), val=val)
+        cost = dict(self.round_costs[rnd], seconds=seconds)
         self.folder.save(self.folder.round(rnd), net, dict(val=val, test=test, round=info,
-                                                            seconds=seconds))
+                                                            seconds=seconds, cost=cost))
         self.folder.add_log(dict(kind="round", round=rnd, layer=layer_name, widths=net.widths,
                                  fc_width=net.fc_width, params=info["params"],
                                  val_loss=val["loss"], val_acc=val["acc"], seconds=seconds))

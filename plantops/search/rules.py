@@ -32,19 +32,26 @@ def training_schedule(cfg: Config, epochs: int, regime: str = "plain") -> Schedu
                     precision=cfg.precision)
 
 
-def choose(results: list[dict], current_val: dict, current_params: int, cfg: Config) -> dict:
+# What a candidate's growth costs, by --select-rule: its added parameters or its added forward
+# FLOPs per image (a channel at full resolution is cheap in parameters and dear in FLOPs).
+GROWTH_COSTS = {"per_param": "params", "per_flop": "flops"}
+
+
+def choose(results: list[dict], current_val: dict, current: dict, cfg: Config) -> dict:
     """The candidate a round keeps (--select-rule): the lowest validation --select-on
     ("lowest", the poster's rule), or the largest fall of it below ``current_val`` per added
     parameter ("per_param": a cheap layer's tiny gain no longer beats a dear layer's large
-    one). Where none falls, the lowest, which the round then rejects. Ties go to the lower
-    layer."""
+    one) or per added forward FLOP ("per_flop"), ``current`` holding the current network's
+    ``params`` and ``flops``. Where none falls, the lowest, which the round then rejects.
+    Ties go to the lower layer."""
     metric = cfg.select_on
     lowest = min(results, key=lambda r: (r["val"][metric], r["layer"]))
     gains = [r for r in results if r["val"][metric] < current_val[metric]]
     if cfg.select_rule == "lowest" or not gains:
         return lowest
+    unit = GROWTH_COSTS[cfg.select_rule]
     return max(gains, key=lambda r: ((current_val[metric] - r["val"][metric])
-                                     / max(1, r["params"] - current_params), -r["layer"]))
+                                     / max(1, r[unit] - current[unit]), -r["layer"]))
 
 
 def improves(best: dict, current_val: dict, cfg: Config) -> bool:
@@ -84,3 +91,30 @@ def at_chance(cfg: Config, label: str, val: dict, classes: int) -> str | None:
     return (f"{label} is at chance level ({val['acc'] * 100:.1f}% validation accuracy): "
             f"training diverged or its ReLUs died; try a lower --lr (now {cfg.lr}) or "
             f"--temperature (now {cfg.temperature})")
+
+
+# Training a network costs about three forward passes per image and epoch: the forward, and a
+# backward that computes input and weight gradients, each about a forward's work. (A
+# candidate's frozen weights get no gradient, so this bounds its cost from above.)
+PASSES_PER_TRAINING_STEP = 3
+
+
+def training_cost(forward_flops: int, images: int, epochs: int, seconds: float) -> dict:
+    """What training a network of ``forward_flops`` per image for ``epochs`` epochs of
+    ``images`` cost: ``flops`` (image-epochs x forward+backward FLOPs per image) and the wall
+    time it took on this device, ``seconds``. The teacher's passes for distillation are not
+    counted: every distilled network of a search shares them."""
+    return dict(flops=float(PASSES_PER_TRAINING_STEP * forward_flops * images * epochs),
+                seconds=float(seconds))
+
+
+def total_cost(costs) -> dict:
+    """The sum of training costs (``training_cost`` dicts; None counts as nothing)."""
+    costs = [c for c in costs if c]
+    return dict(flops=sum(c["flops"] for c in costs), seconds=sum(c["seconds"] for c in costs))
+
+
+def oldest_epochs(cfg: Config, rounds: int) -> int:
+    """How many epochs the oldest weights of the network after ``rounds`` accepted rounds
+    trained: the initial network's, and each round's fine-tuning."""
+    return cfg.init_epochs + rounds * cfg.finetune_epochs

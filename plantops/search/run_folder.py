@@ -65,8 +65,13 @@ class RunFolder:
     def round(self, rnd: int) -> Path:
         return self.out / f"round_{rnd}.pt"
 
-    def student(self, width: int, loss: str) -> Path:
-        return self.out / f"student_{width}_{loss}.pt"
+    def student(self, name, loss: str, epochs: int) -> Path:
+        """A --table network: Student[``name``] (or the user's initial network, "initial")
+        trained with ``loss`` for ``epochs``."""
+        return self.out / f"student_{name}_{loss}_{epochs}ep.pt"
+
+    def retrained(self, epochs: int) -> Path:
+        return self.out / f"retrained_{epochs}ep.pt"
 
     def candidate(self, rnd: int, layer: int) -> Path:
         """Round ``rnd``'s candidate for ``layer`` (.pt; its record: .json)."""

@@ -20,7 +20,7 @@ import torch
 from plantops import engine
 from plantops.chain import Chain
 from plantops.data import ViewSchedule
-from plantops.planting import count_params
+from plantops.planting import count_params, forward_flops
 from plantops.progress import PhaseTimes, Progress
 from plantops.search import rules
 from plantops.search.config import Config
@@ -79,6 +79,17 @@ class Trainer:
         """``net`` on the device, in the layout it runs in there."""
         return net.to(self.device, memory_format=layout(self.cfg, self.device, net))
 
+    def size(self, net) -> dict:
+        """``net``'s parameters (as the paper counts them) and forward FLOPs per image."""
+        return dict(params=count_params(net), flops=forward_flops(
+            net, self.data.train.images.shape[1], self.data.image_size))
+
+    def cost(self, net, epochs: int, seconds: float) -> dict:
+        """What training ``net`` for ``epochs`` epochs of the training images cost
+        (rules.training_cost)."""
+        return rules.training_cost(self.size(net)["flops"], len(self.data.train), epochs,
+                                   seconds)
+
     def load(self, path: Path):
         """(network, meta) of a checkpoint of the run folder, placed."""
         net, meta = self.folder.load(path, self.device)
@@ -110,6 +121,24 @@ class Trainer:
         table = self.tables.get(self.views(epochs))
         self.times.add("teacher logits", start)
         return table
+
+    def probe(self, epochs: int, steps: int = 4) -> list:
+        """The first ``steps`` batches of the training views of a run of ``epochs`` epochs,
+        as (images, the loss of a network's logits on them) pairs: what that run's first
+        steps distil (plantops.planting.plant_steepest scores new filters on them)."""
+        cfg, views, table = self.cfg, self.views(epochs), self.teacher_table(epochs)
+        batches = []
+        for shape, _ in views.epoch_steps(0):
+            if len(batches) == steps:
+                break
+            pos = torch.tensor([len(batches)], device=self.device)
+            if shape != "full":  # the epoch's last, shorter batch
+                pos = torch.tensor([0], device=self.device)
+            x, labels = views.batch(shape, pos)
+            target = table[shape].index_select(0, pos)[0]
+            batches.append((x, lambda logits, labels=labels, target=target: engine.losses(
+                logits, labels, target, "kd", 1, cfg.temperature, cfg.label_weight).sum()))
+        return batches
 
     # ------------------------------------------------------------------------- training
 
@@ -193,7 +222,8 @@ class Trainer:
         test, = self.evaluate(net, "test")
         seconds = time.perf_counter() - start
         meta = dict(kind=label, loss_fn=loss if epochs else "as given", val=val, test=test,
-                    seconds=seconds, inputs=self.data.inputs.meta())
+                    seconds=seconds, inputs=self.data.inputs.meta(), epochs=epochs,
+                    cost=self.cost(net, epochs, seconds))
         self.folder.save(path, net, meta)
         if epochs:
             self.folder.finished(path.stem)
