@@ -4,7 +4,6 @@ speed as a ratio to the best baseline measured in the same run, shape by shape."
 import collections
 import datetime
 import os
-import platform
 
 import pytest
 import torch
@@ -57,8 +56,13 @@ def record(benchmark):
 
 
 def ratio_table() -> str:
-    device = (torch.cuda.get_device_name() if torch.cuda.is_available()
-              else f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name()
+    else:
+        from plantops.kernels import autotune
+        machine = autotune.machine()
+        device = (f"CPU {machine['cpu']} ({machine['simd']} kernels), "
+                  f"{torch.get_num_threads()} threads for plantops and oneDNN alike")
     lines = [f"# {datetime.date.today()} | {device} | torch {torch.__version__}"]
     for dtype, (rate, bandwidth) in _PEAKS.items():
         lines.append(f"# roofline in {dtype}: matrix {rate / 1e12:.0f} TFLOP/s, "

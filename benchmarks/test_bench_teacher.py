@@ -20,11 +20,19 @@ Both sides compute the same function (checked here, to float rounding). Under
 --benchmark-disable (CI's smoke run) the shapes shrink to width 8 and batch 8.
 """
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from backend_choices import chosen_backends
 from plantops import models
+from plantops.inference import for_inference
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from examples.resnet import resnet  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 LAYOUTS = {"oneDNN NCHW": torch.contiguous_format, "oneDNN channels_last": torch.channels_last}
@@ -58,9 +66,46 @@ def test_teacher_inference(benchmark, record, request, width, batch, impl):
             return seq(xin)
     with torch.no_grad():
         torch.testing.assert_close(run(), net.to_sequential()(x), rtol=1e-4, atol=1e-4)
+    if impl == "plantops":
+        impl = f"plantops ({chosen_backends(run)})"
     benchmark.group = f"Teacher[{width}] inference, batch {batch}"
     benchmark.pedantic(run, warmup_rounds=1, rounds=5 if batch >= 1024 else 15)
     record("teacher inference", f"T[{width}] N{batch}", impl, 0, per=batch)
+
+
+@pytest.mark.parametrize("impl", ["plantops", *LAYOUTS])
+def test_user_teacher_inference(benchmark, record, request, impl):
+    """A teacher of the user's: examples/resnet.py (width 32: residual blocks, batch norm,
+    stride-2 and 1x1 shortcut convolutions) at 64x64, as the README's example trains it, in
+    passes of 1,024 images as the search's teacher-logits phase runs it. plantops:
+    ``for_inference`` (batch norms folded, every conv through the planted kernels' choice);
+    oneDNN: the module as it is, in either layout."""
+    size, batch = (32, 8) if smoke(request) else (64, 1024)
+    torch.manual_seed(0)
+    net = resnet(8 if smoke(request) else 32, 10, size).train()
+    with torch.no_grad():  # batch norms with statistics of their own
+        net(torch.rand(64, 3, size, size))
+    net = net.eval().to(DEVICE)
+    x = torch.rand(batch, 3, size, size, device=DEVICE)
+    if impl == "plantops":
+        fast = for_inference(net)
+        run = lambda: fast(x)
+    else:
+        module = resnet(8 if smoke(request) else 32, 10, size).to(DEVICE)
+        module.load_state_dict(net.state_dict())
+        module = module.eval().to(memory_format=LAYOUTS[impl])
+        xin = x.contiguous(memory_format=LAYOUTS[impl])
+
+        @torch.no_grad()
+        def run():
+            return module(xin)
+    with torch.no_grad():
+        torch.testing.assert_close(run(), net(x), rtol=1e-4, atol=1e-4)
+    if impl == "plantops":
+        impl = f"plantops ({chosen_backends(run)})"
+    benchmark.group = f"user's teacher (ResNet) inference, {size}x{size}, batch {batch}"
+    benchmark.pedantic(run, warmup_rounds=1, rounds=5)
+    record("user's teacher inference", f"ResNet-32 {size}px N{batch}", impl, 0, per=batch)
 
 
 @pytest.mark.parametrize("impl", ["plantops", *LAYOUTS])
@@ -77,6 +122,8 @@ def test_plain_training_step(benchmark, record, request, width, impl):
     with torch.no_grad():
         torch.testing.assert_close(forward(), seq(x), rtol=1e-4, atol=1e-4)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    if impl == "plantops":
+        impl = f"plantops ({chosen_backends(lambda: F.cross_entropy(forward(), y).backward())})"
 
     def step():
         loss = F.cross_entropy(forward(), y)

@@ -146,4 +146,16 @@ PYBIND11_MODULE(_C, m) {
   m.def("relu_max_pool2x2", &relu_max_pool2x2, release);
   m.def("relu_max_pool2x2_backward", &relu_max_pool2x2_backward, release);
   m.def("winograd_tile", &plantops::cpu::winograd_tile);
+  // The instruction set the kernels were compiled for (their speed, and so the backend choice,
+  // depends on it): the widest SIMD the compiler was allowed.
+  m.attr("simd") =
+#if defined(__AVX512F__)
+      "avx512";
+#elif defined(__AVX2__)
+      "avx2";
+#elif defined(__AVX__)
+      "avx";
+#else
+      "sse";
+#endif
 }

@@ -198,6 +198,8 @@ class Chain(nn.Module):
     """A chain of layers (see the module's docstring). ``Chain.of(module)`` takes an
     nn.Sequential; ``name`` is what reports call it."""
 
+    reads_nchw = True  # its convs run through the planted kernels, which read NCHW
+
     def __init__(self, modules: Sequence[nn.Module], paths: Optional[Sequence[str]] = None,
                  name: str = "network"):
         super().__init__()

@@ -320,7 +320,8 @@ def trainable_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
     shape_key = (x.shape[0], x.shape[1], weight.shape[0], x.shape[2], x.shape[3],
                  *weight.shape[2:], stride, padding)
     dtype = _autocast_dtype(x.device.type) or x.dtype
-    name = _backends.resolve("auto", x.device.type, dtype, shape_key)
+    name = _backends.resolve("auto", x.device.type, dtype, shape_key,
+                             _work((x,), (weight, bias)))
     if name == "torch":
         return F.conv2d(x, weight, bias, stride, padding)
     return planted_conv2d(x, weight[:0], None, out_weight=weight, out_bias=bias, stride=stride,
@@ -342,8 +343,18 @@ def _prepare(x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, str
         out_weight = frozen_weight.new_empty((0, channels, kh, kw))
     shape_key = (x.shape[0], channels, out_weight.shape[0] + o_frozen, x.shape[2], x.shape[3],
                  kh, kw, stride, padding)
-    name = _backends.resolve(backend, x.device.type, x.dtype, shape_key)
+    work = _work((x, x_planted), (in_weight, out_weight, out_bias))
+    name = _backends.resolve(backend, x.device.type, x.dtype, shape_key, work)
     return name, in_weight, out_weight, stride, padding
+
+
+def _work(inputs: tuple, weights: tuple) -> str:
+    """What a call computes, for the backend choice (kernels.autotune.WORKS): the gradients of
+    the ``inputs`` and of the ``weights`` that need one."""
+    if not torch.is_grad_enabled():
+        return "forward"
+    needs = lambda tensors: any(isinstance(t, Tensor) and t.requires_grad for t in tensors)
+    return _backends.autotune.work_of(needs(inputs), needs(weights))
 
 
 def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:

@@ -112,3 +112,28 @@ def test_the_table_and_retrain_need_to_know_how_long_with_a_network_taken_as_it_
         search.config_from_dict(dict(student="x.py:net", init_epochs=0, retrain=True)).validate()
     search.config_from_dict(dict(student="x.py:net", init_epochs=0, retrain=True,
                                  table_epochs=5)).validate()
+
+
+def test_checkpoints_of_an_earlier_version_get_their_costs_on_resume(reference_run, tmp_path):
+    """A folder written before rows kept their epochs and costs (its checkpoints' meta and
+    candidate records without them): resumed, the report has the same FLOPs."""
+    import shutil
+    ref, reference = reference_run
+    out = tmp_path / "old"
+    shutil.copytree(ref, out)
+    for path in [out / "initial.pt", *out.glob("round_*.pt")]:
+        saved = torch.load(path, weights_only=False)
+        for key in ("cost", "epochs"):
+            saved["meta"].pop(key, None)
+        torch.save(saved, path)
+    for path in (out / "candidates").glob("*.json"):
+        record = json.loads(path.read_text())
+        for key in ("flops", "cost"):
+            record.pop(key, None)
+        path.write_text(json.dumps(record))
+    resumed = search.run_search(search.parse_args(["--resume", str(out)]))
+    for key in ("initial", "final"):
+        assert resumed[key]["cost"]["flops"] == pytest.approx(reference[key]["cost"]["flops"])
+        assert resumed[key]["epochs"] == reference[key]["epochs"]
+    for got, want in zip(resumed["rounds"], reference["rounds"]):
+        assert got["cost"]["flops"] == pytest.approx(want["cost"]["flops"])

@@ -25,9 +25,12 @@ import importlib
 
 import torch
 
+from plantops.kernels import autotune
+
 # Every backend, in the order backends() lists them. Which one backend="auto" takes is
-# decided here and nowhere else: _auto for planted_conv2d, relu_pool_backend for
-# relu_max_pool2d, both from measurements (benchmarks/RESULTS.md).
+# decided here and nowhere else: _auto for planted_conv2d (on a CPU by measuring the
+# candidates on this machine, autotune.py, or by the fixed rule cpu_kernels_win),
+# relu_pool_backend for relu_max_pool2d (benchmarks/RESULTS.md).
 _MODULES = {
     "cpu": "plantops.kernels.cpu",
     "cuda": "plantops.kernels.cuda",
@@ -68,16 +71,19 @@ def backends(device: str | torch.device | None = None) -> list[str]:
     ]
 
 
-def resolve(name: str, device_type: str, dtype: torch.dtype, shape_key=None) -> str:
+def resolve(name: str, device_type: str, dtype: torch.dtype, shape_key=None,
+            work: str = "forward") -> str:
     """The name of the backend that runs for ``name`` on ``device_type`` tensors of ``dtype``.
 
     An explicit name is always honoured (ValueError saying why when it cannot run here);
-    ``"auto"`` picks the fastest backend that can run.
+    ``"auto"`` picks the fastest backend that can run, for the convolution of ``shape_key``
+    doing ``work`` (autotune.WORKS: the forward alone, with the input gradient, or with every
+    gradient).
     """
-    key = (name, device_type, dtype, shape_key)
+    key = (name, device_type, dtype, shape_key, work)
     choice = _resolved.get(key)
     if choice is None:
-        choice = _resolved[key] = _resolve(name, device_type, dtype, shape_key)
+        choice = _resolved[key] = _resolve(name, device_type, dtype, shape_key, work)
     return choice
 
 
@@ -86,9 +92,16 @@ def resolve(name: str, device_type: str, dtype: torch.dtype, shape_key=None) -> 
 _resolved: dict = {}
 
 
-def _resolve(name: str, device_type: str, dtype: torch.dtype, shape_key) -> str:
+def forget_choices():
+    """Forgets every backend choice of this process (and the tuner's state): the next calls
+    choose again, under the environment of then (PLANTOPS_AUTOTUNE, PLANTOPS_CACHE...)."""
+    _resolved.clear()
+    autotune.TUNER = autotune.Tuner()
+
+
+def _resolve(name: str, device_type: str, dtype: torch.dtype, shape_key, work: str) -> str:
     if name == "auto":
-        return _auto(device_type, dtype, shape_key)
+        return _auto(device_type, dtype, shape_key, work)
     reason = get(name).unavailable_reason(device_type, dtype)
     if reason is not None:
         raise ValueError(
@@ -111,16 +124,22 @@ def _runnable(device_type: str, dtype: torch.dtype) -> list[str]:
     return [n for n in NAMES if get(n).unavailable_reason(device_type, dtype) is None]
 
 
-def _auto(device_type: str, dtype: torch.dtype, shape_key) -> str:
+def _auto(device_type: str, dtype: torch.dtype, shape_key, work: str) -> str:
     if device_type == "cuda":
         # cuDNN through the composite: on an H100, at the search's shapes, the Triton and CUDA
         # kernels measured 0.3-0.9x of it forward+backward in eager mode (benchmarks/RESULTS.md).
         # A CUDA graph (the search's default on a GPU) removes the host overhead that set those
         # times; until the kernels are measured faster there, auto stays on cuDNN.
         return "torch"
-    if "cpu" in _runnable(device_type, dtype) and cpu_kernels_win(shape_key):
-        return "cpu"
-    return "torch"
+    if "cpu" not in _runnable(device_type, dtype):
+        return "torch"
+    fixed = "cpu" if cpu_kernels_win(shape_key) else "torch"
+    if shape_key is None or device_type != "cpu" or not autotune.enabled():
+        return fixed
+    # On a CPU the two are measured on this machine, once per shape and work (autotune).
+    return autotune.TUNER.choose(
+        work, dtype, shape_key, ["cpu", "torch"],
+        lambda name, w: autotune.measure(name, w, dtype, shape_key), fixed)
 
 
 def relu_pool_cpu_runs(x: torch.Tensor) -> bool:

@@ -182,7 +182,7 @@ class Search:
         accepted = []
         stop_reason = f"reached --max-rounds {cfg.max_rounds}"
         for rnd in range(1, cfg.max_rounds + 1):
-            saved = self.rounds.saved(rnd)
+            saved = self.rounds.saved(rnd, current)
             if saved is not None:
                 current, meta, record = saved
                 current_val = meta["val"]
@@ -274,7 +274,12 @@ class Search:
         result.write(self.trainer, outcome, final_net, retrained)
         seconds = self.times.add("report", start)
         print(f"report: results.md, accuracy_vs_params.png, final.pt, "
-              f"{'final_retrained.pt, ' if retrained else ''}result.json ({seconds:.1f}s)")
+              f"{'final_retrained.pt, ' if retrained else ''}result.json, backends.json "
+              f"({seconds:.1f}s)")
+        tuned = outcome["autotune"]
+        if tuned["measured"]:
+            print(f"kernels: {tuned['measured']} convolution shapes measured on first use, "
+                  f"{tuned['seconds']:.1f}s within the phases (kept for later runs)")
         if self.ranks.size > 1:  # of the phases' times, spent in collectives (rank 0's)
             self.times["communication"] = self.ranks.seconds
         outcome["seconds"] = dict(self.times)

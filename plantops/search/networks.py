@@ -12,7 +12,6 @@ first layer. A teacher that expects another convention is wrapped in an ``InputA
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import importlib.util
 import sys
@@ -24,6 +23,7 @@ from torch import nn
 
 from plantops import models
 from plantops.chain import Chain, ChainError
+from plantops.inference import for_inference
 from plantops.models import normalizing_conv
 from plantops.planting import export
 from plantops.search.checkpoints import is_network_checkpoint
@@ -246,12 +246,14 @@ def user_teacher(cfg, module: nn.Module | None) -> tuple[nn.Module, str] | None:
 
 
 def ready_teacher(module: nn.Module, name: str, data, place) -> nn.Module:
-    """A copy of the user's teacher as the search runs it (the user's module stays theirs):
-    ``place(copy)`` (on the device, in its layout), in eval mode, frozen, fed the search's
-    images; ValueError, in one line, if it does not give the data's logits."""
-    module = place(copy.deepcopy(module)).eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
+    """The user's teacher as the search runs it: a frozen copy whose convolutions run through
+    the planted kernels (plantops.inference; the user's module stays theirs), placed by
+    ``place`` (on the device, in its layout), fed the search's images; ValueError, in one
+    line, if it does not give the data's logits."""
+    frozen = for_inference(module)
+    if frozen.note is not None:
+        print(f"teacher {name} runs as written: {frozen.note}")
+    module = place(frozen)
     # The user's teacher takes [0, 1] images.
     adapted = data.inputs.feed(module, InputConvention.unit(len(data.inputs.mean)))
     check_teacher_output(adapted, name, data.val.normalize(data.val.images[:2]), data.classes)

@@ -7,8 +7,9 @@ result.json holds ``final``, ``initial``, ``teacher``, ``rounds``, ``students`` 
 ``retrained`` (one row each: widths, parameters, test and validation numbers, the loss it was
 trained with, the epochs its oldest weights trained, and what training it cost), why the
 search stopped, where the final network lies against the networks trained the standard way
-(``against_curves``, and the retrained one's in its row), the warnings, the options, and each
-phase's wall time.
+(``against_curves``, and the retrained one's in its row), the warnings, the options, the
+backends the convolutions ran on (``backends``, also in backends.json: pass it as
+PLANTOPS_AUTOTUNE_FILE to rerun on them) and each phase's wall time.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import dataclasses
 
 import torch
 
+from plantops.kernels import autotune
 from plantops.planting import count_params
 from plantops.search import report, rules
 from plantops.search.trainer import Trainer
@@ -71,7 +73,10 @@ def build(trainer: Trainer, teacher: dict, initial_label: str, initial_loss: str
                   students=student_rows, retrained=None, compare_with=compare,
                   stop_reason=stop_reason, config=dataclasses.asdict(cfg),
                   world_size=world_size, warnings=list(warnings),
-                  dataset_name=trainer.data.name or cfg.dataset, student_name=student_name)
+                  dataset_name=trainer.data.name or cfg.dataset, student_name=student_name,
+                  backends=autotune.choices(),
+                  autotune=dict(measured=autotune.TUNER.measured,
+                                seconds=autotune.TUNER.seconds))
     if retrained is not None:
         result["retrained"], _ = row(trainer, retrained, "Retrained (found widths)", "KD")
         result["retrained"]["against_curves"] = report.against_curves(result, "retrained")
@@ -94,4 +99,5 @@ def write(trainer: Trainer, result: dict, final_net, retrained):
         for name, net in exports.items():
             exported = trainer.data.inputs.export(net)
             folder.write(name, lambda p: torch.save(exported, p))
+        folder.write_json("backends.json", result["backends"])
         report.write_results(folder.out, result)

@@ -37,17 +37,32 @@ class Rounds:
         # the one it accepted; the rounds that accepted none too.
         self.round_costs: dict[int, dict] = {}
 
-    def saved(self, rnd: int):
-        """(network, meta, the round's record) of round ``rnd`` accepted before an
-        interruption, or None."""
+    def saved(self, rnd: int, parent):
+        """(network, meta, the round's record) of round ``rnd`` (planted into ``parent``)
+        accepted before an interruption, or None."""
         path = self.folder.round(rnd)
         if not self.folder.exists(path):
             return None
         net, meta = self.trainer.load(path)
         print(line(f"round {rnd}", net.describe(), count_params(net), meta["val"],
                    meta["seconds"], "(from checkpoint)"))
-        self.round_costs[rnd] = meta.get("cost")  # (a round of an earlier version: None)
+        if "cost" not in meta:  # kept by an earlier version
+            meta["cost"] = self._cost_of_earlier(rnd, parent, net, meta["seconds"])
+            self.folder.save(path, net, meta)
+        self.round_costs[rnd] = meta["cost"]
         return net, meta, dict(round=rnd, **meta["round"])
+
+    def _cost_of_earlier(self, rnd: int, parent, net, seconds: float) -> dict:
+        """The cost of a round that an earlier version kept without it: the FLOPs of every
+        candidate its records name and of the fine-tuning, and its wall time."""
+        cfg, parent = self.cfg, copy.deepcopy(parent).cpu()
+        flops = [self.trainer.cost(net, cfg.finetune_epochs, 0.0)]
+        for layer in parent.plantable_points(cfg.plant_fc1):
+            if self.folder.candidate_record(rnd, layer) is not None:
+                flops.append(self.trainer.cost(
+                    plant(parent, layer, cfg.plant_channels, "preserve", torch.Generator()),
+                    cfg.plant_epochs, 0.0))
+        return dict(rules.total_cost(flops), seconds=seconds)
 
     def candidates(self, rnd: int, current) -> list:
         """Trains (or reloads) round ``rnd``'s candidate for each plantable point of

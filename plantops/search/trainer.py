@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 from plantops import engine
-from plantops.chain import Chain
 from plantops.data import ViewSchedule
 from plantops.planting import count_params, forward_flops
 from plantops.progress import PhaseTimes, Progress
@@ -34,13 +33,14 @@ EVAL_BATCH = 500  # images per evaluation step
 
 def layout(cfg: Config, device, net=None) -> torch.memory_format:
     """The memory layout ``net`` runs in on ``device`` (--channels-last; unset: NCHW for a
-    chain, whose convs run through the planted kernels where their rule takes them, and those
-    read NCHW; channels-last on a CPU for any other module, a user's teacher, where oneDNN's
-    channels-last kernels measured faster: 1.6x for examples/resnet.py at 64x64 on a 2-core
-    AMD EPYC; NCHW on a GPU, 0.84-0.94x in channels-last on an H100)."""
+    network whose convs run through the planted kernels, which read NCHW: a chain, a teacher
+    of the user's that plantops.inference converted; channels-last on a CPU for any other
+    module, where oneDNN's channels-last kernels measured faster: 1.6x for
+    examples/resnet.py at 64x64 on a 2-core AMD EPYC; NCHW on a GPU, 0.84-0.94x in
+    channels-last on an H100)."""
     on = cfg.channels_last
     if on is None:
-        on = torch.device(device).type == "cpu" and not isinstance(net, Chain)
+        on = torch.device(device).type == "cpu" and not getattr(net, "reads_nchw", False)
     return torch.channels_last if on else torch.contiguous_format
 
 
@@ -207,6 +207,9 @@ class Trainer:
             net, meta = self.load(path)
             print(line(label, net.describe(), count_params(net), meta["val"],
                        meta["seconds"], "(from checkpoint)"))
+            if "cost" not in meta:  # kept by an earlier version, which trained it ``epochs``
+                meta.update(epochs=epochs, cost=self.cost(net, epochs, meta["seconds"]))
+                self.folder.save(path, net, meta)
             return net, meta
         start = time.perf_counter()
         # Seeded here, so a network's initial weights do not depend on whether the ones

@@ -1,0 +1,183 @@
+"""``backend="auto"`` on a CPU, chosen by measurement on the machine at hand.
+
+The C++ kernels and oneDNN (the ``torch`` backend) win at different shapes, and where the
+line falls depends on the machine: its instruction set (AVX2 or AVX-512), its cores and
+caches, the threads. So, as ``torch.backends.cudnn.benchmark`` and Triton's autotuner do, the
+first time a convolution of a shape runs, each backend that can run it is timed on random
+tensors of that shape, for the work that call does (``work``: the forward alone, as in
+inference; the forward and the input gradient, as for a round's frozen layers; the forward
+and every gradient, as in training), and the faster is kept: in memory, and on disk
+(``$PLANTOPS_CACHE/autotune/``, one file per machine: its CPU model, the instruction set the
+kernels were built for, the threads, and the versions of torch and plantops), so that a
+second run measures nothing and makes the same choices.
+
+``PLANTOPS_AUTOTUNE=0`` turns measuring off: the fixed rule (``plantops.kernels
+.cpu_kernels_win``) decides, as it does under ``torch.compile`` and in the tests that must
+pin a backend. ``PLANTOPS_AUTOTUNE_FILE=PATH`` takes the choices from a file of them (what
+``choices()`` returns, as a search's result.json keeps it under ``backends``) instead of
+measuring, to rerun a search bit for bit on another machine; a shape the file does not hold
+falls back to the fixed rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+ENV_SWITCH = "PLANTOPS_AUTOTUNE"
+ENV_FILE = "PLANTOPS_AUTOTUNE_FILE"
+WORKS = ("forward", "input", "train")  # what a call computes; see the module's docstring
+REPEATS = 3  # timed runs per backend (after one warm-up): the fastest counts ...
+ENOUGH_S = 0.1  # ... or fewer, once this long has been timed: a slow call times itself
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV_SWITCH, "1") != "0" and not torch.compiler.is_compiling()
+
+
+def work_of(grad_input: bool, grad_weight: bool) -> str:
+    if grad_weight:
+        return "train"
+    return "input" if grad_input else "forward"
+
+
+def _key(work: str, dtype: torch.dtype, shape_key) -> str:
+    batch, channels, outputs, height, width, kh, kw, stride, padding = shape_key
+    return (f"{work} {str(dtype).removeprefix('torch.')} N{batch} C{channels} O{outputs} "
+            f"{height}x{width} k{kh}x{kw} s{stride[0]}x{stride[1]} p{padding[0]}x{padding[1]}")
+
+
+def machine() -> dict:
+    """What a choice depends on besides the shape: the machine, its threads, the versions."""
+    from plantops import __version__
+    from plantops.kernels import _native
+    module = _native.load("plantops._C")[0]
+    return dict(cpu=_cpu_model(), simd=getattr(module, "simd", "unknown"),
+                threads=torch.get_num_threads(), torch=torch.__version__, plantops=__version__)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class Tuner:
+    """The choices of this process (``choose``), and where they are kept."""
+
+    def __init__(self):
+        self.choices: dict[str, str] = {}   # key -> backend, kept or measured
+        self.used: dict[str, str] = {}       # those this process ran
+        self.measured = 0                    # shapes measured in this process
+        self.seconds = 0.0                   # and the time it took
+        self._path: Path | None = None
+        self._loaded = False
+
+    def path(self) -> Path:
+        if self._path is None:
+            from plantops.data import default_cache_dir
+            tag = hashlib.sha1(json.dumps(machine(), sort_keys=True).encode()).hexdigest()[:12]
+            self._path = default_cache_dir() / "autotune" / f"{tag}.json"
+        return self._path
+
+    def _load(self):
+        self._loaded = True
+        pinned = os.environ.get(ENV_FILE)
+        source = Path(pinned) if pinned else self.path()
+        try:
+            saved = json.loads(source.read_text())
+            self.choices.update(saved.get("choices", saved))
+        except FileNotFoundError:
+            if pinned:
+                raise ValueError(f"{ENV_FILE}={pinned}: no such file; unset it to measure "
+                                 "the backends on this machine") from None
+        except (OSError, ValueError, AttributeError):
+            pass  # a cache that does not read is measured anew, and rewritten
+
+    def choose(self, work: str, dtype, shape_key, candidates: list[str], measure,
+               fallback: str) -> str:
+        """The backend for ``work`` on ``shape_key``: the one kept, or, the first time, the
+        fastest of ``candidates`` by ``measure(name, work)`` (seconds). With a file of pinned
+        choices, a shape it does not hold takes ``fallback``."""
+        if not self._loaded:
+            self._load()
+        key = _key(work, dtype, shape_key)
+        choice = self.choices.get(key)
+        if choice in candidates:
+            self.used[key] = choice
+            return choice
+        if os.environ.get(ENV_FILE):
+            self.used[key] = fallback
+            return fallback
+        start = time.perf_counter()
+        times = {name: measure(name, work) for name in candidates}
+        self.seconds += time.perf_counter() - start
+        self.measured += 1
+        choice = self.choices[key] = self.used[key] = min(times, key=times.get)
+        self._save()
+        return choice
+
+    def _save(self):
+        path = self.path()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(dict(machine=machine(), choices=self.choices), indent=1,
+                                      sort_keys=True))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a cache that cannot be written: measured again next time, nothing lost
+
+
+TUNER = Tuner()
+
+
+def measure(name: str, work: str, dtype: torch.dtype, shape_key) -> float:
+    """Seconds of one call of backend ``name`` doing ``work`` on random tensors of
+    ``shape_key`` (the fastest of REPEATS after a warm-up)."""
+    from plantops.planted_conv import planted_conv2d
+    batch, channels, outputs, height, width, kh, kw, stride, padding = shape_key
+    generator = torch.Generator().manual_seed(0)
+    randn = lambda *shape: torch.randn(*shape, generator=generator, dtype=dtype)
+    x = randn(batch, channels, height, width).requires_grad_(work != "forward")
+    weight = randn(outputs, channels, kh, kw) * (kh * kw * channels) ** -0.5
+    bias = randn(outputs)
+    if work == "train":  # every filter trains: the weight is planted, the frozen block empty
+        weight.requires_grad_(True)
+        bias.requires_grad_(True)
+        args = dict(frozen_weight=weight[:0].detach(), out_weight=weight, out_bias=bias)
+    else:
+        args = dict(frozen_weight=weight, frozen_bias=bias)
+
+    def call():
+        with torch.set_grad_enabled(work != "forward"):
+            out = planted_conv2d(x, **args, stride=stride, padding=padding, backend=name)
+            if work != "forward":
+                out.backward(torch.ones_like(out))
+
+    call()
+    best, spent = float("inf"), 0.0
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        call()
+        seconds = time.perf_counter() - start
+        best, spent = min(best, seconds), spent + seconds
+        if spent >= ENOUGH_S:
+            break
+    return best
+
+
+def choices() -> dict[str, str]:
+    """The choices this process ran, by work and shape (to pin them with
+    PLANTOPS_AUTOTUNE_FILE)."""
+    return dict(sorted(TUNER.used.items()))

@@ -1,0 +1,111 @@
+"""backend="auto" on a CPU by measurement (plantops/kernels/autotune.py): the faster backend
+of each shape and work, measured once and kept on disk for the next run, the fixed rule with
+PLANTOPS_AUTOTUNE=0, and choices pinned from a file."""
+
+import json
+
+import pytest
+import torch
+
+import plantops
+from plantops import kernels, planted_conv2d
+from plantops.kernels import autotune
+
+pytestmark = pytest.mark.skipif("cpu" not in plantops.backends("cpu"),
+                                reason="plantops._C is not built")
+
+
+@pytest.fixture
+def tuning(monkeypatch, tmp_path):
+    """Measuring on, with a cache of its own; ``times[name]``: what each backend measures.
+    Yields the calls to measure, (backend, work, shape)."""
+    monkeypatch.setenv("PLANTOPS_AUTOTUNE", "1")
+    monkeypatch.setenv("PLANTOPS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("PLANTOPS_AUTOTUNE_FILE", raising=False)
+    kernels.forget_choices()
+    calls, times = [], {"cpu": 2.0, "torch": 1.0}
+    real = autotune.measure
+
+    def measure(name, work, dtype, shape_key):
+        calls.append((name, work, shape_key[0]))
+        real(name, work, dtype, shape_key)  # it runs (and must not fail) ...
+        return times[name]                  # ... but which wins is the test's to say
+
+    monkeypatch.setattr(autotune, "measure", measure)
+    yield calls, times
+    kernels.forget_choices()
+
+
+def conv(batch=4, grad=False):
+    x = torch.randn(batch, 5, 9, 9, requires_grad=grad)
+    w = torch.randn(6, 5, 3, 3)
+    return planted_conv2d(x, w, padding=1)
+
+
+def test_the_faster_backend_is_measured_once_per_shape_and_work_and_kept(tuning, tmp_path):
+    calls, times = tuning
+    conv()
+    assert [(name, work) for name, work, _ in calls] == [("cpu", "forward"), ("torch", "forward")]
+    conv()
+    assert len(calls) == 2  # the same shape and work: kept
+    conv(grad=True)         # another work: measured
+    conv(batch=7)           # another shape: measured
+    assert [(work, batch) for _, work, batch in calls[2::2]] == [("input", 4), ("forward", 7)]
+    assert set(autotune.choices().values()) == {"torch"}  # the faster, by the measurements
+    saved = json.loads(next((tmp_path / "cache" / "autotune").glob("*.json")).read_text())
+    assert saved["machine"]["threads"] == torch.get_num_threads()
+    assert saved["machine"]["simd"] in ("avx512", "avx2", "avx", "sse")
+    assert len(saved["choices"]) == 3
+    # A second run (a process of its own) reads them: nothing is measured.
+    kernels.forget_choices()
+    times.update(cpu=0.5)  # would now win, if it were measured
+    conv(), conv(grad=True), conv(batch=7)
+    assert len(calls) == 6 and set(autotune.choices().values()) == {"torch"}
+
+
+def test_the_choice_follows_the_measurements(tuning):
+    calls, times = tuning
+    times.update(cpu=0.5)
+    conv()
+    assert set(autotune.choices().values()) == {"cpu"}
+
+
+def test_autotune_off_is_the_fixed_rule_and_measures_nothing(tuning, monkeypatch):
+    calls, _ = tuning
+    monkeypatch.setenv("PLANTOPS_AUTOTUNE", "0")
+    kernels.forget_choices()
+    conv()
+    assert not calls and not autotune.choices()
+    shape_key = (4, 5, 6, 9, 9, 3, 3, (1, 1), (1, 1))
+    expected = "cpu" if kernels.cpu_kernels_win(shape_key) else "torch"
+    assert kernels.resolve("auto", "cpu", torch.float32, shape_key) == expected
+
+
+def test_choices_pinned_from_a_file_are_used_without_measuring(tuning, tmp_path, monkeypatch):
+    calls, times = tuning
+    times.update(cpu=0.5)
+    conv()
+    pinned = {key: "torch" for key in autotune.choices()}  # the other backend than measured
+    path = tmp_path / "backends.json"
+    path.write_text(json.dumps(pinned))
+    monkeypatch.setenv("PLANTOPS_AUTOTUNE_FILE", str(path))
+    kernels.forget_choices()
+    measured = len(calls)
+    conv()
+    conv(batch=3)  # not in the file: the fixed rule
+    assert len(calls) == measured
+    choices = autotune.choices()
+    assert [choices[key] for key in pinned] == ["torch"]
+    monkeypatch.setenv("PLANTOPS_AUTOTUNE_FILE", str(tmp_path / "missing.json"))
+    kernels.forget_choices()
+    with pytest.raises(ValueError, match="PLANTOPS_AUTOTUNE_FILE=.*missing.json: no such file"):
+        conv()
+
+
+def test_a_measurement_runs_each_work_on_each_backend():
+    """The real measure: seconds, for each backend and work, on a small shape."""
+    key = (3, 4, 5, 7, 7, 3, 3, (1, 1), (1, 1))
+    for name in ("cpu", "torch"):
+        for work in autotune.WORKS:
+            seconds = autotune.measure(name, work, torch.float32, key)
+            assert 0 < seconds < 5
