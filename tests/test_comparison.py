@@ -57,7 +57,7 @@ def test_every_row_says_what_training_it_cost_and_planting_pays_for_every_candid
     for row in [result["teacher"], *result["students"], result["retrained"]]:
         assert row["cost"]["flops"] > 0 and row["cost"]["seconds"] > 0, row["network"]
     table = (out / "results.md").read_text()
-    assert "| network | widths | params | epochs | train cost |" in table
+    assert "| network | widths | params | FLOPs | epochs | train cost |" in table
     assert " TFLOP, " in table
 
 
@@ -87,12 +87,15 @@ def test_the_report_places_the_planted_network_against_the_students_trained_as_l
     lines = search.report.verdict(result)
     assert len(lines) == 2 and lines[0].startswith("Planted (final), ")
     assert lines[1].startswith("Retrained (found widths), ")
-    assert "the KD students trained 6 epochs" in lines[0]
+    assert "by parameters, " in lines[0] and "the KD students trained 6 epochs" in lines[0]
+    assert "; by FLOPs, " in lines[0]
     text = (out / "results.md").read_text()
     for line in lines:
         assert line + "." in text
     assert "Beside the paper's cifar10 table" in text and "84.35%" in text
     assert set(result["retrained"]["against_curves"]) <= {"KD", "CE"}
+    assert set(result["against_flop_curves"]) <= {"KD", "CE"}
+    assert all(r["flops"] > 0 for r in [result["final"], *result["students"]])
 
 
 def test_the_run_ends_with_the_comparison(image_folder, tmp_path, capsys):
@@ -101,7 +104,7 @@ def test_the_run_ends_with_the_comparison(image_folder, tmp_path, capsys):
                                   max_rounds=1, finetune_epochs=0, table_epochs=3))
     out = capsys.readouterr().out.splitlines()
     assert out[-1].startswith("Planted (final), ")
-    assert "Student[3] KD trained 3 epochs" in out[-1] and "% parameters)" in out[-1]
+    assert "Student[3] KD trained 3 epochs" in out[-1] and "the nearest; +" in out[-1]
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
     assert {r["epochs"] for r in saved["students"]} == {3}
 

@@ -134,21 +134,24 @@ def test_curve_interpolates_in_log_parameters_and_does_not_extrapolate():
 
 
 def test_the_report_says_where_planting_lies_against_the_students_curves():
-    row = lambda loss, params, acc, epochs=45: dict(network="x", loss_fn=loss, params=params,
-                                                     test_acc=acc, epochs=epochs)
-    result = dict(initial=row("KD", 20_000, 0.55), final=dict(row("KD", 36_000, 0.57),
-                                                             network="Planted (final)"),
-                  students=[row("KD", 40_000, 0.62), row("CE", 20_000, 0.50),
-                            row("CE", 40_000, 0.54)])
+    row = lambda loss, params, acc, flops, epochs=45: dict(
+        network="x", loss_fn=loss, params=params, flops=flops, test_acc=acc, epochs=epochs)
+    result = dict(initial=row("KD", 20_000, 0.55, 1e6),
+                  final=dict(row("KD", 36_000, 0.57, 4e6), network="Planted (final)"),
+                  students=[row("KD", 40_000, 0.62, 3e6), row("CE", 20_000, 0.50, 1e6),
+                            row("CE", 40_000, 0.54, 3e6)])
     where = report.against_curves(result)
     # log(36K / 20K) / log(40K / 20K) = 0.848 of the way from 55% to 62%
     assert where["KD"]["curve_acc"] == pytest.approx(0.55 + 0.07 * 0.84799, abs=1e-4)
     assert where["KD"]["margin"] < 0 < where["CE"]["margin"]
-    result["against_curves"] = where
-    sentence = report.curve_sentence(result)
-    assert sentence.startswith("Planted (final), 57.00% at 36.0K params, is 3.94 points below "
-                               "the KD students trained 45 epochs (60.94% at its size, "
-                               "interpolated in log parameters) and 3.61 points above the CE")
+    line, = report.verdict(result)
+    assert line.startswith("Planted (final), 57.00% at 36.0K parameters and 4.00M FLOPs per "
+                           "image: by parameters, 3.94 points below the KD students "
+                           "trained 45 epochs (60.94% at its parameters, interpolated in log "
+                           "parameters) and 3.61 points above the CE")
+    # By FLOPs it is past the widest student: the nearest one is the comparison.
+    assert line.endswith("; by FLOPs, 5.00 points below x KD trained 45 epochs (62.00% at "
+                         "3.00M FLOPs, the nearest; +33% FLOPs)")
     # An initial network trained fewer epochs than the students is not on their curve.
     result["initial"]["epochs"] = 15
     assert "KD" not in report.student_curves(result)

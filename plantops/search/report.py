@@ -38,45 +38,58 @@ PAPER = {
 }
 
 
-def student_curves(result: dict) -> dict[str, list[tuple[int, float]]]:
-    """The curves of the networks trained the standard way: loss ("CE", "KD") -> [(params,
-    test accuracy)] sorted by params, of the --table students, and of the initial network
-    where it trained as many epochs as they did; curves of 2 points or more."""
+# The sizes a network is placed at: its parameters (the paper's axis) and its forward FLOPs per
+# image (what running it costs).
+AXES = {"params": "parameters", "flops": "FLOPs"}
+
+
+def size_text(row: dict, axis: str) -> str:
+    value = row.get(axis)
+    if value is None:
+        return "-"
+    return f"{value / 1000:.1f}K" if axis == "params" else f"{value / 1e6:.2f}M"
+
+
+def student_curves(result: dict, axis: str = "params") -> dict[str, list[tuple[int, float]]]:
+    """The curves of the networks trained the standard way: loss ("CE", "KD") -> [(size on
+    ``axis``, test accuracy)] sorted by size, of the --table students, and of the initial
+    network where it trained as many epochs as they did; curves of 2 points or more."""
     students = result.get("students", [])
     epochs = {r.get("epochs") for r in students}
     curves = {}
     for loss in ("CE", "KD"):
-        pts = [(r["params"], r["test_acc"]) for r in students if r["loss_fn"] == loss]
+        rows = [r for r in students if r["loss_fn"] == loss]
         initial = result["initial"]
         if initial["loss_fn"] == loss and initial.get("epochs") in epochs:
-            pts.append((initial["params"], initial["test_acc"]))
+            rows.append(initial)
+        pts = [(r[axis], r["test_acc"]) for r in rows if r.get(axis)]
         if len(pts) > 1:
             curves[loss] = sorted(pts)
     return curves
 
 
-def curve_at(points: list[tuple[int, float]], params: int) -> float | None:
-    """A curve's accuracy at ``params``, interpolated linearly in log parameters between the
-    two points around it; None outside the curve (no extrapolation)."""
+def curve_at(points: list[tuple[int, float]], size: float) -> float | None:
+    """A curve's accuracy at ``size``, interpolated linearly in log size between the two
+    points around it; None outside the curve (no extrapolation)."""
     points = sorted(points)
     for (p0, a0), (p1, a1) in zip(points, points[1:]):
-        if p0 <= params <= p1:
+        if p0 <= size <= p1:
             if p1 == p0:
                 return max(a0, a1)
-            t = (math.log(params) - math.log(p0)) / (math.log(p1) - math.log(p0))
+            t = (math.log(size) - math.log(p0)) / (math.log(p1) - math.log(p0))
             return a0 + t * (a1 - a0)
     return None
 
 
-def against_curves(result: dict, key: str = "final") -> dict:
+def against_curves(result: dict, key: str = "final", axis: str = "params") -> dict:
     """Where ``result[key]`` (the final network, or the retrained one) lies against each
-    curve of the networks trained the standard way, at its size: {loss: {"curve_acc",
-    "margin"}} (test accuracy, margin = its - the curve's), for the curves that reach its
-    size."""
+    curve of the networks trained the standard way, at its size on ``axis``: {loss:
+    {"curve_acc", "margin"}} (test accuracy, margin = its - the curve's), for the curves
+    that reach its size."""
     row = result[key]
     out = {}
-    for loss, pts in student_curves(result).items():
-        acc = curve_at(pts, row["params"])
+    for loss, pts in student_curves(result, axis).items():
+        acc = curve_at(pts, row[axis]) if row.get(axis) else None
         if acc is not None:
             out[loss] = dict(curve_acc=acc, margin=row["test_acc"] - acc)
     return out
@@ -87,46 +100,48 @@ def _trained_as(result: dict) -> str:
     return f"trained {epochs.pop()} epochs" if len(epochs) == 1 else "trained"
 
 
-def curve_sentence(result: dict, key: str = "final") -> str | None:
-    """One line: ``result[key]`` against the curves of the networks trained the standard
-    way, in numbers, or None without a curve at its size."""
-    row = result[key]
-    where = result.get("against_curves") if key == "final" else row.get("against_curves")
-    if not where:
-        return None
-    parts = [f"{abs(c['margin']) * 100:.2f} points {'above' if c['margin'] >= 0 else 'below'} "
-             f"the {loss} students {_trained_as(result)} ({c['curve_acc'] * 100:.2f}% at its "
-             "size, interpolated in log parameters)"
-             for loss, c in sorted(where.items(), key=lambda kv: kv[0] != "KD")]
-    return (f"{row['network']}, {row['test_acc'] * 100:.2f}% at {row['params'] / 1000:.1f}K "
-            f"params, is " + " and ".join(parts))
+def _points(margin: float) -> str:
+    return f"{abs(margin) * 100:.2f} points {'above' if margin >= 0 else 'below'}"
 
 
-def nearest_sentence(result: dict, key: str = "final") -> str | None:
-    """Where no curve reaches ``result[key]``'s size (a network of the user's is one point; a
-    planted network can outgrow the widest student): it against the network trained the
-    standard way nearest its size (a distilled one where there is one), or None."""
-    row = result[key]
-    students = result.get("students", [])
+def placed(result: dict, key: str = "final", axis: str = "params") -> str | None:
+    """``result[key]`` against the networks trained the standard way, at its size on
+    ``axis``: against their curves where one reaches its size, else against the one nearest
+    its size (a network of the user's is one point; a planted network can outgrow the
+    widest student); None without them."""
+    row, trained = result[key], _trained_as(result)
+    where = against_curves(result, key, axis)
+    if where:
+        return " and ".join(
+            f"{_points(c['margin'])} the {loss} students {trained} ({c['curve_acc'] * 100:.2f}%"
+            f" at its {AXES[axis]}, interpolated in log {AXES[axis]})"
+            for loss, c in sorted(where.items(), key=lambda kv: kv[0] != "KD"))
+    students = [r for r in result.get("students", []) if r.get(axis)]
     pool = [r for r in students if r["loss_fn"] == row["loss_fn"]] or students
-    if not pool:
+    if not pool or not row.get(axis):
         return None
-    other = min(pool, key=lambda r: (abs(math.log(row["params"] / r["params"])), r["params"]))
-    margin = row["test_acc"] - other["test_acc"]
-    more = row["params"] / other["params"] - 1
+    other = min(pool, key=lambda r: (abs(math.log(row[axis] / r[axis])), r[axis]))
     loss = f" {other['loss_fn']}" if other["loss_fn"] in ("CE", "KD") else ""
-    return (f"{row['network']}, {row['test_acc'] * 100:.2f}% at {row['params'] / 1000:.1f}K "
-            f"params, is {abs(margin) * 100:.2f} points {'above' if margin >= 0 else 'below'} "
-            f"{other['network']}{loss} {_trained_as(result)} ({other['test_acc'] * 100:.2f}% at "
-            f"{other['params'] / 1000:.1f}K params; {more * 100:+.0f}% parameters)")
+    return (f"{_points(row['test_acc'] - other['test_acc'])} {other['network']}{loss} "
+            f"{trained} ({other['test_acc'] * 100:.2f}% at {size_text(other, axis)} "
+            f"{AXES[axis]}, the nearest; {row[axis] / other[axis] * 100 - 100:+.0f}% "
+            f"{AXES[axis]})")
 
 
 def verdict(result: dict) -> list[str]:
     """The comparisons a user needs, one line each: the final network, and the retrained
-    one, against the networks trained the standard way as long (none without --table)."""
-    keys = ["final"] + (["retrained"] if result.get("retrained") else [])
-    return [line for key in keys
-            for line in [curve_sentence(result, key) or nearest_sentence(result, key)] if line]
+    one, against the networks trained the standard way as long, at their size in parameters
+    and in FLOPs (none without --table)."""
+    lines = []
+    for key in ["final"] + (["retrained"] if result.get("retrained") else []):
+        row = result[key]
+        parts = [(axis, placed(result, key, axis)) for axis in AXES]
+        parts = [f"by {AXES[axis]}, {text}" for axis, text in parts if text]
+        if parts:
+            lines.append(f"{row['network']}, {row['test_acc'] * 100:.2f}% at "
+                         f"{size_text(row, 'params')} parameters and {size_text(row, 'flops')} "
+                         f"FLOPs per image: " + "; ".join(parts))
+    return lines
 
 
 def cost_text(cost: dict | None) -> str:
@@ -155,20 +170,22 @@ def comparison_table(result: dict) -> str:
 
 def results_table(result: dict) -> str:
     """Markdown table: network, params, test loss, test acc, loss function (the paper's
-    columns; its "Test Err." is the test cross-entropy), the epochs its oldest weights
-    trained and what training it cost, plus the validation numbers."""
+    columns; its "Test Err." is the test cross-entropy), its forward FLOPs per image, the
+    epochs its oldest weights trained and what training it cost, plus the validation
+    numbers."""
     rows = [result["teacher"], result["initial"], *result.get("students", []), *result["rounds"]]
     final = dict(result["final"], network="**Planted (final)**")
     retrained = [result["retrained"]] if result.get("retrained") else []
-    lines = ["| network | widths | params | epochs | train cost | test loss | test acc | loss "
-             "| val loss | val acc |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| network | widths | params | FLOPs | epochs | train cost | test loss | test acc "
+             "| loss | val loss | val acc |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in [*rows, final, *retrained]:
         bold = (lambda t: f"**{t}**") if r is final else (lambda t: t)
         params, loss, acc = (bold(t) for t in (f"{r['params'] / 1000:.1f}K",
                                                f"{r['test_loss']:.4f}",
                                                f"{r['test_acc'] * 100:.2f}%"))
         epochs = "-" if r.get("epochs") is None else r["epochs"]
-        lines.append(f"| {r['network']} | {widths_text(r)} | {params} | {epochs} | "
+        lines.append(f"| {r['network']} | {widths_text(r)} | {params} | {size_text(r, 'flops')} "
+                     f"| {epochs} | "
                      f"{cost_text(r.get('cost'))} | {loss} | {acc} | {r['loss_fn']} | "
                      f"{r['val_loss']:.4f} | {r['val_acc'] * 100:.2f}% |")
     return "\n".join(lines)
@@ -270,7 +287,8 @@ def write_results(out: Path, result: dict):
          curves=curves, teacher=(teacher["network"], teacher["params"], teacher["test_acc"]))
     compare = result.get("compare_with", "none") != "none"
     text = [f"# Channel planting on {dataset}", "",
-            "Test loss is the test cross-entropy (the paper's \"Test Err.\"). Epochs: how long "
+            "Test loss is the test cross-entropy (the paper's \"Test Err.\"). FLOPs: of one "
+            "image's forward pass. Epochs: how long "
             "a network's oldest weights trained. Train cost: image-epochs times 3 forward "
             "passes' FLOPs (forward and backward) of every network trained on the way (for "
             "planting: the initial network and every candidate, rejected ones included), and "

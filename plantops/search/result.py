@@ -4,10 +4,11 @@ exported, and the files a person reads (plantops/search/report.py writes results
 plot).
 
 result.json holds ``final``, ``initial``, ``teacher``, ``rounds``, ``students`` and
-``retrained`` (one row each: widths, parameters, test and validation numbers, the loss it was
-trained with, the epochs its oldest weights trained, and what training it cost), why the
-search stopped, where the final network lies against the networks trained the standard way
-(``against_curves``, and the retrained one's in its row), the warnings, the options, the
+``retrained`` (one row each: widths, parameters, forward FLOPs per image, test and validation
+numbers, the loss it was trained with, the epochs its oldest weights trained, and what
+training it cost), why the search stopped, where the final network lies against the networks
+trained the standard way at its parameters and at its FLOPs (``against_curves``,
+``against_flop_curves``; the retrained one's in its row), the warnings, the options, the
 backends the convolutions ran on (``backends``, also in backends.json: pass it as
 PLANTOPS_AUTOTUNE_FILE to rerun on them) and each phase's wall time.
 """
@@ -31,7 +32,7 @@ def row(trainer: Trainer, path, label: str, loss_fn: str):
     if test is None:  # a checkpoint from a search that did not keep test numbers
         test, = trainer.evaluate(net, "test")
     return dict(network=label, widths=net.widths, fc_width=net.fc_width,
-                params=count_params(net), test_loss=test["loss"], test_acc=test["acc"],
+                **trainer.size(net), test_loss=test["loss"], test_acc=test["acc"],
                 val_loss=meta["val"]["loss"], val_acc=meta["val"]["acc"], loss_fn=loss_fn,
                 epochs=meta.get("epochs"), cost=meta.get("cost")), net
 
@@ -39,7 +40,7 @@ def row(trainer: Trainer, path, label: str, loss_fn: str):
 def given_row(meta: dict) -> dict:
     """The row of a teacher of the user's (evaluated, never trained: it has no checkpoint)."""
     return dict(network=meta["name"], widths=None, fc_width=None, params=meta["params"],
-                test_loss=meta["test"]["loss"], test_acc=meta["test"]["acc"],
+                flops=None, test_loss=meta["test"]["loss"], test_acc=meta["test"]["acc"],
                 val_loss=meta["val"]["loss"], val_acc=meta["val"]["acc"], loss_fn="given",
                 epochs=None, cost=None)
 
@@ -79,8 +80,10 @@ def build(trainer: Trainer, teacher: dict, initial_label: str, initial_loss: str
                                 seconds=autotune.TUNER.seconds))
     if retrained is not None:
         result["retrained"], _ = row(trainer, retrained, "Retrained (found widths)", "KD")
-        result["retrained"]["against_curves"] = report.against_curves(result, "retrained")
-    result["against_curves"] = report.against_curves(result)
+    for key, where in (("final", result), ("retrained", result["retrained"])):
+        if where is not None:
+            where["against_curves"] = report.against_curves(result, key)
+            where["against_flop_curves"] = report.against_curves(result, key, "flops")
     lines = report.verdict(result)
     if any(c["margin"] < 0 for c in result["against_curves"].values()):
         folder.warn(lines[0] + ": planting did not beat the networks of its size trained the "
