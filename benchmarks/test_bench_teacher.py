@@ -16,8 +16,16 @@ own layers, NCHW and channels-last), side by side in one run.
   rule takes them, each ReLU + 2x2 max pool through ``relu_max_pool2d``); oneDNN: the same
   network exported to nn.Sequential.
 
-Both sides compute the same function (checked here, to float rounding). Under
---benchmark-disable (CI's smoke run) the shapes shrink to width 8 and batch 8.
+- a training epoch of the same networks: the engine (the search's path) against what a user
+  writes (``DeviceData.batches`` with its crops and flips, torch's layers,
+  ``torch.optim.SGD``), in either layout: the step's speed must reach the epoch.
+- a teacher of the user's: examples/resnet.py at 64x64 through ``plantops.inference`` against
+  the module as it is.
+
+plantops' rows name the backends its convolutions took (``backend="auto"``: measured on this
+machine unless PLANTOPS_AUTOTUNE=0). Both sides compute the same function (checked here, to
+float rounding), on as many threads. Under --benchmark-disable (CI's smoke run) the shapes
+shrink to width 8 and batch 8.
 """
 
 import sys
@@ -135,3 +143,46 @@ def test_plain_training_step(benchmark, record, request, width, impl):
     benchmark.group = f"Student[{width}] training step, batch {batch}"
     benchmark.pedantic(step, warmup_rounds=2, rounds=10)
     record("plain training step", f"S[{width}] N{batch}", impl, 0)
+
+
+@pytest.mark.parametrize("impl", ["plantops", *LAYOUTS])
+@pytest.mark.parametrize("width", [8, 64, 128])
+def test_plain_training_epoch(benchmark, record, request, width, impl):
+    """An epoch of a plain network's training, as a user would write it against the search's:
+    2,560 images (20 steps of 128; a fifth of the quick preset's epoch), random crops and
+    flips, cross-entropy, SGD with momentum and weight decay. plantops: the engine
+    (engine.Training: the views drawn in advance on the device, its own SGD) on the network
+    as the search trains it; oneDNN: torch's own layers, ``DeviceData.batches`` and
+    ``torch.optim.SGD``, in either layout. A speedup of the step that does not reach the
+    epoch is not one."""
+    import numpy as np
+    from plantops import engine
+    from plantops.data import DeviceData, ViewSchedule
+    images, batch = (64, 8) if smoke(request) else (2560, 128)
+    width = 8 if smoke(request) else width
+    rng = np.random.default_rng(0)
+    data = DeviceData(rng.integers(0, 256, (images, 32, 32, 3), dtype=np.uint8),
+                      rng.integers(0, 10, images), DEVICE, (0.5,) * 3, (0.25,) * 3)
+    net = network(width).train()
+    schedule = engine.Schedule(1, 0.05, batch_size=batch)
+    if impl == "plantops":
+        views = ViewSchedule(data, batch, 1, seed=0)
+        training = engine.Training(net, list(net.parameters()), views, schedule, "ce")
+        run = lambda: training.epoch(0)
+    else:
+        layout = LAYOUTS[impl]
+        seq = net.to_sequential().to(memory_format=layout).train()
+        opt = torch.optim.SGD(seq.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        generator = torch.Generator().manual_seed(0)
+
+        def run():
+            for x, y in data.batches(batch, generator, augment=True):
+                loss = F.cross_entropy(seq(x.contiguous(memory_format=layout)), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            if DEVICE.type == "cuda":
+                torch.cuda.synchronize()
+    benchmark.group = f"Student[{width}] training epoch, {images} images"
+    benchmark.pedantic(run, warmup_rounds=1, rounds=3)
+    record("plain training epoch", f"S[{width}] {images} img", impl, 0)

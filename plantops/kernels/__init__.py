@@ -133,7 +133,7 @@ def _auto(device_type: str, dtype: torch.dtype, shape_key, work: str) -> str:
         return "torch"
     if "cpu" not in _runnable(device_type, dtype):
         return "torch"
-    fixed = "cpu" if cpu_kernels_win(shape_key) else "torch"
+    fixed = "cpu" if cpu_kernels_win(shape_key, work) else "torch"
     if shape_key is None or device_type != "cpu" or not autotune.enabled():
         return fixed
     # On a CPU the two are measured on this machine, once per shape and work (autotune).
@@ -156,7 +156,7 @@ def relu_pool_backend(x: torch.Tensor) -> str:
     return "cpu" if x.is_contiguous() and relu_pool_cpu_runs(x) else "torch"
 
 
-def cpu_kernels_win(shape_key) -> bool:
+def cpu_kernels_win(shape_key, work: str = "forward") -> bool:
     """Whether the C++ kernels beat oneDNN (the torch backend) for this shape on the CPU.
 
     Measured with benchmarks/test_bench_planted_conv.py and test_bench_teacher.py on 2-core
@@ -166,11 +166,14 @@ def cpu_kernels_win(shape_key) -> bool:
     forward+backward; Teacher[128]'s inference 2.4-3.2x, a plain Student[128] training step
     1.3-1.8x); wider ones are not measured. Other layers run the direct kernels, which win at
     planting's narrow layers (up to 20 channels, or up to 40 on maps of 32x32 and more) and
-    lose to oneDNN's blocked GEMM on wider ones.
+    lose to oneDNN's blocked GEMM on wider ones, except the forward of a 1x1 layer without
+    padding, a matrix product (2.3-2.7x oneDNN's NCHW 1x1 convolution).
     """
     if shape_key is None:
         return True
     batch, channels, outputs, height, width, kh, kw, stride, padding = shape_key
+    if (kh, kw) == (1, 1) and max(padding) == 0 and work == "forward":
+        return True
     widest = max(channels, outputs)
     winograd = (kh, kw) == (3, 3) and tuple(stride) == (1, 1) and max(padding) <= 2 and batch >= 8
     if winograd:
