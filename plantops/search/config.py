@@ -138,11 +138,11 @@ class Config:
                             "units; changes results slightly)", "training", PRECISIONS)
     channels_last: Optional[bool] = option(
         None, "run the plain networks (teacher, initial network, --table students) in "
-        "channels-last memory layout; unset: off for the networks the search builds and "
-        "plants (their convs train on the planted kernels, which read NCHW), on for a "
-        "--teacher module on a CPU (oneDNN's channels-last kernels, 1.6x faster for a ResNet), "
-        "never on a GPU (0.84-0.94x on an H100). Planting rounds run in the planted kernels' "
-        "own layout",
+        "channels-last memory layout; unset: off for the networks whose convs run on the "
+        "planted kernels, which read NCHW (those the search builds and plants, and a --teacher "
+        "module that torch.fx traces), on for any other --teacher module on a CPU (oneDNN's "
+        "channels-last kernels, 1.6x faster for a ResNet), never on a GPU (0.84-0.94x on an "
+        "H100). Planting rounds run in the planted kernels' own layout",
         "speed")
     cuda_graphs: str = option("auto", "capture each training and evaluation step as a CUDA "
                               "graph and replay it (one launch per step): auto (on with "
