@@ -50,6 +50,14 @@ def smoke(request) -> bool:
     return bool(request.config.getoption("benchmark_disable"))
 
 
+def sgd_step(model, x, y, opt):
+    """One training step as a user writes it."""
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def network(width: int):
     torch.manual_seed(0)
     return models.student(width).to(DEVICE)
@@ -134,10 +142,7 @@ def test_plain_training_step(benchmark, record, request, width, impl):
         impl = f"plantops ({chosen_backends(lambda: F.cross_entropy(forward(), y).backward())})"
 
     def step():
-        loss = F.cross_entropy(forward(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        sgd_step(model, x, y, opt)
         if DEVICE.type == "cuda":
             torch.cuda.synchronize()
     benchmark.group = f"Student[{width}] training step, batch {batch}"
@@ -177,10 +182,7 @@ def test_plain_training_epoch(benchmark, record, request, width, impl):
 
         def run():
             for x, y in data.batches(batch, generator, augment=True):
-                loss = F.cross_entropy(seq(x.contiguous(memory_format=layout)), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                sgd_step(seq, x.contiguous(memory_format=layout), y, opt)
             if DEVICE.type == "cuda":
                 torch.cuda.synchronize()
     benchmark.group = f"Student[{width}] training epoch, {images} images"
