@@ -85,7 +85,11 @@ def test_the_report_places_the_planted_network_against_the_students_trained_as_l
     assert sorted(curves["KD"]) == sorted((r["params"], r["test_acc"])
                                           for r in result["students"] if r["loss_fn"] == "KD")
     lines = search.report.verdict(result)
-    assert len(lines) == 2 and lines[0].startswith("Planted (final), ")
+    assert len(lines) == 3 and lines[0].startswith("Take final")  # by validation accuracy
+    best = max([result["final"], result["retrained"]], key=lambda r: r["val_acc"])
+    assert ("final_retrained.pt" in lines[0].split(":")[0]) == (best is result["retrained"])
+    lines = lines[1:]
+    assert lines[0].startswith("Planted (final), ")
     assert lines[1].startswith("Retrained (found widths), ")
     assert "by parameters, " in lines[0] and "the KD students trained 6 epochs" in lines[0]
     assert "; by FLOPs, " in lines[0]
@@ -101,7 +105,8 @@ def test_the_report_places_the_planted_network_against_the_students_trained_as_l
 def test_the_run_ends_with_the_comparison(image_folder, tmp_path, capsys):
     """Beyond the widest student there is no curve: the nearest network is the comparison."""
     search.run_search(tiny_config(image_folder, tmp_path / "run", table=True, table_widths="2",
-                                  max_rounds=1, finetune_epochs=0, table_epochs=3))
+                                  max_rounds=1, finetune_epochs=0, table_epochs=3,
+                                  retrain=False))
     out = capsys.readouterr().out.splitlines()
     assert out[-1].startswith("Planted (final), ")
     assert "Student[3] KD trained 3 epochs" in out[-1] and "the nearest; +" in out[-1]
@@ -109,11 +114,11 @@ def test_the_run_ends_with_the_comparison(image_folder, tmp_path, capsys):
     assert {r["epochs"] for r in saved["students"]} == {3}
 
 
-def test_the_table_and_retrain_need_to_know_how_long_with_a_network_taken_as_it_is():
+def test_the_table_needs_to_know_how_long_with_a_network_taken_as_it_is():
     with pytest.raises(ValueError, match="--init-epochs 0 takes your network as it is: say how "
                                          "long with --table-epochs N"):
-        search.config_from_dict(dict(student="x.py:net", init_epochs=0, retrain=True)).validate()
-    search.config_from_dict(dict(student="x.py:net", init_epochs=0, retrain=True,
+        search.config_from_dict(dict(student="x.py:net", init_epochs=0, table=True)).validate()
+    search.config_from_dict(dict(student="x.py:net", init_epochs=0, table=True,
                                  table_epochs=5)).validate()
 
 

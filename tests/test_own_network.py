@@ -102,9 +102,10 @@ def test_the_table_trains_your_network_at_its_initial_widths_as_long_and_retrain
     retrained = result["retrained"]
     assert retrained["widths"] == result["final"]["widths"] and retrained["epochs"] == epochs
     # No curve of one point: the comparison is with that network, trained as long.
-    lines = search.report.verdict(result)
-    assert lines[0].startswith("Planted (final), ")
-    assert f"student (initial widths) KD trained {epochs} epochs" in lines[0]
+    advice, final, retrained = search.report.verdict(result)
+    assert advice.startswith("Take final") and retrained.startswith("Retrained (found widths)")
+    assert final.startswith("Planted (final), ")
+    assert f"student (initial widths) KD trained {epochs} epochs" in final
     again = torch.load(out / "final_retrained.pt", weights_only=False)
     final = torch.load(out / "final.pt", weights_only=False)
     assert [type(m) for m in again] == [type(m) for m in final]
@@ -115,6 +116,9 @@ def test_init_epochs_zero_takes_the_students_weights(folder24, networks, tmp_pat
     result = search.run_search(own(folder24, tmp_path / "asis", networks, init_epochs=0,
                                    max_rounds=1))
     assert result["initial"]["loss_fn"] == "given"
+    # How long to retrain its widths is not known: said, not guessed.
+    assert result["retrained"] is None
+    assert any(w.startswith("--retrain is skipped: --init-epochs 0") for w in result["warnings"])
 
 
 @pytest.mark.parametrize("flag, value, message", [

@@ -160,7 +160,7 @@ def test_the_teacher_runs_once_per_view(image_folder, tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(engine, "teacher_logits", spy)
     cfg = tiny_config(image_folder, tmp_path / "views", max_rounds=2, plant_epochs=plant_epochs,
-                      cache_teacher=cache, max_params=10 ** 9)
+                      cache_teacher=cache, max_params=10 ** 9, retrain=False)
     assert cfg.init_epochs == 4
     search.run_search(cfg)
     val, initial, planting = (1, False, 0), (4, True, 0), (plant_epochs, True, 4)
@@ -342,14 +342,16 @@ def test_a_run_refused_before_training_leaves_no_folder(reference_run, tmp_path)
 
 def test_progress_and_times_are_shown(image_folder, tmp_path, capsys):
     """Outside a terminal every phase says each finished epoch; each candidate says the
-    time its round took; the run ends with the wall time of every phase."""
+    time its round took; the run ends with the wall time of every phase and which network to
+    take."""
     search.run_search(tiny_config(image_folder, tmp_path / "progress", max_rounds=1))
     out = capsys.readouterr().out
-    for phase in ("teacher", "initial", "round 1 (conv1+conv2+conv3+conv4+conv5)"):
+    for phase in ("teacher", "initial", "round 1 (conv1+conv2+conv3+conv4+conv5)", "retrained"):
         assert f"  {phase}: epoch 1/" in out and "done, training loss" in out
     assert "(trained with 4 others in " in out
-    last = out.strip().splitlines()[-1]
-    assert last.startswith("time: teacher ") and "round 1 " in last and "report " in last
+    times, advice = out.strip().splitlines()[-2:]
+    assert times.startswith("time: teacher ") and "round 1 " in times and "report " in times
+    assert "retrain " in times and advice.startswith("Take final")
 
 
 def test_the_teacher_passes_show_progress(image_folder, tmp_path, capsys, monkeypatch):

@@ -170,10 +170,11 @@ class Config:
         None, "epochs of the --table networks and of --retrain; unset: as long as the planted "
         "network's oldest weights trained (--init-epochs plus --finetune-epochs for each "
         "accepted round)", "table")
-    retrain: bool = option(False, "after the search, train the final network's widths from "
+    retrain: bool = option(True, "after the search, train the final network's widths from "
                            "scratch by distillation, as long as the --table networks: a row "
-                           "of its own and final_retrained.pt (did planting find widths worth "
-                           "having?)", "table")
+                           "of its own and final_retrained.pt (the network to take where its "
+                           "validation accuracy is higher: planting's widths, trained whole; "
+                           "off: the poster's procedure)", "table")
     compare_with: str = option("auto", "whose paper table to print beside ours: cifar10, "
                                "cifar100, stl10, none, or auto (the dataset's own; none for "
                                "an image folder)", "table",
@@ -214,10 +215,10 @@ class Config:
                              f"got {self.table_widths!r}")
         if self.temperature <= 0 or self.lr <= 0:
             raise ValueError("--temperature and --lr must be > 0")
-        if (self.table or self.retrain) and not self.init_epochs and self.table_epochs is None:
-            raise ValueError("--table and --retrain train as long as the initial network's "
-                             "training and the fine-tuning, but --init-epochs 0 takes your "
-                             "network as it is: say how long with --table-epochs N")
+        if self.table and not self.init_epochs and self.table_epochs is None:
+            raise ValueError("--table trains as long as the initial network's training and "
+                             "the fine-tuning, but --init-epochs 0 takes your network as it "
+                             "is: say how long with --table-epochs N")
         if self.table_epochs is not None and self.table_epochs < 1:
             raise ValueError(f"--table-epochs must be >= 1, got {self.table_epochs}")
         for name in ("plant_lr", "plant_lr_decay", "finetune_lr"):
@@ -246,7 +247,7 @@ PRESETS = {
     # 20 rounds.
     "paper": dict(train_subset=0, val_size=5000, teacher_width=128, teacher_epochs=100,
                   init_epochs=100, plant_epochs=30, max_rounds=20, lr=0.01,
-                  select_rule="lowest", finetune_epochs=0),
+                  select_rule="lowest", finetune_epochs=0, retrain=False),
 }
 
 

@@ -122,7 +122,10 @@ class Search:
         current, accepted, stop_reason = self.plant_rounds(current, meta["val"])
         epochs = cfg.table_epochs or rules.oldest_epochs(cfg, len(accepted))
         students = self.students(epochs) if cfg.table else []
-        retrained = self.retrain(current, epochs) if cfg.retrain else None
+        unknown = rules.retrain_unknown(cfg)
+        if unknown:
+            self.folder.warn(unknown)
+        retrained = self.retrain(current, epochs) if cfg.retrain and not unknown else None
         return self.finish(accepted, stop_reason, students, retrained)
 
     # ------------------------------------------------------------------------- 1. teacher
@@ -267,11 +270,11 @@ class Search:
                                     self.teacher_meta["name"], "CE")
         initial_loss = cfg.init_loss.upper() if cfg.init_epochs or self.student_net is None \
             else "given"
-        outcome, final_net = result.build(
+        outcome, final_net, retrained_net = result.build(
             self.trainer, teacher, f"Initial = {self.student_name}", initial_loss, accepted,
             self.rounds.round_costs, stop_reason, students, retrained, self.student_name,
             self.ranks.size, self.folder.warnings)
-        result.write(self.trainer, outcome, final_net, retrained)
+        result.write(self.trainer, outcome, final_net, retrained_net)
         seconds = self.times.add("report", start)
         print(f"report: results.md, accuracy_vs_params.png, final.pt, "
               f"{'final_retrained.pt, ' if retrained else ''}result.json, backends.json "

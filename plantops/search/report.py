@@ -128,20 +128,39 @@ def placed(result: dict, key: str = "final", axis: str = "params") -> str | None
             f"{AXES[axis]})")
 
 
+def placement(result: dict, key: str = "final") -> str | None:
+    """One line: ``result[key]`` against the networks trained the standard way as long, at
+    its size in parameters and in FLOPs (None without them: no --table)."""
+    row = result[key]
+    parts = [(axis, placed(result, key, axis)) for axis in AXES]
+    parts = [f"by {AXES[axis]}, {text}" for axis, text in parts if text]
+    if not parts:
+        return None
+    return (f"{row['network']}, {row['test_acc'] * 100:.2f}% at {size_text(row, 'params')} "
+            f"parameters and {size_text(row, 'flops')} FLOPs per image: " + "; ".join(parts))
+
+
 def verdict(result: dict) -> list[str]:
-    """The comparisons a user needs, one line each: the final network, and the retrained
-    one, against the networks trained the standard way as long, at their size in parameters
-    and in FLOPs (none without --table)."""
-    lines = []
-    for key in ["final"] + (["retrained"] if result.get("retrained") else []):
-        row = result[key]
-        parts = [(axis, placed(result, key, axis)) for axis in AXES]
-        parts = [f"by {AXES[axis]}, {text}" for axis, text in parts if text]
-        if parts:
-            lines.append(f"{row['network']}, {row['test_acc'] * 100:.2f}% at "
-                         f"{size_text(row, 'params')} parameters and {size_text(row, 'flops')} "
-                         f"FLOPs per image: " + "; ".join(parts))
-    return lines
+    """What a user needs, one line each: which network to take (with --retrain), and where
+    the final network and the retrained one lie against the networks trained the standard
+    way as long (with --table)."""
+    keys = ["final"] + (["retrained"] if result.get("retrained") else [])
+    return [line for line in [advice(result), *(placement(result, key) for key in keys)]
+            if line]
+
+
+def advice(result: dict) -> str | None:
+    """Which network to take, by validation accuracy (the test set decides nothing): the
+    planted one (final.pt) or its widths retrained (final_retrained.pt); None without
+    --retrain."""
+    final, retrained = result["final"], result.get("retrained")
+    if not retrained:
+        return None
+    take, other = (("final_retrained.pt", "final.pt") if retrained["val_acc"] > final["val_acc"]
+                   else ("final.pt", "final_retrained.pt"))
+    rows = {"final.pt": final, "final_retrained.pt": retrained}
+    return (f"Take {take}: its validation accuracy is {rows[take]['val_acc'] * 100:.2f}%, "
+            f"{other}'s {rows[other]['val_acc'] * 100:.2f}%")
 
 
 def cost_text(cost: dict | None) -> str:

@@ -48,7 +48,7 @@ def given_row(meta: dict) -> dict:
 def build(trainer: Trainer, teacher: dict, initial_label: str, initial_loss: str,
           accepted: list[dict], round_costs: dict, stop_reason: str, students, retrained,
           student_name: str, world_size: int, warnings: list[str]):
-    """(result, the final network): the rows of the teacher (``teacher``, built by the
+    """(result, the final network, the retrained network or None): the rows of the teacher (``teacher``, built by the
     caller), the initial network, each accepted round, the final network, the --table
     ``students`` ((path, label, loss) each) and the ``retrained`` network (its path, or
     None), with the comparisons. ``round_costs``: what each round cost, the rounds that
@@ -78,27 +78,28 @@ def build(trainer: Trainer, teacher: dict, initial_label: str, initial_loss: str
                   backends=autotune.choices(),
                   autotune=dict(measured=autotune.TUNER.measured,
                                 seconds=autotune.TUNER.seconds))
+    retrained_net = None
     if retrained is not None:
-        result["retrained"], _ = row(trainer, retrained, "Retrained (found widths)", "KD")
+        result["retrained"], retrained_net = row(trainer, retrained, "Retrained (found widths)",
+                                                 "KD")
     for key, where in (("final", result), ("retrained", result["retrained"])):
         if where is not None:
             where["against_curves"] = report.against_curves(result, key)
             where["against_flop_curves"] = report.against_curves(result, key, "flops")
-    lines = report.verdict(result)
     if any(c["margin"] < 0 for c in result["against_curves"].values()):
-        folder.warn(lines[0] + ": planting did not beat the networks of its size trained the "
-                    "standard way as long", into=result["warnings"])
-    return result, final_net
+        folder.warn(report.placement(result) + ": planting did not beat the networks of its "
+                    "size trained the standard way as long", into=result["warnings"])
+    return result, final_net, retrained_net
 
 
-def write(trainer: Trainer, result: dict, final_net, retrained):
+def write(trainer: Trainer, result: dict, final_net, retrained_net):
     """final.pt (the final network as plain torch layers taking float [0, 1] images), with
-    --retrain final_retrained.pt, results.md and the plot."""
+    --retrain final_retrained.pt, results.md and the plot (rank 0 alone)."""
     folder = trainer.folder
     if folder.ranks.main:
         exports = {"final.pt": final_net}
-        if retrained is not None:
-            exports["final_retrained.pt"] = trainer.load(retrained)[0]
+        if retrained_net is not None:
+            exports["final_retrained.pt"] = retrained_net
         for name, net in exports.items():
             exported = trainer.data.inputs.export(net)
             folder.write(name, lambda p: torch.save(exported, p))

@@ -118,3 +118,13 @@ def oldest_epochs(cfg: Config, rounds: int) -> int:
     """How many epochs the oldest weights of the network after ``rounds`` accepted rounds
     trained: the initial network's, and each round's fine-tuning."""
     return cfg.init_epochs + rounds * cfg.finetune_epochs
+
+
+def retrain_unknown(cfg: Config) -> str | None:
+    """Why --retrain cannot know how long to train (None: it can): a network taken as it is
+    (--init-epochs 0) trained for an unknown time, unless --table-epochs says."""
+    if cfg.retrain and not cfg.init_epochs and cfg.table_epochs is None:
+        return ("--retrain is skipped: --init-epochs 0 takes your network as it is, so how "
+                "long to train its widths from scratch is not known; say it with "
+                "--table-epochs N")
+    return None
