@@ -33,8 +33,8 @@ import torch
 ENV_SWITCH = "PLANTOPS_AUTOTUNE"
 ENV_FILE = "PLANTOPS_AUTOTUNE_FILE"
 WORKS = ("forward", "input", "train")  # what a call computes; see the module's docstring
-REPEATS = 3  # timed runs per backend (after one warm-up): the fastest counts ...
-ENOUGH_S = 0.1  # ... or fewer, once this long has been timed: a slow call times itself
+REPEATS = 2  # timed runs per backend (after one warm-up): the fastest counts ...
+ENOUGH_S = 0.05  # ... or fewer, once this long has been timed: a slow call times itself
 
 
 def enabled() -> bool:
