@@ -26,10 +26,10 @@ def tuning(monkeypatch, tmp_path):
     calls, times = [], {"cpu": 2.0, "torch": 1.0}
     real = autotune.measure
 
-    def measure(name, work, dtype, shape_key):
-        calls.append((name, work, shape_key[0]))
-        real(name, work, dtype, shape_key)  # it runs (and must not fail) ...
-        return times[name]                  # ... but which wins is the test's to say
+    def measure(names, work, dtype, shape_key):
+        calls.extend((name, work, shape_key[0]) for name in names)
+        real(names, work, dtype, shape_key)     # it runs (and must not fail) ...
+        return {name: times[name] for name in names}  # ... which wins is the test's to say
 
     monkeypatch.setattr(autotune, "measure", measure)
     yield calls, times
@@ -70,6 +70,21 @@ def test_the_choice_follows_the_measurements(tuning):
     assert set(autotune.choices().values()) == {"cpu"}
 
 
+@pytest.mark.parametrize("fixed", ["cpu", "torch"])
+def test_a_backend_within_noise_of_the_fixed_rules_choice_leaves_the_rule_standing(
+        tuning, monkeypatch, fixed):
+    calls, times = tuning
+    monkeypatch.setattr(kernels, "cpu_kernels_win", lambda shape_key, work="forward":
+                        fixed == "cpu")
+    other = "torch" if fixed == "cpu" else "cpu"
+    times.update({fixed: 1.0, other: 1.0 - autotune.MARGIN / 2})  # faster, within the margin
+    conv()
+    assert set(autotune.choices().values()) == {fixed}
+    times.update({other: 1.0 - 2 * autotune.MARGIN})  # clearly faster: taken
+    conv(batch=5)
+    assert sorted(autotune.choices().values()) == sorted([fixed, other])
+
+
 def test_autotune_off_is_the_fixed_rule_and_measures_nothing(tuning, monkeypatch):
     calls, _ = tuning
     monkeypatch.setenv("PLANTOPS_AUTOTUNE", "0")
@@ -105,7 +120,6 @@ def test_choices_pinned_from_a_file_are_used_without_measuring(tuning, tmp_path,
 def test_a_measurement_runs_each_work_on_each_backend():
     """The real measure: seconds, for each backend and work, on a small shape."""
     key = (3, 4, 5, 7, 7, 3, 3, (1, 1), (1, 1))
-    for name in ("cpu", "torch"):
-        for work in autotune.WORKS:
-            seconds = autotune.measure(name, work, torch.float32, key)
-            assert 0 < seconds < 5
+    for work in autotune.WORKS:
+        seconds = autotune.measure(["cpu", "torch"], work, torch.float32, key)
+        assert set(seconds) == {"cpu", "torch"} and all(0 < s < 5 for s in seconds.values())

@@ -99,3 +99,59 @@ def test_it_stays_frozen_and_in_eval_mode():
     assert not fast.training and not any(p.requires_grad for p in fast.parameters())
     x = torch.rand(2, 3, 32, 32, requires_grad=True)
     assert not fast(x).requires_grad
+
+
+def test_a_residual_add_and_relu_fold_into_the_conv_before_them():
+    net = trained(resnet(8, 10, 32), 32, torch.float64)
+    fast = for_inference(net)
+    convs = {n: m for n, m in fast.module.named_modules() if isinstance(m, FrozenConv2d)}
+    assert {n for n, m in convs.items() if m.residual} == {f"stages.{i}.conv2" for i in range(3)}
+    assert {n for n, m in convs.items() if m.relu} == {
+        "stem.0", *(f"stages.{i}.conv{j}" for i in range(3) for j in (1, 2))}
+    ops = [node.target for node in fast.module.graph.nodes if node.op == "call_function"]
+    assert not any(op in (torch.relu, torch.add) or getattr(op, "__name__", "") == "add"
+                   for op in ops)  # what is left: the normalisation's sub and div
+
+
+class TwoPaths(nn.Module):
+    """An add of two convs of one input (the second computed after the first), a ReLU,
+    and an add that broadcasts a per-channel offset."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 3, padding=1)
+        self.b = nn.Conv2d(3, 6, 1)
+        self.offset = nn.Parameter(torch.randn(1, 6, 1, 1))
+        self.c = nn.Conv2d(6, 4, 3, padding=1)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x) + self.b(x))
+        return (self.c(h) + self.offset[:, :4]).mean((2, 3))
+
+
+def test_adds_of_any_two_inputs_fold_and_broadcasting_adds_stay_exact():
+    net = trained(TwoPaths(), 12, torch.float64)
+    fast = for_inference(net)
+    assert sum(isinstance(m, FrozenConv2d) and m.residual for m in fast.modules()) == 2
+    x = torch.rand(5, 3, 12, 12, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), net(x), rtol=1e-10, atol=1e-12)
+
+
+def test_a_batch_runs_in_chunks_that_keep_the_largest_activation_small(monkeypatch):
+    import plantops.inference as inference
+    net = trained(resnet(4, 3, 32), 32, torch.float64)
+    fast = for_inference(net)
+    x = torch.rand(37, 3, 32, 32, dtype=torch.float64)
+    largest = 4 * 32 * 32 * 8  # the stem's output: 4 channels at 32x32, float64
+    monkeypatch.setattr(inference, "CHUNK_BYTES", largest * 20)
+    assert fast.images_per_chunk(x) == 16  # whole SIMD vectors of images, under the budget
+    calls = []
+    fast.module.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
+    with torch.no_grad():
+        want = net(x)
+    torch.testing.assert_close(fast(x), want, rtol=1e-10, atol=1e-12 * want.abs().max().item())
+    assert calls == [16, 16, 5]
+    monkeypatch.setattr(inference, "CHUNK_BYTES", 1)
+    fast._chunks.clear()
+    assert fast.images_per_chunk(x) == inference.CHUNK_STEP  # never fewer

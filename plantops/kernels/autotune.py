@@ -33,8 +33,10 @@ import torch
 ENV_SWITCH = "PLANTOPS_AUTOTUNE"
 ENV_FILE = "PLANTOPS_AUTOTUNE_FILE"
 WORKS = ("forward", "input", "train")  # what a call computes; see the module's docstring
-REPEATS = 2  # timed runs per backend (after one warm-up): the fastest counts ...
-ENOUGH_S = 0.05  # ... or fewer, once this long has been timed: a slow call times itself
+ROUNDS = 3  # timed runs per backend, interleaved, after one warm-up: the fastest counts ...
+ENOUGH_S = 0.05  # ... or fewer, once a backend has been timed this long: a slow call times
+# itself (one run of a training step at 128 channels is 0.3 s), and a fast one is cheap
+MARGIN = 0.05  # another backend than the fixed rule's must be this much faster to be taken
 
 
 def enabled() -> bool:
@@ -107,8 +109,9 @@ class Tuner:
     def choose(self, work: str, dtype, shape_key, candidates: list[str], measure,
                fallback: str) -> str:
         """The backend for ``work`` on ``shape_key``: the one kept, or, the first time, the
-        fastest of ``candidates`` by ``measure(name, work)`` (seconds). With a file of pinned
-        choices, a shape it does not hold takes ``fallback``."""
+        fastest of ``candidates`` by ``measure(candidates, work)`` (seconds by name), unless
+        ``fallback`` (the fixed rule's choice) is within ``MARGIN`` of it. With a file of
+        pinned choices, a shape it does not hold takes ``fallback``."""
         if not self._loaded:
             self._load()
         key = _key(work, dtype, shape_key)
@@ -120,10 +123,13 @@ class Tuner:
             self.used[key] = fallback
             return fallback
         start = time.perf_counter()
-        times = {name: measure(name, work) for name in candidates}
+        times = measure(candidates, work)
         self.seconds += time.perf_counter() - start
         self.measured += 1
-        choice = self.choices[key] = self.used[key] = min(times, key=times.get)
+        choice = min(times, key=times.get)
+        if fallback in times and times[choice] > (1 - MARGIN) * times[fallback]:
+            choice = fallback  # within noise of the fixed rule's choice: the rule stands
+        self.choices[key] = self.used[key] = choice
         self._save()
         return choice
 
@@ -142,9 +148,29 @@ class Tuner:
 TUNER = Tuner()
 
 
-def measure(name: str, work: str, dtype: torch.dtype, shape_key) -> float:
-    """Seconds of one call of backend ``name`` doing ``work`` on random tensors of
-    ``shape_key`` (the fastest of REPEATS after a warm-up)."""
+def measure(names: list[str], work: str, dtype: torch.dtype, shape_key) -> dict[str, float]:
+    """Seconds of one call of each backend of ``names`` doing ``work`` on random tensors of
+    ``shape_key``: the fastest of up to ROUNDS runs after a warm-up. The backends take turns,
+    so that a moment when the machine is slow (it is shared, or busy with something else)
+    falls on both rather than deciding for one."""
+    calls = {name: _call(name, work, dtype, shape_key) for name in names}
+    for call in calls.values():
+        call()
+    best = dict.fromkeys(names, float("inf"))
+    spent = dict.fromkeys(names, 0.0)
+    for turn in range(ROUNDS):
+        if turn and max(spent.values()) >= ENOUGH_S:
+            break
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            seconds = time.perf_counter() - start
+            best[name], spent[name] = min(best[name], seconds), spent[name] + seconds
+    return best
+
+
+def _call(name: str, work: str, dtype: torch.dtype, shape_key):
+    """One call of backend ``name`` doing ``work`` on random tensors of ``shape_key``."""
     from plantops.planted_conv import planted_conv2d
     batch, channels, outputs, height, width, kh, kw, stride, padding = shape_key
     generator = torch.Generator().manual_seed(0)
@@ -165,16 +191,7 @@ def measure(name: str, work: str, dtype: torch.dtype, shape_key) -> float:
             if work != "forward":
                 out.backward(torch.ones_like(out))
 
-    call()
-    best, spent = float("inf"), 0.0
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        call()
-        seconds = time.perf_counter() - start
-        best, spent = min(best, seconds), spent + seconds
-        if spent >= ENOUGH_S:
-            break
-    return best
+    return call
 
 
 def choices() -> dict[str, str]:
