@@ -53,6 +53,16 @@ class FrozenConv2d(nn.Module):
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
         self.stride, self.padding = tuple(conv.stride), tuple(conv.padding)
         self.pool, self.residual, self.relu = pool, residual, relu
+        # The parameters of the conv (and batch norm) it came from, as count_params counts.
+        self.source_params = getattr(conv, "source_params",
+                                     sum(p.numel() for p in conv.parameters()))
+
+    def output_numel(self, shape) -> int:
+        """The elements of the convolution's output (before any pool) on inputs of shape."""
+        n, _, h, w = shape
+        (kh, kw), (sh, sw), (ph, pw) = self.weight.shape[2:], self.stride, self.padding
+        oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        return n * self.weight.shape[0] * oh * ow
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         x = x.contiguous()  # the planted kernels read NCHW
@@ -144,8 +154,7 @@ class InferenceModule(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
-        per = self.images_per_chunk(x)
-        if len(x) <= per:
+        if len(x) <= CHUNK_STEP or len(x) <= (per := self.images_per_chunk(x)):
             return self.module(x)
         return torch.cat([self.module(part) for part in x.split(per)])
 
@@ -223,7 +232,9 @@ def _fold_batch_norms(graph: fx.GraphModule, modules: dict):
                 and type(modules[conv_node.target]) is nn.Conv2d
                 and len(conv_node.users) == 1 and modules[node.target].track_running_stats):
             continue
-        fused = fuse_conv_bn_eval(modules[conv_node.target], modules[node.target])
+        conv, bn = modules[conv_node.target], modules[node.target]
+        fused = fuse_conv_bn_eval(conv, bn)
+        fused.source_params = sum(p.numel() for m in (conv, bn) for p in m.parameters())
         _set_module(graph, conv_node.target, fused)
         modules[conv_node.target] = fused
         node.replace_all_uses_with(conv_node)

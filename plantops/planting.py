@@ -16,6 +16,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from plantops.inference import FrozenConv2d
 from plantops.chain import Chain, ChainError, conv_padding, in_features, is_conv, out_features
 from plantops.planted_batch_norm import BATCH_NORMS, PlantedBatchNorm
 from plantops.planted_conv import PlantedConv2d
@@ -170,9 +171,12 @@ def export(net: Chain) -> nn.Sequential:
 
 def count_params(model: nn.Module) -> int:
     """Parameters of the network as the paper counts them: every weight and bias, planted or
-    not (batch norms' affine included, their running statistics not)."""
-    return sum(t.numel() for t in merge(model).parameters()) if isinstance(model, Chain) \
-        else sum(t.numel() for t in model.parameters())
+    not (batch norms' affine included, their running statistics not); a module run through
+    plantops.inference counts those of the module it came from."""
+    if isinstance(model, Chain):
+        return sum(t.numel() for t in merge(model).parameters())
+    return sum(t.numel() for t in model.parameters()) + sum(
+        m.source_params for m in model.modules() if isinstance(m, FrozenConv2d))
 
 
 def forward_flops(net: nn.Module, channels: int, size: int) -> int:
@@ -189,11 +193,13 @@ def forward_flops(net: nn.Module, channels: int, size: int) -> int:
             taps = module.in_channels // module.groups * module.kernel_size[0] \
                 * module.kernel_size[1]
             flops += 2 * out.numel() * taps
+        elif isinstance(module, FrozenConv2d):  # its output may be pooled: count the conv's
+            flops += 2 * module.output_numel(inputs[0].shape) * module.weight[0].numel()
         else:
             flops += 2 * out.numel() * module.in_features
 
     hooks = [m.register_forward_hook(count) for m in plain.modules()
-             if isinstance(m, (nn.Conv2d, nn.Linear))]
+             if isinstance(m, (nn.Conv2d, nn.Linear, FrozenConv2d))]
     was = plain.training
     try:
         with torch.no_grad():

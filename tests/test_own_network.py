@@ -154,5 +154,7 @@ def test_python_api_takes_modules(folder24, networks, tmp_path):
                                student=student, teacher=teacher)
     assert result["student_name"] == "Sequential" or result["student_name"] == "student"
     assert result["teacher"]["loss_fn"] == "given"
+    # its parameters are its own, though it ran through plantops.inference
+    assert result["teacher"]["params"] == sum(p.numel() for p in teacher.parameters())
     # the user's module is not changed by the search
     assert all(torch.equal(v, student.state_dict()[k]) for k, v in before.items())

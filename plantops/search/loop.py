@@ -31,7 +31,7 @@ import torch
 import plantops
 from plantops import data as datasets
 from plantops import models
-from plantops.planting import from_scratch
+from plantops.planting import count_params, from_scratch
 from plantops.progress import PhaseTimes
 from plantops.search import networks, report, result, rules
 from plantops.search.config import Config
@@ -139,7 +139,7 @@ class Search:
             net, name = self.given_teacher
             val, = self.trainer.evaluate(net, "val")
             test, = self.trainer.evaluate(net, "test")
-            params = sum(p.numel() for p in net.parameters())
+            params = count_params(net)  # the user's module's, its batch norms included
             print(line("teacher", name[:24], params, val, 0.0, "(given)"))
             self.folder.add_log(dict(kind="teacher", round=0, layer=None, name=name,
                                      params=params, val_loss=val["loss"], val_acc=val["acc"],

@@ -1,0 +1,100 @@
+"""Planting a width group of a residual, depthwise or squeeze-and-excitation network
+(plantops/group_planting.py), in float64 at every group: a candidate with the default start
+computes its parent's function, only the planted parts train and everything old stays
+bit-identical, and the merged module is the user's own class, grown, computing what the
+trained candidate computes."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from plantops import width_groups
+from plantops.group_planting import grown_module, plant_group
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from examples.mobilenet import student as mobilenet  # noqa: E402
+from examples.resnet import resnet  # noqa: E402
+from tests.test_width_groups import Branches  # noqa: E402
+
+COUNT = 3
+
+
+def trained(net):
+    """``net`` in float64 with batch norms that hold statistics of their own, in eval mode."""
+    torch.manual_seed(0)
+    net = net.double().train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.rand(8, 3, 16, 16, dtype=torch.float64))
+    return net.eval()
+
+
+NETWORKS = {"resnet": lambda: resnet(4, 10, 16), "mobilenet": lambda: mobilenet(4, 10),
+            "mobilenet-se": lambda: mobilenet(4, 10, se=True)}
+CASES = [(name, g.name) for name, make in NETWORKS.items()
+         for g in width_groups(make(), torch.rand(2, 3, 16, 16)) if g.plantable]
+
+
+@pytest.mark.parametrize("network, group", CASES)
+def test_a_planted_group_trains_only_its_new_channels_and_merges_into_the_users_class(
+        network, group):
+    net = trained(NETWORKS[network]())
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.rand(6, 3, 16, 16, dtype=torch.float64)
+    groups = {g.name: g for g in width_groups(net, x)}
+    with torch.no_grad():
+        parent = net(x)
+    candidate = plant_group(net, groups[group], COUNT)
+    with torch.no_grad():  # the default start: the parent's function
+        torch.testing.assert_close(candidate.eval()(x), parent, rtol=1e-12, atol=1e-12)
+    trainable = [n for n, p in candidate.named_parameters() if p.requires_grad]
+    assert trainable and all(n.rsplit(".", 1)[-1] in ("in_weight", "out_weight", "out_bias")
+                             or ".planted." in n or n.rsplit(".", 1)[-1] in ("weight", "bias")
+                             and "Depthwise" in type(candidate.get_submodule(
+                                 n.rsplit(".", 1)[0])).__name__ for n in trainable)
+    planted = [p for p in candidate.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in planted]
+    optimizer = torch.optim.SGD(planted, lr=0.5)
+    candidate.train()
+    for _ in range(2):
+        optimizer.zero_grad()
+        candidate(x).logsumexp(1).mean().backward()
+        optimizer.step()
+    candidate.eval()
+    grown = grown_module(candidate)
+    assert type(grown) is type(net) and all(torch.equal(v, net.state_dict()[k])
+                                            for k, v in before.items())  # the user's: as it was
+    state = grown.state_dict()
+    assert state.keys() == before.keys()
+    widened = 0
+    for key, old in before.items():
+        new = state[key]
+        if new.shape != old.shape:
+            widened += 1
+        # Everything old, bit for bit: weights, biases, running statistics.
+        assert torch.equal(new[tuple(slice(0, d) for d in old.shape)], old), key
+    assert widened
+    with torch.no_grad():
+        out = grown.eval()(x)
+        torch.testing.assert_close(out, candidate(x), rtol=1e-12, atol=1e-12)
+    assert any(not torch.equal(p, p0) for p, p0 in zip(planted, start))  # it trained
+    group_members = groups[group]
+    for path in group_members.producers:
+        module = grown.get_submodule(path)
+        old = net.get_submodule(path)
+        width = getattr(module, "out_channels", getattr(module, "out_features", None))
+        assert width == getattr(old, "out_channels", getattr(old, "out_features", 0)) + COUNT
+
+
+def test_a_group_that_cannot_grow_or_goes_through_a_concatenation_is_refused():
+    net = Branches().double().eval()
+    groups = {g.name: g for g in width_groups(net, torch.rand(2, 3, 16, 16, dtype=torch.float64))}
+    with pytest.raises(ValueError, match=r"^left goes through a concatenation \(cat \(cat\)\), "
+                                         "which plantops does not plant yet$"):
+        plant_group(net, groups["left"], 2)
+    with pytest.raises(ValueError, match=r"^fc cannot grow: it holds the network's outputs$"):
+        plant_group(net, groups["fc"], 2)
+    plant_group(net, groups["mix"], 2)  # after the concatenation: an ordinary group
