@@ -32,8 +32,81 @@ def trained(net):
     return net.eval()
 
 
+class Residual(nn.Module):
+    """conv-BN-ReLU-conv-BN plus the input (or a strided 1x1 projection), ReLU."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+                               nn.BatchNorm2d(cout), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(cout, cout, 3, 1, 1), nn.BatchNorm2d(cout))
+        self.skip = nn.Identity() if stride == 1 and cin == cout else nn.Conv2d(cin, cout, 1,
+                                                                                 stride)
+
+    def forward(self, x):
+        return torch.relu(self.b(self.a(x)) + self.skip(x))
+
+
+class Depthwise(nn.Module):
+    """1x1 expansion, depthwise 3x3 (with a bias), 1x1 projection, the input added."""
+
+    def __init__(self, c, hidden):
+        super().__init__()
+        self.up = nn.Conv2d(c, hidden, 1)
+        self.dw = nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden)
+        self.bn = nn.BatchNorm2d(hidden)
+        self.down = nn.Conv2d(hidden, c, 1)
+
+    def forward(self, x):
+        return x + self.down(torch.nn.functional.silu(self.bn(self.dw(self.up(x)))))
+
+
+class Gate(nn.Module):
+    """A squeeze-and-excitation gate with linear layers."""
+
+    def __init__(self, c, hidden):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(c, hidden), nn.Linear(hidden, c)
+
+    def forward(self, x):
+        s = torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3))))))
+        return x * s.view(x.size(0), x.size(1), 1, 1)
+
+
+class RandomNet(nn.Module):
+    """A stem, then blocks drawn at random, then a pool and a classifier (or a flatten of a
+    2x2 map and one)."""
+
+    def __init__(self, seed):
+        super().__init__()
+        draw = torch.Generator().manual_seed(seed)
+        pick = lambda n: int(torch.randint(n, (), generator=draw))
+        c = 3 + pick(4)
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        blocks = []
+        for _ in range(3 + pick(2)):
+            kind = pick(3)
+            if kind == 0:
+                stride = 1 + pick(2)
+                cout = c if stride == 1 and pick(2) else c + 1 + pick(3)
+                blocks.append(Residual(c, cout, stride))
+                c = cout
+            elif kind == 1:
+                blocks.append(Depthwise(c, c + 2 + pick(4)))
+            else:
+                blocks.append(Gate(c, 2 + pick(3)))
+        self.blocks = nn.Sequential(*blocks)
+        self.flatten = bool(pick(2))
+        self.pool = nn.AdaptiveAvgPool2d(2 if self.flatten else 1)
+        self.fc = nn.Linear(c * (4 if self.flatten else 1), 5)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.blocks(torch.relu(self.stem(x)))), 1))
+
+
 NETWORKS = {"resnet": lambda: resnet(4, 10, 16), "mobilenet": lambda: mobilenet(4, 10),
-            "mobilenet-se": lambda: mobilenet(4, 10, se=True)}
+            "mobilenet-se": lambda: mobilenet(4, 10, se=True),
+            **{f"random-{seed}": (lambda seed=seed: RandomNet(seed)) for seed in range(4)}}
 CASES = [(name, g.name) for name, make in NETWORKS.items()
          for g in width_groups(make(), torch.rand(2, 3, 16, 16)) if g.plantable]
 
