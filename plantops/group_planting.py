@@ -12,8 +12,9 @@ identity shortcut carries them. Only the planted blocks train, and the candidate
 parent is evaluated otherwise (``GrownNetwork.train``). ``grown_module`` merges the planted
 blocks back: the user's own class, the same submodule names, wider.
 
-A group that goes through a concatenation is not planted yet: after one, the new channels of
-a branch lie in the middle of the readers' inputs, not at their end.
+After a concatenation the new channels of a branch lie in the middle of the readers' inputs,
+where the planted modules read them last: a reader (or a batch norm) there takes its input
+reordered (``Reordered``), and the merged module has its columns where the input has them.
 """
 
 from __future__ import annotations
@@ -78,6 +79,33 @@ class PlantedDepthwiseConv2d(nn.Module):
         return conv
 
 
+class Reordered(nn.Module):
+    """A planted module whose input holds the new channels mid-way (a concatenation's branch
+    was planted): it takes its input's channels in ``order`` (old ones, then new ones, as the
+    planted module reads them), and, with ``back``, gives its output in the input's order
+    again (a batch norm or depthwise conv, whose output is the channels it took in)."""
+
+    def __init__(self, module: nn.Module, order: list[int], back: bool):
+        super().__init__()
+        self.module, self.back = module, back
+        self.register_buffer("order", torch.tensor(order), persistent=False)
+        self.register_buffer("inverse", torch.argsort(self.order), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.module(x.index_select(1, self.order))
+        return y.index_select(1, self.inverse) if self.back else y
+
+    def merged(self, plain: nn.Module) -> nn.Module:
+        """``plain`` (the merged module) with its input channels in the input's order."""
+        with torch.no_grad():
+            for name, tensor in list(plain.named_parameters()) + list(plain.named_buffers()):
+                if self.back and tensor.dim() >= 1 and tensor.shape[0] == len(self.order):
+                    tensor.copy_(tensor[self.inverse])  # per channel: weight, bias, statistics
+                elif not self.back and tensor.dim() >= 2 and tensor.shape[1] == len(self.order):
+                    tensor.copy_(tensor[:, self.inverse])  # a reader's input columns
+        return plain
+
+
 class GrownNetwork(nn.Module):
     """A user's module with planted channels (``plant_group``). In training only the planted
     parts train: every other module runs as it is evaluated (batch norms on their running
@@ -108,9 +136,6 @@ def plant_group(module: nn.Module, group: WidthGroup, count: int, init: str = "p
         raise ValueError(f"plant init must be one of {', '.join(PLANT_INITS)}, got {init!r}")
     if not group.plantable:
         raise ValueError(f"{group.name} cannot grow: {group.why_not}")
-    if group.concatenated:
-        raise ValueError(f"{group.name} goes through a concatenation "
-                         f"({group.concatenated[0]}), which plantops does not plant yet")
     net = copy.deepcopy(module)
     for p in net.parameters():
         p.requires_grad_(False)
@@ -120,17 +145,20 @@ def plant_group(module: nn.Module, group: WidthGroup, count: int, init: str = "p
     for path in group.channelwise:
         m = _get(net, path)
         if isinstance(m, BATCH_NORMS):
-            planted[path] = PlantedBatchNorm(m, count * group.features.get(path, 1))
+            planted[path] = PlantedBatchNorm(m, group.planted_features(path, count))
         else:  # a depthwise conv
             planted[path] = PlantedDepthwiseConv2d(m, count, generator)
     for path in group.readers:
         reader = planted.get(path) or _planted(_get(net, path))
-        planted[path] = reader.plant_inputs(count * group.features.get(path, 1))
+        planted[path] = reader.plant_inputs(group.planted_features(path, count))
         if PLANT_INITS[init]:
             bound = PLANT_INITS[init] / reader._fan_in() ** 0.5
             with torch.no_grad():
                 reader.in_weight.uniform_(-bound, bound, generator=generator)
     for path, m in planted.items():
+        order = group.input_order(path, count)  # after a concatenation: new ones mid-way
+        if order is not None:
+            m = Reordered(m, order, back=path in group.channelwise)
         _set(net, path, m)
     return GrownNetwork(net, group, count).train(module.training)
 
@@ -140,15 +168,23 @@ def grown_module(net: GrownNetwork) -> nn.Module:
     into plain layers of the new widths (loadable without plantops), every parameter
     trainable again."""
     out = copy.deepcopy(net.module)
+    replaced: list[str] = []
     for path, m in list(out.named_modules()):
-        if isinstance(m, PlantedConv2d):
-            _set(out, path, m.to_conv())
-        elif isinstance(m, PlantedLinear):
-            _set(out, path, m.to_linear())
-        elif isinstance(m, PlantedBatchNorm):
-            _set(out, path, m.to_batch_norm())
-        elif isinstance(m, PlantedDepthwiseConv2d):
-            _set(out, path, m.to_conv())
+        if any(path.startswith(done + ".") for done in replaced):
+            continue  # inside a module merged already (a Reordered's)
+        inner = m.module if isinstance(m, Reordered) else m
+        if isinstance(inner, PlantedConv2d):
+            plain = inner.to_conv()
+        elif isinstance(inner, PlantedLinear):
+            plain = inner.to_linear()
+        elif isinstance(inner, PlantedBatchNorm):
+            plain = inner.to_batch_norm()
+        elif isinstance(inner, PlantedDepthwiseConv2d):
+            plain = inner.to_conv()
+        else:
+            continue
+        _set(out, path, m.merged(plain) if isinstance(m, Reordered) else plain)
+        replaced.append(path)
     for p in out.parameters():
         p.requires_grad_(True)
     return out.train(net.training)
@@ -172,4 +208,5 @@ def _set(root: nn.Module, path: str, module: nn.Module):
     setattr(owner, name, module)
 
 
-__all__ = ["GrownNetwork", "PlantedDepthwiseConv2d", "grown_module", "plant_group"]
+__all__ = ["GrownNetwork", "PlantedDepthwiseConv2d", "Reordered", "grown_module",
+           "plant_group"]

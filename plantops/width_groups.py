@@ -70,9 +70,28 @@ class WidthGroup:
     channelwise: list[str] = field(default_factory=list)  # batch norms, depthwise convs
     readers: list[str] = field(default_factory=list)
     why_not: str | None = None  # None: it can grow; else why not, in a few words
-    # Features per channel of the group at a reader or batch norm: 1, or H*W after a flatten.
-    features: dict[str, int] = field(default_factory=dict)
+    # What a reader or channelwise module takes in, run by run along the channels:
+    # (this group's?, channels, features per channel: 1, or H*W after a flatten).
+    runs: dict[str, list[tuple[bool, int, int]]] = field(default_factory=dict)
     concatenated: list[str] = field(default_factory=list)  # concatenations it goes through
+
+    def planted_features(self, path: str, count: int) -> int:
+        """The features ``count`` new channels of the group add to ``path``'s input."""
+        return count * sum(per for mine, _, per in self.runs.get(path, [(True, 0, 1)]) if mine)
+
+    def input_order(self, path: str, count: int) -> list[int] | None:
+        """Where ``path``'s inputs lie once ``count`` channels are planted, old ones first,
+        then the new ones (each run of the group keeps its new channels right after its
+        old ones); None where that is already their order (the group's run comes last)."""
+        old, new, at = [], [], 0
+        for mine, width, per in self.runs.get(path, []):
+            old.extend(range(at, at + width * per))
+            at += width * per
+            if mine:
+                new.extend(range(at, at + count * per))
+                at += count * per
+        order = old + new
+        return None if order == list(range(len(order))) else order
 
     @property
     def plantable(self) -> bool:
@@ -95,7 +114,7 @@ class _Spaces:
         self.parent.append(len(self.parent))
         self.info.append(dict(width=width, producers=[producer] if producer else [],
                               channelwise=[], readers=[], fixed=[fixed] if fixed else [],
-                              residual=[], features=[], concatenated=[]))
+                              residual=[], runs=[], concatenated=[]))
         return len(self.parent) - 1
 
     def find(self, i: int) -> int:
@@ -109,7 +128,7 @@ class _Spaces:
         if a == b:
             return
         self.parent[b] = a
-        for key in ("producers", "channelwise", "readers", "fixed", "residual", "features",
+        for key in ("producers", "channelwise", "readers", "fixed", "residual", "runs",
                     "concatenated"):
             self.info[a][key] += self.info[b][key]
 
@@ -206,9 +225,9 @@ class _Follow:
     def read(self, path: str, key: str = "readers"):
         """``path`` reads the first input's channels (``key``: as a reader, or channel by
         channel), so many features a channel."""
-        for space, _, per in self.first or []:
+        for space, _, _ in self.first or []:
             self.spaces.note(space, key, (self.order, path))
-            self.spaces.note(space, "features", (self.order, (path, per)))
+            self.spaces.note(space, "runs", (self.order, (path, tuple(self.first))))
 
     def module(self, m: nn.Module) -> Layout | None:
         path = str(self.node.target)
@@ -379,7 +398,9 @@ def _groups(spaces: _Spaces, first_seen: dict, modules: dict) -> list[WidthGroup
                  else paths["producers"][0])
         groups.append(WidthGroup(name, info["width"], paths["producers"],
                                  paths["channelwise"], paths["readers"], why,
-                                 dict(value for _, value in sorted(info["features"])),
+                                 {path: [(spaces.find(space) == root, w, per)
+                                         for space, w, per in layout]
+                                  for _, (path, layout) in sorted(info["runs"])},
                                  list(dict.fromkeys(w for _, w in sorted(info["concatenated"])))))
     return groups
 

@@ -177,7 +177,8 @@ def test_a_residual_block_is_refused():
             return x + self.conv(x)
 
     seq = nn.Sequential(nn.Conv2d(3, 4, 3), Block(), nn.Flatten(), nn.Linear(4, 2))
-    with pytest.raises(ChainError, match="'1' \\(Block\\).*residual block or a branch"):
+    with pytest.raises(ChainError, match="'1' \\(Block\\).*residual block or a branch.*"
+                                         "plantops.width_groups"):
         Chain.of(seq, "resnetish")
 
 

@@ -104,7 +104,31 @@ class RandomNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.blocks(torch.relu(self.stem(x)))), 1))
 
 
+class Inception(nn.Module):
+    """Branches concatenated along the channels (one of them flattened after the join), a
+    batch norm over the concatenation, and a classifier after a 2x2 pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.a = nn.Conv2d(4, 3, 1)
+        self.b = nn.Sequential(nn.Conv2d(4, 5, 3, padding=1), nn.BatchNorm2d(5))
+        self.c = nn.Conv2d(4, 2, 3, padding=1)
+        self.bn = nn.BatchNorm2d(10)
+        self.mix = nn.Conv2d(10, 6, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(6 * 4 + 2 * 4, 5)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        c = self.c(h)
+        joined = torch.relu(self.bn(torch.cat([self.a(h), self.b(h), c], 1)))
+        side = torch.flatten(self.pool(c), 1)
+        return self.fc(torch.cat([torch.flatten(self.pool(self.mix(joined)), 1), side], 1))
+
+
 NETWORKS = {"resnet": lambda: resnet(4, 10, 16), "mobilenet": lambda: mobilenet(4, 10),
+            "inception": Inception,
             "mobilenet-se": lambda: mobilenet(4, 10, se=True),
             **{f"random-{seed}": (lambda seed=seed: RandomNet(seed)) for seed in range(4)}}
 CASES = [(name, g.name) for name, make in NETWORKS.items()
@@ -147,8 +171,15 @@ def test_a_planted_group_trains_only_its_new_channels_and_merges_into_the_users_
         new = state[key]
         if new.shape != old.shape:
             widened += 1
-        # Everything old, bit for bit: weights, biases, running statistics.
-        assert torch.equal(new[tuple(slice(0, d) for d in old.shape)], old), key
+        # Everything old, bit for bit: weights, biases, running statistics (after a
+        # concatenation the new channels lie mid-way: the old ones where the input has them).
+        path, _, name = key.rpartition(".")
+        order = groups[group].input_order(path, COUNT)
+        where = [torch.arange(d) for d in old.shape]
+        dim = 0 if path in groups[group].channelwise else 1
+        if order is not None and old.dim() > dim:
+            where[dim] = torch.tensor(order[:old.shape[dim]])
+        assert torch.equal(new[torch.meshgrid(*where, indexing="ij")] if where else new, old), key
     assert widened
     with torch.no_grad():
         out = grown.eval()(x)
@@ -162,12 +193,18 @@ def test_a_planted_group_trains_only_its_new_channels_and_merges_into_the_users_
         assert width == getattr(old, "out_channels", getattr(old, "out_features", 0)) + COUNT
 
 
-def test_a_group_that_cannot_grow_or_goes_through_a_concatenation_is_refused():
+def test_a_group_that_cannot_grow_is_refused():
     net = Branches().double().eval()
     groups = {g.name: g for g in width_groups(net, torch.rand(2, 3, 16, 16, dtype=torch.float64))}
-    with pytest.raises(ValueError, match=r"^left goes through a concatenation \(cat \(cat\)\), "
-                                         "which plantops does not plant yet$"):
-        plant_group(net, groups["left"], 2)
     with pytest.raises(ValueError, match=r"^fc cannot grow: it holds the network's outputs$"):
         plant_group(net, groups["fc"], 2)
-    plant_group(net, groups["mix"], 2)  # after the concatenation: an ordinary group
+
+
+def test_after_a_concatenation_the_new_channels_are_read_where_the_branch_lies():
+    net = trained(Inception())
+    groups = {g.name: g for g in width_groups(net, torch.rand(2, 3, 16, 16, dtype=torch.float64))}
+    assert groups["b.0"].runs["mix"] == [(False, 3, 1), (True, 5, 1), (False, 2, 1)]
+    assert groups["b.0"].channelwise == ["b.1", "bn"]
+    assert groups["c"].runs["fc"] == [(False, 6, 4), (True, 2, 4)]  # flattened: last already
+    assert groups["c"].input_order("fc", 1) is None
+    assert groups["b.0"].input_order("mix", 1) == [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 8]
