@@ -1,9 +1,13 @@
-"""A MobileNetV2-style student: inverted residual blocks (a 1x1 expansion, a 3x3 depthwise
+"""A MobileNetV2-style network: inverted residual blocks (a 1x1 expansion, a 3x3 depthwise
 conv, a 1x1 projection, an identity shortcut where the shape allows), optionally with
 squeeze-and-excitation. It takes float [0, 1] images [N, 3, H, W] of any size and normalises
 them inside, as the search's input convention asks.
 
-``python -m plantops.search --student examples/mobilenet.py:student ...``
+The search does not plant it yet (it plants chains); where it could grow, and one candidate:
+
+    net = student()
+    groups = plantops.width_groups(net, torch.rand(2, 3, 32, 32))
+    candidate = plantops.group_planting.plant_group(net, groups[1], 4)  # blocks.0.expand.0
 """
 
 import torch

@@ -1,6 +1,7 @@
 """A teacher of another architecture than the student: a small ResNet (residual blocks, which
-plantops does not plant but distils from as any module). It takes float [0, 1] images
-[N, 3, H, W] of any size and normalises them inside, as the search's input convention asks.
+the search distils from as from any module, and does not plant yet: ``plantops.width_groups``
+lists where one could grow). It takes float [0, 1] images [N, 3, H, W] of any size and
+normalises them inside, as the search's input convention asks.
 
 Train it with ``python examples/train_teacher.py`` (the search then loads the saved module
 from the repository's root, where ``examples.resnet`` imports).
