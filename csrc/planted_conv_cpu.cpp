@@ -45,6 +45,23 @@ constexpr int64_t kPixels = 4;
 constexpr int kMaxVecs = 2;
 #endif
 
+// Output-channel vectors per register tile for a layer of `vecs` vectors of outputs. Every
+// block of the layer computes a whole tile, so the tile wastes lanes where it does not divide
+// the layer (64 channels in tiles of 3 vectors of 16 computed 96, a third for nothing; in tiles
+// of 2, 64): of 2 to kMaxVecs vectors (one vector alone keeps too few sums in flight to fill
+// the FMA units), the most that waste the fewest. Each output's sum runs in the same order
+// whatever the tile.
+int tile_vectors(int64_t vecs) {
+  if (vecs <= 1) return 1;
+  int best = 2;
+  int64_t best_waste = round_up(vecs, 2) - vecs;
+  for (int nv = 3; nv <= kMaxVecs; ++nv) {
+    const int64_t waste = round_up(vecs, nv) - vecs;
+    if (waste <= best_waste) best = nv, best_waste = waste;
+  }
+  return best;
+}
+
 // Weight of the assembled (virtual) weight at output channel o, input channel c: a pointer to
 // its KH*KW taps inside whichever block holds it.
 template <typename T>
@@ -134,7 +151,7 @@ struct DenseConv {
       : Cin(cin), Cout(cout), KH(kh), KW(kw), SH(sh), SW(sw), OH(oh), OW(ow), Hp(padded_h) {
     // The last pixel tile reads kPixels columns past its start: room so it stays in the row.
     Wp = std::max(padded_w, (round_up(OW, kPixels) - 1) * SW + KW);
-    nv = std::min<int64_t>(kMaxVecs, std::max<int64_t>(1, (Cout + S::L - 1) / S::L));
+    nv = tile_vectors((Cout + S::L - 1) / S::L);
     block = nv * S::L;
     wpack.assign(round_up(Cout, block) * Cin * KH * KW, T(0));
     bias.assign(round_up(Cout, block), T(0));

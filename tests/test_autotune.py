@@ -55,6 +55,7 @@ def test_the_faster_backend_is_measured_once_per_shape_and_work_and_kept(tuning,
     saved = json.loads(next((tmp_path / "cache" / "autotune").glob("*.json")).read_text())
     assert saved["machine"]["threads"] == torch.get_num_threads()
     assert saved["machine"]["simd"] in ("avx512", "avx2", "avx", "sse")
+    assert len(saved["machine"]["build"]) == 12  # a rebuilt kernel measures anew
     assert len(saved["choices"]) == 3
     # A second run (a process of its own) reads them: nothing is measured.
     kernels.forget_choices()

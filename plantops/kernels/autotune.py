@@ -8,8 +8,8 @@ tensors of that shape, for the work that call does (``work``: the forward alone,
 inference; the forward and the input gradient, as for a round's frozen layers; the forward
 and every gradient, as in training), and the faster is kept: in memory, and on disk
 (``$PLANTOPS_CACHE/autotune/``, one file per machine: its CPU model, the instruction set the
-kernels were built for, the threads, and the versions of torch and plantops), so that a
-second run measures nothing and makes the same choices.
+kernels were built for, the threads, the versions of torch and plantops, and the build of the
+kernels), so that a second run measures nothing and makes the same choices.
 
 ``PLANTOPS_AUTOTUNE=0`` turns measuring off: the fixed rule (``plantops.kernels
 .cpu_kernels_win``) decides, as it does under ``torch.compile`` and in the tests that must
@@ -56,12 +56,22 @@ def _key(work: str, dtype: torch.dtype, shape_key) -> str:
 
 
 def machine() -> dict:
-    """What a choice depends on besides the shape: the machine, its threads, the versions."""
+    """What a choice depends on besides the shape: the machine, its threads, the versions,
+    and the build of the kernels (a rebuilt kernel can be faster than what was measured)."""
     from plantops import __version__
     from plantops.kernels import _native
     module = _native.load("plantops._C")[0]
     return dict(cpu=_cpu_model(), simd=getattr(module, "simd", "unknown"),
-                threads=torch.get_num_threads(), torch=torch.__version__, plantops=__version__)
+                threads=torch.get_num_threads(), torch=torch.__version__, plantops=__version__,
+                build=_build(module))
+
+
+def _build(module) -> str:
+    """A fingerprint of the compiled kernels: the hash of the module's file."""
+    try:
+        return hashlib.sha1(Path(module.__file__).read_bytes()).hexdigest()[:12]
+    except (AttributeError, OSError, TypeError):
+        return "unknown"
 
 
 def _cpu_model() -> str:
