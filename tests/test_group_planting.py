@@ -164,6 +164,7 @@ def test_a_planted_group_trains_only_its_new_channels_and_merges_into_the_users_
     grown = grown_module(candidate)
     assert type(grown) is type(net) and all(torch.equal(v, net.state_dict()[k])
                                             for k, v in before.items())  # the user's: as it was
+    assert not any(type(m).__module__.startswith("plantops") for m in grown.modules())
     state = grown.state_dict()
     assert state.keys() == before.keys()
     widened = 0
@@ -208,3 +209,23 @@ def test_after_a_concatenation_the_new_channels_are_read_where_the_branch_lies()
     assert groups["c"].runs["fc"] == [(False, 6, 4), (True, 2, 4)]  # flattened: last already
     assert groups["c"].input_order("fc", 1) is None
     assert groups["b.0"].input_order("mix", 1) == [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 8]
+
+
+def test_a_grown_module_saved_loads_without_plantops(tmp_path):
+    import subprocess
+    net = trained(resnet(4, 10, 16))
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    group = width_groups(net, x)[0]  # the stem's and the first stage's residual width
+    grown = grown_module(plant_group(net, group, COUNT)).eval()
+    torch.save(grown, tmp_path / "final.pt")
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        want = grown(x)
+    torch.save(want, tmp_path / "want.pt")
+    code = ("import sys, torch; sys.modules['plantops'] = None  # importing it would fail\n"
+            f"net = torch.load('{tmp_path}/final.pt', weights_only=False)\n"
+            f"x, want = torch.load('{tmp_path}/x.pt'), torch.load('{tmp_path}/want.pt')\n"
+            "assert torch.equal(net(x), want) and net.stem[0].out_channels == 7\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
