@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from plantops.planted_batch_norm import BATCH_NORMS, PlantedBatchNorm
 from plantops.planted_conv import PlantedConv2d
 from plantops.planted_linear import PlantedLinear
-from plantops.planting import PLANT_INITS
+from plantops.planting import PLANT_INITS, planted_layer
 from plantops.width_groups import WidthGroup
 
 
@@ -141,15 +141,15 @@ def plant_group(module: nn.Module, group: WidthGroup, count: int, init: str = "p
         p.requires_grad_(False)
     planted: dict[str, nn.Module] = {}
     for path in group.producers:
-        planted[path] = _planted(_get(net, path)).plant_outputs(count, generator)
+        planted[path] = planted_layer(net.get_submodule(path)).plant_outputs(count, generator)
     for path in group.channelwise:
-        m = _get(net, path)
+        m = net.get_submodule(path)
         if isinstance(m, BATCH_NORMS):
             planted[path] = PlantedBatchNorm(m, group.planted_features(path, count))
         else:  # a depthwise conv
             planted[path] = PlantedDepthwiseConv2d(m, count, generator)
     for path in group.readers:
-        reader = planted.get(path) or _planted(_get(net, path))
+        reader = planted.get(path) or planted_layer(net.get_submodule(path))
         planted[path] = reader.plant_inputs(group.planted_features(path, count))
         if PLANT_INITS[init]:
             bound = PLANT_INITS[init] / reader._fan_in() ** 0.5
@@ -159,7 +159,7 @@ def plant_group(module: nn.Module, group: WidthGroup, count: int, init: str = "p
         order = group.input_order(path, count)  # after a concatenation: new ones mid-way
         if order is not None:
             m = Reordered(m, order, back=path in group.channelwise)
-        _set(net, path, m)
+        net.set_submodule(path, m)
     return GrownNetwork(net, group, count).train(module.training)
 
 
@@ -183,29 +183,11 @@ def grown_module(net: GrownNetwork) -> nn.Module:
             plain = inner.to_conv()
         else:
             continue
-        _set(out, path, m.merged(plain) if isinstance(m, Reordered) else plain)
+        out.set_submodule(path, m.merged(plain) if isinstance(m, Reordered) else plain)
         replaced.append(path)
     for p in out.parameters():
         p.requires_grad_(True)
     return out.train(net.training)
-
-
-def _planted(layer: nn.Module):
-    if isinstance(layer, (PlantedConv2d, PlantedLinear)):
-        return layer
-    if isinstance(layer, nn.Conv2d):
-        return PlantedConv2d.from_conv(layer)
-    return PlantedLinear.from_linear(layer)
-
-
-def _get(root: nn.Module, path: str) -> nn.Module:
-    return root.get_submodule(path)
-
-
-def _set(root: nn.Module, path: str, module: nn.Module):
-    *parents, name = path.split(".")
-    owner = root.get_submodule(".".join(parents)) if parents else root
-    setattr(owner, name, module)
 
 
 __all__ = ["GrownNetwork", "PlantedDepthwiseConv2d", "Reordered", "grown_module",

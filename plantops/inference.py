@@ -184,7 +184,7 @@ def for_inference(module: nn.Module) -> InferenceModule:
     for node in list(graph.graph.nodes):
         if node.op != "call_module" or not _plantable(modules[node.target]):
             continue
-        _set_module(graph, node.target, _fuse_after(graph, node, modules))
+        graph.set_submodule(node.target, _fuse_after(graph, node, modules))
         converted += 1
     graph.graph.lint()
     graph.recompile()
@@ -235,18 +235,10 @@ def _fold_batch_norms(graph: fx.GraphModule, modules: dict):
         conv, bn = modules[conv_node.target], modules[node.target]
         fused = fuse_conv_bn_eval(conv, bn)
         fused.source_params = sum(p.numel() for m in (conv, bn) for p in m.parameters())
-        _set_module(graph, conv_node.target, fused)
+        graph.set_submodule(conv_node.target, fused)
         modules[conv_node.target] = fused
         node.replace_all_uses_with(conv_node)
         graph.graph.erase_node(node)
-
-
-def _set_module(graph: fx.GraphModule, target: str, new: nn.Module):
-    *parents, name = target.split(".")
-    owner = graph
-    for part in parents:
-        owner = getattr(owner, part)
-    setattr(owner, name, new)
 
 
 __all__ = ["FrozenConv2d", "InferenceModule", "for_inference"]

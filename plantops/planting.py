@@ -55,7 +55,7 @@ def plant(net: Chain, layer: int, count: int, init: str = "preserve",
     old = net.layer(layer)
     reader_old = net.layer(layer + 1)
     frozen = out_features(old)
-    grown = _to_planted(old).plant_outputs(count, generator)
+    grown = planted_layer(old).plant_outputs(count, generator)
     net.set_layer(layer, grown)
     # After a flatten, each planted channel is its spatial positions' features, flattened
     # channel by channel after the frozen channels' (so they come last in the reader's input).
@@ -71,7 +71,7 @@ def plant(net: Chain, layer: int, count: int, init: str = "preserve",
                                  "cannot grow")
         elif isinstance(m, BATCH_NORMS):
             net.body[i] = PlantedBatchNorm(m, count * per_channel)
-    reader = _to_planted(reader_old).plant_inputs(count * per_channel)
+    reader = planted_layer(reader_old).plant_inputs(count * per_channel)
     net.set_layer(layer + 1, reader)
     if PLANT_INITS[init]:
         bound = PLANT_INITS[init] / reader._fan_in() ** 0.5
@@ -108,7 +108,10 @@ def plant_steepest(net: Chain, layer: int, count: int, generator: torch.Generato
     return candidate
 
 
-def _to_planted(layer):
+def planted_layer(layer):
+    """A conv or linear layer as a planted one, everything frozen (a planted one as it is)."""
+    if isinstance(layer, (PlantedConv2d, PlantedLinear)):
+        return layer
     if isinstance(layer, nn.Conv2d):
         return PlantedConv2d(layer.weight, layer.bias, layer.stride, conv_padding(layer))
     return PlantedLinear.from_linear(layer)

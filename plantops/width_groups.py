@@ -232,6 +232,14 @@ class _Follow:
     def module(self, m: nn.Module) -> Layout | None:
         path = str(self.node.target)
         if isinstance(m, nn.Conv2d):
+            unsupported = (f"{path} pads with {m.padding_mode!r}" if m.padding_mode != "zeros"
+                           else f"{path} is a dilated conv" if m.groups == 1
+                           and tuple(m.dilation) != (1, 1) else None)
+            if unsupported:  # the planted op computes neither
+                self.mark(self.first, "fixed", unsupported)
+                made = self.produce(path, m.out_channels)
+                self.mark(made, "fixed", unsupported)
+                return made
             if m.groups == 1:
                 self.read(path)
                 return self.produce(path, m.out_channels)

@@ -107,7 +107,10 @@ class Unplantable(nn.Module):
         super().__init__()
         self.kind = kind
         self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.next = nn.Conv2d(8, 8, 3, padding=1, groups=2 if kind == "grouped" else 1)
+        self.next = nn.Conv2d(8, 8, 3, padding=2 if kind == "dilated" else 1,
+                              groups=2 if kind == "grouped" else 1,
+                              dilation=2 if kind == "dilated" else 1,
+                              padding_mode="reflect" if kind == "reflect" else "zeros")
         self.scale = nn.Parameter(torch.ones(1, 8, 1, 1))
         self.fc = nn.Linear(8, 2)
 
@@ -125,13 +128,15 @@ class Unplantable(nn.Module):
 
 @pytest.mark.parametrize("kind, why", [
     ("grouped", "next is a grouped conv (2 groups)"),
+    ("dilated", "next is a dilated conv"),
+    ("reflect", "next pads with 'reflect'"),
     ("view", "view (view) writes the size 8 as a number"),
     ("unknown", "flip (flip) is an operation the analysis does not know"),
     ("buffer", "mul (mul) combines it with scale, a per-channel tensor the network holds")])
 def test_what_cannot_grow_says_why(kind, why):
     groups = by_name(Unplantable(kind))
     assert groups["conv"].why_not == why
-    assert groups["next"].plantable == (kind != "grouped")
+    assert groups["next"].plantable == (kind not in ("grouped", "dilated", "reflect"))
 
 
 def test_a_residual_add_of_the_input_ties_the_group_to_the_images():
