@@ -118,6 +118,15 @@ def test_choices_pinned_from_a_file_are_used_without_measuring(tuning, tmp_path,
         conv()
 
 
+def test_batches_share_a_choice_by_power_of_two_up_to_the_cap(tuning):
+    calls, _ = tuning
+    for batch in (9, 16, 130, 1000, 128):
+        conv(batch=batch)
+    # 9 and 16 share 16; 130, 1000 and 128 share the cap, measured at the cap.
+    assert [batch for _, _, batch in calls[::2]] == [16, autotune.BATCH_CAP]
+    assert autotune.measured_shape((5, 1, 1, 1, 1, 3, 3, (1, 1), (1, 1)))[0] == 5
+
+
 def test_a_measurement_runs_each_work_on_each_backend():
     """The real measure: seconds, for each backend and work, on a small shape."""
     key = (3, 4, 5, 7, 7, 3, 3, (1, 1), (1, 1))

@@ -139,7 +139,7 @@ def _auto(device_type: str, dtype: torch.dtype, shape_key, work: str) -> str:
     # On a CPU the two are measured on this machine, once per shape and work (autotune).
     return autotune.TUNER.choose(
         work, dtype, shape_key, ["cpu", "torch"],
-        lambda names, w: autotune.measure(names, w, dtype, shape_key), fixed)
+        lambda names, w, shape: autotune.measure(names, w, dtype, shape), fixed)
 
 
 def relu_pool_cpu_runs(x: torch.Tensor) -> bool:

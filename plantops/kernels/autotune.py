@@ -3,8 +3,9 @@
 The C++ kernels and oneDNN (the ``torch`` backend) win at different shapes, and where the
 line falls depends on the machine: its instruction set (AVX2 or AVX-512), its cores and
 caches, the threads. So, as ``torch.backends.cudnn.benchmark`` and Triton's autotuner do, the
-first time a convolution of a shape runs, each backend that can run it is timed on random
-tensors of that shape, for the work that call does (``work``: the forward alone, as in
+first time a convolution of a shape runs (its batch rounded up to a power of two and capped
+at 128: ``measured_shape``), each backend that can run it is timed on random tensors of that
+shape, for the work that call does (``work``: the forward alone, as in
 inference; the forward and the input gradient, as for a round's frozen layers; the forward
 and every gradient, as in training), and the faster is kept: in memory, and on disk
 (``$PLANTOPS_CACHE/autotune/``, one file per machine: its CPU model, the instruction set the
@@ -47,6 +48,21 @@ def work_of(grad_input: bool, grad_weight: bool) -> str:
     if grad_weight:
         return "train"
     return "input" if grad_input else "forward"
+
+
+BATCH_CAP = 128  # batches from here on share one choice, measured at this batch
+
+
+def measured_shape(shape_key):
+    """The shape a choice is measured on and kept under: the batch rounded up to a power of
+    two from 8 (below 8 the Winograd kernels do not apply: as it is), and capped at
+    BATCH_CAP, where both backends' time per image has stopped changing. A search meets its
+    training batch, the epoch's last, smaller one, and evaluation passes of 500-1,500
+    images: without it each of those was measured again, at up to 12x the cost."""
+    batch, *rest = shape_key
+    if batch >= 8:
+        batch = min(BATCH_CAP, 1 << (int(batch) - 1).bit_length())
+    return (batch, *rest)
 
 
 def _key(work: str, dtype: torch.dtype, shape_key) -> str:
@@ -119,11 +135,13 @@ class Tuner:
     def choose(self, work: str, dtype, shape_key, candidates: list[str], measure,
                fallback: str) -> str:
         """The backend for ``work`` on ``shape_key``: the one kept, or, the first time, the
-        fastest of ``candidates`` by ``measure(candidates, work)`` (seconds by name), unless
+        fastest of ``candidates`` by ``measure(candidates, work, shape)`` (seconds by name, on
+        ``measured_shape(shape_key)``, which is also what the choice is kept under), unless
         ``fallback`` (the fixed rule's choice) is within ``MARGIN`` of it. With a file of
         pinned choices, a shape it does not hold takes ``fallback``."""
         if not self._loaded:
             self._load()
+        shape_key = measured_shape(shape_key)
         key = _key(work, dtype, shape_key)
         choice = self.choices.get(key)
         if choice in candidates:
@@ -133,7 +151,7 @@ class Tuner:
             self.used[key] = fallback
             return fallback
         start = time.perf_counter()
-        times = measure(candidates, work)
+        times = measure(candidates, work, shape_key)
         self.seconds += time.perf_counter() - start
         self.measured += 1
         choice = min(times, key=times.get)
