@@ -109,13 +109,20 @@ class Tuner:
         self.measured = 0                    # shapes measured in this process
         self.seconds = 0.0                   # and the time it took
         self._path: Path | None = None
+        self._machine: dict | None = None
         self._loaded = False
+
+    def machine(self) -> dict:
+        """``machine()``, once per tuner (it reads /proc/cpuinfo and hashes the kernels)."""
+        if self._machine is None:
+            self._machine = machine()
+        return self._machine
 
     def path(self) -> Path:
         if self._path is None:
             from plantops.data import default_cache_dir
-            tag = hashlib.sha1(json.dumps(machine(), sort_keys=True).encode()).hexdigest()[:12]
-            self._path = default_cache_dir() / "autotune" / f"{tag}.json"
+            tag = hashlib.sha1(json.dumps(self.machine(), sort_keys=True).encode()).hexdigest()
+            self._path = default_cache_dir() / "autotune" / f"{tag[:12]}.json"
         return self._path
 
     def _load(self):
@@ -166,8 +173,8 @@ class Tuner:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(dict(machine=machine(), choices=self.choices), indent=1,
-                                      sort_keys=True))
+            tmp.write_text(json.dumps(dict(machine=self.machine(), choices=self.choices),
+                                      indent=1, sort_keys=True))
             os.replace(tmp, path)
         except OSError:
             pass  # a cache that cannot be written: measured again next time, nothing lost
