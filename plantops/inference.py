@@ -31,6 +31,7 @@ from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from plantops.kernels._native import dims
 from plantops.planted_conv import planted_conv2d
 from plantops.relu_pool import conv_relu_max_pool2d
 
@@ -59,10 +60,9 @@ class FrozenConv2d(nn.Module):
 
     def output_numel(self, shape) -> int:
         """The elements of the convolution's output (before any pool) on inputs of shape."""
-        n, _, h, w = shape
-        (kh, kw), (sh, sw), (ph, pw) = self.weight.shape[2:], self.stride, self.padding
-        oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-        return n * self.weight.shape[0] * oh * ow
+        w = self.weight  # the whole weight frozen: no planted blocks
+        g = dims(shape, w.shape, w[:, :0].shape, w[:0].shape, self.stride, self.padding)
+        return g["N"] * g["O"] * g["OH"] * g["OW"]
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         x = x.contiguous()  # the planted kernels read NCHW
