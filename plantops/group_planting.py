@@ -98,7 +98,7 @@ class Reordered(nn.Module):
     def merged(self, plain: nn.Module) -> nn.Module:
         """``plain`` (the merged module) with its input channels in the input's order."""
         with torch.no_grad():
-            for name, tensor in list(plain.named_parameters()) + list(plain.named_buffers()):
+            for tensor in [*plain.parameters(), *plain.buffers()]:
                 if self.back and tensor.dim() >= 1 and tensor.shape[0] == len(self.order):
                     tensor.copy_(tensor[self.inverse])  # per channel: weight, bias, statistics
                 elif not self.back and tensor.dim() >= 2 and tensor.shape[1] == len(self.order):

@@ -49,10 +49,10 @@ CHANNELWISE_MODULES = (nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU, nn.ReLU6, nn.Lea
 CHANNELWISE_FUNCTIONS = {F.relu, F.relu6, F.leaky_relu, F.gelu, F.silu, F.hardswish,
                          F.hardsigmoid, F.sigmoid, F.max_pool2d, F.avg_pool2d,
                          F.adaptive_avg_pool2d, F.dropout, torch.relu, torch.sigmoid,
-                         torch.tanh, torch.flatten}
-CHANNELWISE_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "mean",
-                       "sum", "amax", "flatten", "view", "reshape", "squeeze", "unsqueeze",
-                       "size", "dim"}
+                         torch.tanh}
+CHANNELWISE_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous", "clone"}
+RESHAPES = {torch.flatten, "flatten", "view", "reshape", "squeeze", "unsqueeze"}
+REDUCTIONS = {"mean", "sum", "amax"}
 ELEMENTWISE = {operator.add, operator.mul, operator.sub, operator.truediv, torch.add,
                torch.mul, torch.sub, torch.div, "add", "mul", "sub", "div", "add_", "mul_"}
 SUMS = {operator.add, operator.sub, torch.add, torch.sub, "add", "sub", "add_"}
@@ -71,9 +71,9 @@ class WidthGroup:
     readers: list[str] = field(default_factory=list)
     why_not: str | None = None  # None: it can grow; else why not, in a few words
     # What a reader or channelwise module takes in, run by run along the channels:
-    # (this group's?, channels, features per channel: 1, or H*W after a flatten).
+    # (this group's?, channels, features per channel: 1, or H*W after a flatten); after a
+    # concatenation, other groups' runs too.
     runs: dict[str, list[tuple[bool, int, int]]] = field(default_factory=dict)
-    concatenated: list[str] = field(default_factory=list)  # concatenations it goes through
 
     def planted_features(self, path: str, count: int) -> int:
         """The features ``count`` new channels of the group add to ``path``'s input."""
@@ -99,7 +99,8 @@ class WidthGroup:
 
 
 class WidthGroupError(ValueError):
-    """A network torch.fx cannot trace: one line, naming it and why."""
+    """A network torch.fx cannot trace, or that fails on the example: one line, naming it and
+    why."""
 
 
 class _Spaces:
@@ -114,7 +115,7 @@ class _Spaces:
         self.parent.append(len(self.parent))
         self.info.append(dict(width=width, producers=[producer] if producer else [],
                               channelwise=[], readers=[], fixed=[fixed] if fixed else [],
-                              residual=[], runs=[], concatenated=[]))
+                              residual=[], runs=[]))
         return len(self.parent) - 1
 
     def find(self, i: int) -> int:
@@ -128,9 +129,9 @@ class _Spaces:
         if a == b:
             return
         self.parent[b] = a
-        for key in ("producers", "channelwise", "readers", "fixed", "residual", "runs",
-                    "concatenated"):
-            self.info[a][key] += self.info[b][key]
+        for key, found in self.info[b].items():
+            if isinstance(found, list):  # what was learnt, joined (the width is the same)
+                self.info[a][key] += found
 
     def note(self, space: int, key: str, value: tuple):
         """Records ``value`` ((graph order, what)) under ``key`` for ``space``'s group."""
@@ -197,8 +198,9 @@ class _Follow:
             return [(self.spaces.new(width, fixed=(self.order, "it holds the input's channels")),
                      width, 1)]
         if node.op == "output":
-            for a in self.args + [a for a in _flat(node.args) if isinstance(a, fx.Node)]:
-                self.mark(self.layouts.get(a), "fixed", "it holds the network's outputs")
+            for a in _flat(node.args):
+                if isinstance(a, fx.Node):
+                    self.mark(self.layouts.get(a), "fixed", "it holds the network's outputs")
             return None
         if node.op == "get_attr":
             return None
@@ -210,9 +212,9 @@ class _Follow:
             return self.concat()
         if target in ELEMENTWISE:
             return self.elementwise()
-        if target in (torch.flatten, "flatten", "view", "reshape", "squeeze", "unsqueeze"):
+        if target in RESHAPES:
             return self.reshaped()
-        if target in ("mean", "sum", "amax"):
+        if target in REDUCTIONS:
             return self.reduced()
         if target in CHANNELWISE_FUNCTIONS or target in CHANNELWISE_METHODS:
             return self.same_channels()
@@ -232,25 +234,18 @@ class _Follow:
     def module(self, m: nn.Module) -> Layout | None:
         path = str(self.node.target)
         if isinstance(m, nn.Conv2d):
-            unsupported = (f"{path} pads with {m.padding_mode!r}" if m.padding_mode != "zeros"
-                           else f"{path} is a dilated conv" if m.groups == 1
-                           and tuple(m.dilation) != (1, 1) else None)
-            if unsupported:  # the planted op computes neither
-                self.mark(self.first, "fixed", unsupported)
+            depthwise = 1 < m.groups == m.in_channels == m.out_channels  # channel i makes i
+            why = _not_computed(path, m, depthwise)
+            if why:  # neither side of it can grow
+                self.mark(self.first, "fixed", why)
                 made = self.produce(path, m.out_channels)
-                self.mark(made, "fixed", unsupported)
+                self.mark(made, "fixed", why)
                 return made
-            if m.groups == 1:
-                self.read(path)
-                return self.produce(path, m.out_channels)
-            if m.groups == m.in_channels == m.out_channels:  # depthwise: channel i makes i
-                self.mark(self.first, "channelwise", path)
+            if depthwise:
+                self.read(path, "channelwise")
                 return self.first
-            why = f"{path} is a grouped conv ({m.groups} groups)"
-            self.mark(self.first, "fixed", why)
-            made = self.produce(path, m.out_channels)
-            self.mark(made, "fixed", why)
-            return made
+            self.read(path)
+            return self.produce(path, m.out_channels)
         if isinstance(m, nn.Linear):
             self.read(path)
             return self.produce(path, m.out_features)
@@ -286,8 +281,6 @@ class _Follow:
         ndim = len(self.shape) if self.shape else 0
         layouts = [self.layouts.get(p) for p in parts]
         if ndim >= 2 and dim % ndim == 1 and all(layouts):
-            for layout in layouts:
-                self.mark(layout, "concatenated", self.where)
             return [run for layout in layouts for run in layout]
         for layout in layouts:
             self.mark(layout, "fixed", f"{self.where} joins tensors other than along channels")
@@ -371,6 +364,18 @@ class _Follow:
         return None
 
 
+def _not_computed(path: str, conv: nn.Conv2d, depthwise: bool) -> str | None:
+    """Why planting could not grow ``conv`` (a padding mode, dilation or grouping the planted
+    op does not compute), or None."""
+    if conv.padding_mode != "zeros":
+        return f"{path} pads with {conv.padding_mode!r}"
+    if conv.groups == 1 and tuple(conv.dilation) != (1, 1):
+        return f"{path} is a dilated conv"
+    if conv.groups > 1 and not depthwise:
+        return f"{path} is a grouped conv ({conv.groups} groups)"
+    return None
+
+
 def _flat(args):
     for a in args:
         if isinstance(a, (tuple, list)):
@@ -408,8 +413,7 @@ def _groups(spaces: _Spaces, first_seen: dict, modules: dict) -> list[WidthGroup
                                  paths["channelwise"], paths["readers"], why,
                                  {path: [(spaces.find(space) == root, w, per)
                                          for space, w, per in layout]
-                                  for _, (path, layout) in sorted(info["runs"])},
-                                 list(dict.fromkeys(w for _, w in sorted(info["concatenated"])))))
+                                  for _, (path, layout) in sorted(info["runs"])}))
     return groups
 
 

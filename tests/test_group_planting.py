@@ -127,8 +127,23 @@ class Inception(nn.Module):
         return self.fc(torch.cat([torch.flatten(self.pool(self.mix(joined)), 1), side], 1))
 
 
+class DepthwiseAfterJoin(nn.Module):
+    """Two branches concatenated, then a depthwise conv and a batch norm over the join."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3, 4, 1)
+        self.dw = nn.Conv2d(7, 7, 3, padding=1, groups=7)
+        self.bn = nn.BatchNorm2d(7)
+        self.fc = nn.Linear(7, 5)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.dw(torch.cat([self.a(x), self.b(x)], 1))))
+        return self.fc(h.mean((2, 3)))
+
+
 NETWORKS = {"resnet": lambda: resnet(4, 10, 16), "mobilenet": lambda: mobilenet(4, 10),
-            "inception": Inception,
+            "inception": Inception, "depthwise-after-join": DepthwiseAfterJoin,
             "mobilenet-se": lambda: mobilenet(4, 10, se=True),
             **{f"random-{seed}": (lambda seed=seed: RandomNet(seed)) for seed in range(4)}}
 CASES = [(name, g.name) for name, make in NETWORKS.items()
