@@ -16,8 +16,8 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from plantops.inference import FrozenConv2d
 from plantops.chain import Chain, ChainError, conv_padding, in_features, is_conv, out_features
+from plantops.inference import FrozenConv2d
 from plantops.planted_batch_norm import BATCH_NORMS, PlantedBatchNorm
 from plantops.planted_conv import PlantedConv2d
 from plantops.planted_linear import PlantedLinear
