@@ -54,3 +54,9 @@ def resnet(width: int = 32, classes: int = 10, image_size: int = 32) -> ResNet:
     """A ResNet for ``image_size`` images: from 64x64 up the stem halves the resolution, so
     that the blocks see the same 32x32 (and smaller) maps as on CIFAR-10."""
     return ResNet(width, classes, stem_stride=2 if image_size >= 64 else 1)
+
+
+def student(width: int = 8, classes: int = 10) -> ResNet:
+    """A ResNet-8 (a stem, three basic blocks, a classifier) at ``width`` channels, for
+    32x32 images: a student the search plants by its width groups."""
+    return ResNet(width, classes)

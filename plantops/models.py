@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from plantops.chain import Chain, out_features
+from plantops.graph import GraphNet
 from plantops.planting import export
 
 ARCHS = {
@@ -120,20 +121,22 @@ def to_checkpoint(plain: Chain) -> dict:
     if isinstance(plain, PlantNet):
         return dict(widths=plain.widths, fc_width=plain.fc_width, arch=plain.arch,
                     num_classes=plain.num_classes, state_dict=plain.state_dict())
+    if isinstance(plain, GraphNet):
+        return dict(graph=plain)
     return dict(chain=plain)
 
 
 def holds_network(payload) -> bool:
     """Whether ``payload`` (a loaded file) is what to_checkpoint gave."""
     return isinstance(payload, dict) and (_PAPER_KEYS <= set(payload) or isinstance(
-        payload.get("chain"), Chain))
+        payload.get("chain"), Chain) or isinstance(payload.get("graph"), GraphNet))
 
 
 def from_checkpoint(payload: dict) -> Chain:
     """The network of a to_checkpoint payload (RuntimeError, ValueError, KeyError or
     TypeError if its weights do not fit its widths)."""
-    if "chain" in payload:
-        return payload["chain"]
+    if "chain" in payload or "graph" in payload:
+        return payload.get("chain", payload.get("graph"))
     net = PlantNet(payload["widths"], payload["arch"], payload["num_classes"],
                    payload["fc_width"])
     net.load_state_dict(_renamed_keys(net, payload["state_dict"]))

@@ -41,9 +41,11 @@ def plant(net: Chain, layer: int, count: int, init: str = "preserve",
     """
     if init not in PLANT_INITS:
         raise ValueError(f"plant init must be one of {', '.join(PLANT_INITS)}, got {init!r}")
+    if _is_graph(net):
+        return net.plant(layer, count, init, generator)
     if not isinstance(net, Chain):
-        raise TypeError(f"plant expects a Chain (plantops.Chain.of(your_sequential)), got "
-                        f"{type(net).__name__}")
+        raise TypeError(f"plant expects a Chain (plantops.Chain.of(your_sequential)) or a "
+                        f"GraphNet, got {type(net).__name__}")
     if layer not in net.points:
         names = net.layer_names()
         raise ValueError(f"layer must be a planting point 0-{len(names) - 2} "
@@ -78,6 +80,11 @@ def plant(net: Chain, layer: int, count: int, init: str = "preserve",
         with torch.no_grad():
             reader.in_weight.uniform_(-bound, bound, generator=generator)
     return net.train(net.training)
+
+
+def _is_graph(net) -> bool:
+    from plantops.graph import GraphNet  # graph.py plants through this module's layers
+    return isinstance(net, GraphNet)
 
 
 def plant_steepest(net: Chain, layer: int, count: int, generator: torch.Generator | None,
@@ -142,7 +149,9 @@ def load_planted_state(net: nn.Module, state: list):
 
 def merge(net: Chain) -> Chain:
     """A plain copy: planted layers become nn.Conv2d / nn.Linear / batch norms with their
-    whole weights."""
+    whole weights (a GraphNet's, its planted blocks merged into the user's module)."""
+    if _is_graph(net):
+        return net.merged()
     out = copy.deepcopy(net)
     for i, m in enumerate(out.body):
         if isinstance(m, PlantedConv2d):
@@ -158,7 +167,10 @@ def merge(net: Chain) -> Chain:
 
 def export(net: Chain) -> nn.Sequential:
     """The network as the user built it, grown: the same modules in the same nn.Sequential
-    nesting (plain torch layers, loadable without plantops), planted layers merged."""
+    nesting (plain torch layers, loadable without plantops), planted layers merged; a
+    GraphNet's, the user's own module of the grown widths."""
+    if _is_graph(net):
+        return merge(net).net
     plain = merge(net)
     root = nn.Sequential()
     for path, module in zip(plain.paths, plain.body):
@@ -176,7 +188,7 @@ def count_params(model: nn.Module) -> int:
     """Parameters of the network as the paper counts them: every weight and bias, planted or
     not (batch norms' affine included, their running statistics not); a module run through
     plantops.inference counts those of the module it came from."""
-    if isinstance(model, Chain):
+    if isinstance(model, Chain) or _is_graph(model):
         return sum(t.numel() for t in merge(model).parameters())
     return sum(t.numel() for t in model.parameters()) + sum(
         m.source_params for m in model.modules() if isinstance(m, FrozenConv2d))
@@ -187,7 +199,7 @@ def forward_flops(net: nn.Module, channels: int, size: int) -> int:
     convolutions and linear layers (2 per multiply-add, the usual count), on ``channels`` x
     ``size`` x ``size`` images. Batch norms, activations and pools (a few percent of a
     network's work at most) are not counted."""
-    plain = export(net) if isinstance(net, Chain) else net
+    plain = export(net) if isinstance(net, Chain) or _is_graph(net) else net
     flops = 0
 
     def count(module, inputs, out):
@@ -222,7 +234,8 @@ def from_scratch(net: Chain) -> Chain:
     weights."""
     with torch.random.fork_rng():  # merging builds layers, whose init would draw numbers
         fresh = merge(net)
-    for module in fresh.body:
+    modules = fresh.net.modules() if _is_graph(fresh) else fresh.body
+    for module in modules:
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()  # batch norms reset their running statistics too
     return fresh

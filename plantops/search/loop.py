@@ -89,12 +89,9 @@ class Search:
         self.trainer = Trainer(cfg, self.data, self.device, self.ranks, self.folder, self.times)
         self.rounds = Rounds(self.trainer)
         if self.student_net is not None:
-            networks.check_student(self.student_net, self.data.train.images.shape[1],
-                                   self.data.image_size, self.data.classes)
-            if not self.student_net.plantable_points(cfg.plant_fc1):
-                raise networks.ChainError(f"{self.student_name} has no conv layer before its "
-                                          "classifier: pass --plant-fc1 to plant its linear "
-                                          "layers")
+            self.student_net = networks.plantable(
+                self.student_net, self.student_name, self.data.train.images.shape[1],
+                self.data.image_size, self.data.classes, cfg)
         elif self.data.arch is None:
             raise ValueError(f"images are {self.data.size_text}: the paper's networks take "
                              "32x32 or 96x96 images; plant a network built for them with "

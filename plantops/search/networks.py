@@ -12,8 +12,10 @@ first layer. A teacher that expects another convention is wrapped in an ``InputA
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from torch import nn
 
 from plantops import models
 from plantops.chain import Chain, ChainError
+from plantops.graph import GraphNet
 from plantops.inference import for_inference
 from plantops.models import normalizing_conv
 from plantops.planting import export
@@ -117,6 +120,42 @@ class InputConvention:
         return nn.Sequential(normalizing_conv(*self.tensors()), *export(net))
 
 
+def _importable_elsewhere(name: str, path: Path) -> bool:
+    """Whether ``import name`` finds a module of another file (the standard library's json,
+    say), which registering the user's file under that name would hide."""
+    try:
+        found = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return False
+    return found is not None and (found.origin is None
+                                  or Path(found.origin).resolve() != path.resolve())
+
+
+def _import_file(path: Path, spec: str, what: str):
+    """The Python file ``path`` imported as a module named by its stem (``resnet`` for
+    resnet.py), so that the networks saved from it (torch.save pickles classes by module
+    name) load wherever that file imports, without plantops; under another name where the
+    stem is taken by a module of another file."""
+    name = path.stem
+    taken = sys.modules.get(name)
+    if taken is not None and Path(getattr(taken, "__file__", "") or "").resolve() \
+            == path.resolve():
+        return taken  # the same file, for the student and the teacher, say
+    if taken is not None or not name.isidentifier() or _importable_elsewhere(name, path):
+        name = "plantops_user_" + re.sub(r"\W", "_", path.stem)
+    source = importlib.util.spec_from_file_location(name, path)
+    module_code = importlib.util.module_from_spec(source)
+    sys.modules[name] = module_code
+    try:
+        source.loader.exec_module(module_code)
+    except Exception as err:  # the user's file: any error it raises is its own
+        del sys.modules[name]
+        raise NetworkFileError(f"{what} {spec}: {path} fails to import "
+                               f"({type(err).__name__}: {str(err).splitlines()[0][:150]})"
+                               ) from None
+    return module_code
+
+
 def load_module(spec: str, what: str, seed: int = 0) -> tuple[nn.Module, str]:
     """(the module, its name) of ``spec``: ``FILE.py:FUNCTION`` (called with the torch seed set
     to ``seed``, so its initial weights are the same on every run) or a file written by
@@ -126,15 +165,7 @@ def load_module(spec: str, what: str, seed: int = 0) -> tuple[nn.Module, str]:
     if not path.is_file():
         raise FileNotFoundError(f"{what} {spec}: no such file {path}")
     if function:
-        source = importlib.util.spec_from_file_location(f"plantops_user_{path.stem}", path)
-        module_code = importlib.util.module_from_spec(source)
-        sys.modules[source.name] = module_code  # so that torch.save can pickle its classes
-        try:
-            source.loader.exec_module(module_code)
-        except Exception as err:  # the user's file: any error it raises is its own
-            raise NetworkFileError(f"{what} {spec}: {path} fails to import "
-                                   f"({type(err).__name__}: {str(err).splitlines()[0][:150]})"
-                                   ) from None
+        module_code = _import_file(path, spec, what)
         make = getattr(module_code, function, None)
         if not callable(make):
             raise NetworkFileError(f"{what} {spec}: {path} has no function {function!r}")
@@ -211,19 +242,80 @@ def check_student(net: Chain, channels: int, size: int, classes: int):
                          f"classes: make its last layer {classes} wide")
 
 
-def user_student(cfg, module: nn.Module | None) -> tuple[Chain | None, str]:
-    """(the user's student as a chain, its name) from ``module`` or --student; (None,
-    "Student[k]") for the paper's. ChainError, before any training, if it is not a chain."""
+def user_student(cfg, module: nn.Module | None) -> tuple[nn.Module | None, str]:
+    """(the user's student, its name) from ``module`` or --student: a Chain where it is an
+    nn.Sequential of the layers a chain plants, else the module as it is (``plantable``
+    makes it a GraphNet once the images are known); (None, "Student[k]") for the paper's.
+    ChainError, before any training, for an nn.Sequential of plain torch layers that cannot
+    be planted."""
     if module is None and cfg.student:
         module, name = load_module(cfg.student, "--student", cfg.seed)
     elif module is not None:
-        name = getattr(module, "name", None) if isinstance(module, Chain) else None
+        name = getattr(module, "name", None) if isinstance(module, (Chain, GraphNet)) else None
         name = name or type(module).__name__
     else:
         return None, f"Student[{cfg.init_width}]"
     if name == "Sequential":
         name = "student"
-    return Chain.of(module, name), name
+    if isinstance(module, GraphNet):
+        return copy.deepcopy(module), name
+    try:
+        return Chain.of(module, name), name
+    except ChainError:
+        if all(type(m).__module__.startswith("torch.nn") for m in module.modules()):
+            raise  # a chain's layers, wrongly put together: the chain's message says how
+        return module, name  # a network of any shape: planted by its width groups
+
+
+def plantable(net: nn.Module, name: str, channels: int, size: int, classes: int,
+              cfg) -> Chain | GraphNet:
+    """The user's student as the search plants it: a Chain (checked on the images), or a
+    GraphNet of its width groups. ValueError (ChainError, WidthGroupError) in one line where
+    it does not run on ``[2, channels, size, size]`` images, gives another number of logits
+    than ``classes``, or has nothing the search can grow (--plant-fc1: its linear layers'
+    widths too)."""
+    include_linear = cfg.plant_fc1
+    if isinstance(net, Chain):
+        check_student(net, channels, size, classes)
+        points = net.plantable_points(include_linear)
+    else:
+        if not isinstance(net, GraphNet):
+            net = GraphNet.of(net, name, (channels, size, size))
+        _check_logits(net, name, channels, size, classes)
+        if cfg.plant_init == "steepest":
+            raise ValueError(f"--plant-init steepest plants chains only; {name} is planted by "
+                             "width groups: use --plant-init preserve, small or random")
+        points = net.plantable_points(include_linear)
+        if not points:
+            why = "; ".join(f"{g.name}: {g.why_not}" for g in net.groups if not g.plantable)
+            linear = "" if include_linear or not net.points else (
+                " (pass --plant-fc1 to plant the widths linear layers make)")
+            raise ChainError(f"{name} has no width the search can grow{linear}: "
+                             f"{why or 'no conv makes channels that another layer reads'}")
+        return net
+    if not points:
+        raise ChainError(f"{name} has no conv layer before its classifier: pass --plant-fc1 "
+                         "to plant its linear layers")
+    return net
+
+
+def _check_logits(net: nn.Module, name: str, channels: int, size: int, classes: int):
+    weight = next(net.parameters())
+    x = torch.zeros(2, channels, size, size, dtype=weight.dtype, device=weight.device)
+    was = net.training
+    try:
+        with torch.no_grad():
+            out = net.eval()(x)
+    except Exception as err:  # the user's module: any error it raises is its own
+        raise ChainError(f"{name} does not run on {size}x{size} images with {channels} "
+                         f"channels ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+                         ) from None
+    finally:
+        net.train(was)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ChainError(f"{name} outputs {shape} on {size}x{size} images; expected logits "
+                         f"[N, {classes}] (the data has {classes} classes)")
 
 
 def user_teacher(cfg, module: nn.Module | None) -> tuple[nn.Module, str] | None:
