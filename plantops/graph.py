@@ -42,8 +42,9 @@ class GraphNet(nn.Module):
         self.input_shape = tuple(input_shape)
         # (group index, channels) planted into the parent, whose groups ``groups`` are.
         self.planted = planted
-        self._groups = groups
-        self._frozen = None  # the plain network as plantops.inference runs it, once asked
+        # The width groups, and the plain network as plantops.inference runs it once asked
+        # (kept in a dict: a module held as an attribute would count as a submodule).
+        self._cache = {"groups": groups}
 
     @classmethod
     def of(cls, module: nn.Module, name: str, input_shape) -> "GraphNet":
@@ -54,7 +55,7 @@ class GraphNet(nn.Module):
     def __getstate__(self):
         # Checkpoints keep the module alone; the groups and the inference copy are rebuilt.
         state = dict(self.__dict__)
-        state.update(_groups=None, _frozen=None)
+        state["_cache"] = {"groups": None}
         return state
 
     # ------------------------------------------------------------------ structure
@@ -62,13 +63,13 @@ class GraphNet(nn.Module):
     @property
     def groups(self) -> list[WidthGroup]:
         """The width groups of the plain network (of the parent, once planted)."""
-        if self._groups is None:
+        if self._cache.get("groups") is None:
             if isinstance(self.net, GrownNetwork):
                 raise AssertionError("a planted GraphNet keeps its parent's groups")
             weight = next(iter(self.net.parameters()), torch.zeros(()))
             example = torch.zeros(2, *self.input_shape, device=weight.device, dtype=weight.dtype)
-            self._groups = width_groups(self.net, example)
-        return self._groups
+            self._cache["groups"] = width_groups(self.net, example)
+        return self._cache["groups"]
 
     @property
     def points(self) -> list[int]:
@@ -128,7 +129,7 @@ class GraphNet(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)  # a GrownNetwork keeps its frozen modules as evaluated
         if mode:
-            self._frozen = None  # its weights are about to change
+            self._cache.pop("frozen", None)  # its weights are about to change
         return self
 
     @torch.no_grad()
@@ -138,9 +139,9 @@ class GraphNet(nn.Module):
         after training."""
         if self.planted is not None:
             return self.net(x)
-        if self._frozen is None:
-            self._frozen = for_inference(self.net)
-        return self._frozen(x)
+        if "frozen" not in self._cache:
+            self._cache["frozen"] = for_inference(self.net)
+        return self._cache["frozen"](x)
 
 
 __all__ = ["GraphNet"]
