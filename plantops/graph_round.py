@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from plantops.chain import conv_padding, fold_batch_norm
 from plantops.graph import GraphNet
 from plantops.group_planting import PlantedDepthwiseConv2d
 from plantops.planted_batch_norm import PlantedBatchNorm
@@ -40,7 +41,7 @@ from plantops.planting import planted_buffers, planted_parameters
 from plantops.width_groups import (CHANNELWISE_FUNCTIONS, CHANNELWISE_METHODS,
                                    CHANNELWISE_MODULES, ELEMENTWISE)
 
-PARENT, EXTENDED, CHANGED = "parent", "extended", "changed"
+PARENT, EXTENDED, SPLIT, CHANGED = "parent", "extended", "split", "changed"
 FLATTENS = {torch.flatten, "flatten"}
 REDUCTIONS = {torch.mean, torch.sum, torch.amax, "mean", "sum", "amax"}
 
@@ -83,6 +84,25 @@ class GraphRound:
                                  "there (build it with GraphNet.plant)")
             _no_inplace(net.net)
             self.modules[point] = dict(net.net.module.named_modules())
+        # A plain conv whose only reader is a batch norm: where a candidate computes it in
+        # full, the batch norm (evaluated, frozen) is folded into its weights once, and where
+        # a reader adds its planted term, the batch norm scales the term alone.
+        modules = self.parent_modules = dict(self.graph.named_modules())
+        self.conv_bn, self.folded, self.scale = {}, {}, {}
+        for node in self.nodes:
+            conv = modules.get(node.target) if node.op == "call_module" else None
+            users = list(node.users)
+            if not (isinstance(conv, nn.Conv2d) and len(users) == 1
+                    and users[0].op == "call_module" and len(users[0].args) == 1
+                    and type(modules[users[0].target]) is nn.BatchNorm2d):
+                continue
+            bn = modules[users[0].target]
+            if not bn.track_running_stats:
+                continue
+            self.conv_bn[node] = users[0]
+            self.scale[users[0]] = _bn_scale(bn).view(1, -1, 1, 1)
+            if _computed(conv):
+                self.folded[node] = fold_batch_norm(conv.weight, conv.bias, bn)
         self.planted_paths = {point: [path for path, m in self.modules[point].items()
                                       if _is_planted(m)] for point in self.layers}
 
@@ -107,58 +127,91 @@ class GraphRound:
 
     @torch.no_grad()
     def _parent_values(self, x: Tensor) -> dict:
-        values = {}
-        load = lambda a: fx.node.map_arg(a, lambda n: values[n])
-        modules = dict(self.graph.named_modules())
-        for node in self.nodes:
-            if node.op == "placeholder":
-                values[node] = x
-            elif node.op == "get_attr":
-                values[node] = _attr(self.graph, node.target)
-            elif node.op == "call_module":
-                values[node] = modules[node.target](*load(node.args), **load(node.kwargs))
-            elif node.op == "call_function":
-                values[node] = node.target(*load(node.args), **_kwargs_no_inplace(
-                    load(node.kwargs)))
-            elif node.op == "call_method":
-                this, *rest = load(node.args)
-                values[node] = getattr(this, _method(node.target))(*rest, **_kwargs_no_inplace(
-                    load(node.kwargs)))
-            else:  # output
-                values[node] = load(node.args[0])
+        """Every node's value in the parent, for ``x``. A conv with a batch norm after it runs
+        with the batch norm folded in (the batch norm's value); its own output is computed
+        only if a candidate asks for it (``_ParentValues``)."""
+        values = _ParentValues(self._parent_node)
+        values[self.nodes[0]] = x
+        for node in self.nodes[1:]:
+            if node in values:
+                continue  # a batch norm computed with its conv
+            if node in self.folded:
+                conv = self.parent_modules[node.target]
+                values[self.conv_bn[node]] = planted_conv2d(
+                    values[node.args[0]], *self.folded[node], stride=conv.stride,
+                    padding=conv_padding(conv))
+                continue
+            values[node] = self._parent_node(node, values)
         return values
+
+    def _parent_node(self, node: fx.Node, values: dict):
+        """The parent's value of ``node``, from its inputs' ``values``."""
+        load = lambda a: fx.node.map_arg(a, lambda n: values[n])
+        if node.op == "placeholder":
+            raise ValueError(f"{node.name}: the round op runs networks of one input")
+        if node.op == "get_attr":
+            return _attr(self.graph, node.target)
+        if node.op == "call_module":
+            m = self.parent_modules[node.target]
+            if type(m) is nn.Conv2d and _computed(m):  # the planted kernels' choice
+                return planted_conv2d(values[node.args[0]], m.weight, m.bias, stride=m.stride,
+                                      padding=conv_padding(m))
+            return m(*load(node.args), **load(node.kwargs))
+        if node.op == "call_function":
+            return node.target(*load(node.args), **_kwargs_no_inplace(load(node.kwargs)))
+        if node.op == "call_method":
+            this, *rest = load(node.args)
+            return getattr(this, _method(node.target))(*rest, **_kwargs_no_inplace(
+                load(node.kwargs)))
+        return load(node.args[0])  # the output
 
     # ------------------------------------------------------------------ one candidate
 
     def _candidate(self, point: int, parent: dict) -> Tensor:
+        """Candidate ``point``'s logits, walking the graph with each node's value as
+        (kind, old channels, new channels): (PARENT, -, -): the parent's; (EXTENDED, -, new):
+        the parent's channels, then ``new``; (SPLIT, old, new): changed channels ``old``, then
+        ``new``; (CHANGED, value, -)."""
         modules = self.modules[point]
-        state: dict[fx.Node, tuple[str, object]] = {}
+        state: dict[fx.Node, tuple] = {}
 
         def full(node):
             """The candidate's value of ``node``, assembled."""
-            kind, value = state[node]
+            kind, old, new = state[node]
             if kind == PARENT:
                 return parent[node]
-            if kind == EXTENDED:
-                return torch.cat([parent[node], value], 1)
-            return value
+            if kind in (EXTENDED, SPLIT):
+                return torch.cat([parent[node] if kind == EXTENDED else old, new], 1)
+            return old
 
         def load(a):
             return fx.node.map_arg(a, full)
 
+        done = set()  # batch norms computed with the conv before them
         for node in self.nodes:
-            inputs = [a for a in node.all_input_nodes]
-            kinds = {state[a][0] for a in inputs}
+            if node in done:
+                continue
+            kinds = {state[a][0] for a in node.all_input_nodes}
             planted = node.op == "call_module" and _is_planted(modules[node.target])
             if node.op == "output":
                 return load(node.args[0])
             if node.op == "get_attr" and any(node.target.startswith(path + ".")
                                              for path in self.planted_paths[point]):
-                state[node] = (CHANGED, _attr(self.candidates[point].net.module, node.target))
+                state[node] = (CHANGED, _attr(self.candidates[point].net.module, node.target),
+                               None)
                 continue
             if kinds <= {PARENT} and not planted:  # a placeholder, a frozen attribute too
-                state[node] = (PARENT, None)
+                state[node] = (PARENT, None, None)
                 continue
+            if node.op == "call_module" and len(node.args) == 1 and not node.kwargs \
+                    and isinstance(node.args[0], fx.Node):
+                got = self._layer(node, modules, state, parent)
+                if got is not None:
+                    state[node], after = got
+                    if after is not None:  # the batch norm after it, folded in
+                        state[self.conv_bn[node]] = after
+                        done.add(self.conv_bn[node])
+                    continue
             split = self._split(node, modules, state, parent)
             if split is not None:
                 state[node] = split
@@ -172,67 +225,127 @@ class GraphRound:
             else:
                 this, *rest = args
                 out = getattr(this, _method(node.target))(*rest, **_kwargs_no_inplace(kwargs))
-            state[node] = (CHANGED, out)
+            state[node] = (CHANGED, out, None)
         raise AssertionError("a traced graph ends in its output node")
 
+    def _layer(self, node, modules, state, parent):
+        """A conv or linear layer of the candidate: (its state, the state of the batch norm
+        after it where that is computed with it, else None), or None where the layer runs
+        as it is. Frozen weights run through ``planted_conv2d`` (an input gradient only), an
+        evaluated batch norm after a conv folded into them."""
+        m, (kind, old, new) = modules[node.target], state[node.args[0]]
+        bn = self.conv_bn.get(node)
+        bn_module = None if bn is None else modules[bn.target]
+        folded = self.folded.get(node) if bn is not None else None
+        if isinstance(m, PlantedLinear):
+            if m.planted_out and not m.planted_in and kind in (PARENT, CHANGED):
+                h = parent[node.args[0]] if kind == PARENT else old
+                new_out = F.linear(h, m.out_weight, m.out_bias)
+                if kind == PARENT:
+                    return (EXTENDED, None, new_out), None
+                return (SPLIT, F.linear(h, m.frozen_weight, m.frozen_bias), new_out), None
+            if m.planted_in and not m.planted_out and kind in (EXTENDED, SPLIT):
+                term = F.linear(new, m.in_weight)
+                if kind == EXTENDED:
+                    return (CHANGED, parent[node] + term, None), None
+                return (CHANGED, F.linear(old, m.frozen_weight, m.frozen_bias) + term,
+                        None), None
+            return None
+        if isinstance(m, PlantedConv2d):
+            if m.planted_out and not m.planted_in and kind in (PARENT, CHANGED):
+                h = parent[node.args[0]] if kind == PARENT else old
+                new_out = _planted_filters(m, h)
+                if kind == PARENT:
+                    return (EXTENDED, None, new_out), None
+                if folded is not None and isinstance(bn_module, PlantedBatchNorm):
+                    old_out = planted_conv2d(h, *folded, stride=m.stride, padding=m.padding)
+                    return (SPLIT, None, new_out), (SPLIT, old_out,
+                                                    bn_module.planted_part(new_out))
+                old_out = planted_conv2d(h, m.frozen_weight, m.frozen_bias, stride=m.stride,
+                                         padding=m.padding)
+                return (SPLIT, old_out, new_out), None
+            if m.planted_in and not m.planted_out and kind in (EXTENDED, SPLIT):
+                plain_bn = type(bn_module) is nn.BatchNorm2d
+                if kind == EXTENDED:
+                    term = _planted_term(m, new)
+                    if plain_bn:
+                        return (CHANGED, None, None), (
+                            CHANGED, parent[bn] + term * self.scale[bn], None)
+                    return (CHANGED, parent[node] + term, None), None
+                weight, bias, in_weight = m.frozen_weight, m.frozen_bias, m.in_weight
+                if plain_bn and folded is not None:
+                    weight, bias = folded
+                    in_weight = in_weight * self.scale[bn].view(-1, 1, 1, 1)
+                # Two convolutions, not one over the channels joined: the frozen one computes
+                # no weight gradient at all.
+                out = planted_conv2d(old, weight, bias, stride=m.stride, padding=m.padding) \
+                    + _planted_term(m, new, in_weight)
+                if plain_bn and folded is not None:
+                    return (CHANGED, None, None), (CHANGED, out, None)
+                return (CHANGED, out, None), None
+            return None
+        if type(m) is nn.Conv2d and _computed(m) and kind == CHANGED:
+            if type(bn_module) is nn.BatchNorm2d and folded is not None:
+                out = planted_conv2d(old, *folded, stride=m.stride, padding=conv_padding(m))
+                return (CHANGED, None, None), (CHANGED, out, None)
+            return (CHANGED, planted_conv2d(old, m.weight, m.bias, stride=m.stride,
+                                            padding=conv_padding(m)), None), None
+        return None
+
     def _split(self, node, modules, state, parent):
-        """(kind, value) of ``node`` computed from the new channels alone, or None."""
+        """(kind, old, new) of ``node`` computed on the old and new channels apart, or None
+        (it then runs in full)."""
         args = node.args
         first = state.get(args[0]) if args and isinstance(args[0], fx.Node) else None
+        if first is None or first[0] not in (EXTENDED, SPLIT):
+            return None
+        kind, old, new = first
         others = [a for a in list(args[1:]) + list(node.kwargs.values())
                   if isinstance(a, fx.Node)]
+
+        def both(f, frozen_f=None):
+            """``f`` on the new channels, and on the old ones where they changed."""
+            return (kind, None if kind == EXTENDED else (frozen_f or f)(old), f(new))
+
         if node.op == "call_module":
             m = modules[node.target]
-            if len(args) != 1 or node.kwargs or first is None:
-                return None
-            kind, new = first
-            if isinstance(m, (PlantedConv2d, PlantedLinear)):
-                if m.planted_out and not m.planted_in and kind == PARENT:
-                    return EXTENDED, _planted_filters(m, parent[args[0]])
-                if m.planted_in and not m.planted_out and kind == EXTENDED:
-                    return CHANGED, parent[node] + _planted_term(m, new)
-                return None
-            if kind != EXTENDED:
+            if len(args) != 1 or node.kwargs:
                 return None
             if isinstance(m, PlantedBatchNorm):
-                return EXTENDED, m.planted_part(new)
+                return both(m.planted_part, m.frozen_part)
             if isinstance(m, PlantedDepthwiseConv2d):
-                return EXTENDED, F.conv2d(new, m.weight, m.bias, m.stride, m.padding,
-                                          m.dilation, new.shape[1])
+                conv = lambda w, b: (lambda x: F.conv2d(x, w, b, m.stride, m.padding,
+                                                        m.dilation, x.shape[1]))
+                return both(conv(m.weight, m.bias), conv(m.frozen_weight, m.frozen_bias))
             if type(m) in CHANNELWISE_MODULES:
-                return EXTENDED, m(new)
+                return both(m)
             if isinstance(m, nn.Flatten) and (m.start_dim, m.end_dim) == (1, -1):
-                return EXTENDED, new.flatten(1)
+                return both(lambda x: x.flatten(1))
             return None
-        if first is None or first[0] != EXTENDED:
-            return None
-        new = first[1]
         target = node.target if node.op == "call_function" else _method(node.target)
-        rest = args[1:]
+        rest, kwargs = args[1:], _kwargs_no_inplace(dict(node.kwargs))
+        call = ((lambda x: target(x, *rest, **kwargs)) if node.op == "call_function"
+                else (lambda x: getattr(x, target)(*rest, **kwargs)))
         if target in CHANNELWISE_FUNCTIONS or (node.op == "call_method"
                                                and target in CHANNELWISE_METHODS):
-            if others:
-                return None
-            call = target if node.op == "call_function" else getattr(new, target)
-            extra = _kwargs_no_inplace(dict(node.kwargs))
-            return EXTENDED, (call(new, *rest, **extra) if node.op == "call_function"
-                              else call(*rest, **extra))
+            return None if others else both(call)
         if target in REDUCTIONS and not others and _spatial_dims(rest, node.kwargs):
-            if node.op == "call_function":
-                return EXTENDED, target(new, *rest, **node.kwargs)
-            return EXTENDED, getattr(new, target)(*rest, **node.kwargs)
+            return both(call)
         if target in FLATTENS and list(rest) in ([1], [1, -1]) and not node.kwargs:
-            return EXTENDED, new.flatten(1)
-        if target in ELEMENTWISE and len(args) == 2 and not node.kwargs:
+            return both(lambda x: x.flatten(1))
+        op = _ELEMENTWISE_OPS.get(target)
+        if op is not None and len(args) == 2 and not node.kwargs:
             b = args[1]
-            if isinstance(b, fx.Node):
-                if state[b][0] != EXTENDED:
-                    return None
-                b = state[b][1]
-            elif not isinstance(b, (int, float)):
+            if isinstance(b, (int, float)):
+                return both(lambda x: op(x, b))
+            if not isinstance(b, fx.Node) or state[b][0] not in (EXTENDED, SPLIT):
                 return None
-            op = _ELEMENTWISE_OPS.get(target)
-            return None if op is None else (EXTENDED, op(new, b))
+            b_kind, b_old, b_new = state[b]
+            if kind == b_kind == EXTENDED:
+                return EXTENDED, None, op(new, b_new)
+            old_a = parent[args[0]] if kind == EXTENDED else old
+            old_b = parent[b] if b_kind == EXTENDED else b_old
+            return SPLIT, op(old_a, old_b), op(new, b_new)
         return None
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -253,6 +366,32 @@ def _spatial_dims(rest, kwargs) -> bool:
     dims = [dims] if isinstance(dims, int) else dims
     return isinstance(dims, (list, tuple)) and bool(dims) and all(
         isinstance(d, int) and d >= 2 for d in dims)
+
+
+class _ParentValues(dict):
+    """The parent's node values; one not computed in the pass (a conv whose batch norm was
+    folded into it) is computed from its inputs when first asked for."""
+
+    def __init__(self, compute):
+        super().__init__()
+        self.compute = compute
+
+    def __missing__(self, node):
+        with torch.no_grad():
+            value = self[node] = self.compute(node, self)
+        return value
+
+
+def _computed(conv: nn.Conv2d) -> bool:
+    """Whether the planted op computes ``conv`` (no groups, dilation or padding mode)."""
+    return (conv.groups == 1 and tuple(conv.dilation) == (1, 1)
+            and conv.padding_mode == "zeros")
+
+
+def _bn_scale(bn: nn.BatchNorm2d) -> Tensor:
+    """What an evaluated batch norm multiplies its input by, per channel."""
+    scale = bn.running_var.add(bn.eps).rsqrt()
+    return scale * bn.weight if bn.weight is not None else scale
 
 
 def _attr(module: nn.Module, target: str):
@@ -276,11 +415,13 @@ def _planted_filters(layer, h: Tensor) -> Tensor:
     return F.linear(h, layer.out_weight, layer.out_bias)
 
 
-def _planted_term(layer, new: Tensor) -> Tensor:
-    """A reader's planted input slices over the new channels: what they add to its output."""
+def _planted_term(layer, new: Tensor, in_weight: Tensor | None = None) -> Tensor:
+    """A reader's planted input slices (``in_weight``, its own unless given) over the new
+    channels: what they add to its output."""
+    in_weight = layer.in_weight if in_weight is None else in_weight
     if isinstance(layer, PlantedConv2d):
         return planted_conv2d(new[:, :0], layer.frozen_weight[:, :0], None,
-                              in_weight=layer.in_weight, stride=layer.stride,
+                              in_weight=in_weight, stride=layer.stride,
                               padding=layer.padding, backend=layer.backend, x_planted=new)
     return F.linear(new, layer.in_weight)
 
