@@ -3,11 +3,11 @@ conv, a 1x1 projection, an identity shortcut where the shape allows), optionally
 squeeze-and-excitation. It takes float [0, 1] images [N, 3, H, W] of any size and normalises
 them inside, as the search's input convention asks.
 
-The search does not plant it yet (it plants chains); where it could grow, and one candidate:
+The search plants it by its width groups (the residual widths, each block's expansion width
+with its depthwise conv, the squeeze-and-excitation gates' hidden widths):
 
-    net = student()
-    groups = plantops.width_groups(net, torch.rand(2, 3, 32, 32))
-    candidate = plantops.group_planting.plant_group(net, groups[1], 4)  # blocks.0.expand.0
+    python -m plantops.search --dataset folder --data ../shared/data/cifar10-jpeg.tar.gz \
+        --student examples/mobilenet.py:student --out runs/mobilenet
 """
 
 import torch

@@ -1,10 +1,12 @@
-"""A teacher of another architecture than the student: a small ResNet (residual blocks, which
-the search distils from as from any module, and does not plant yet: ``plantops.width_groups``
-lists where one could grow). It takes float [0, 1] images [N, 3, H, W] of any size and
-normalises them inside, as the search's input convention asks.
+"""A small ResNet: as a teacher (``resnet``, trained with ``python examples/train_teacher.py``;
+the search loads the saved module from the repository's root, where ``examples.resnet``
+imports), or as a student the search plants by its width groups (``student``, a ResNet-8):
 
-Train it with ``python examples/train_teacher.py`` (the search then loads the saved module
-from the repository's root, where ``examples.resnet`` imports).
+    python -m plantops.search --dataset folder --data ../shared/data/cifar10-jpeg.tar.gz \
+        --student examples/resnet.py:student --table --out runs/resnet8
+
+It takes float [0, 1] images [N, 3, H, W] of any size and normalises them inside, as the
+search's input convention asks.
 """
 
 import torch

@@ -36,8 +36,9 @@ from plantops.relu_pool import conv_relu_max_pool2d, relu_max_pool2d
 LAYERS = (nn.Conv2d, nn.Linear)
 BETWEEN = (*BATCH_NORMS, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.MaxPool2d,
            nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity)
-NOT_YET = ("the search does not plant those yet; plantops.width_groups(net, images) lists "
-           "where one could grow")
+AS_GRAPH = ("plant it as a graph: plantops.GraphNet.of(net, name, (C, H, W)), which the "
+           "search does for any module that is not a chain; plantops.width_groups lists where "
+           "it grows")
 # Modules that take (and give) an image-shaped tensor [N, C, H, W].
 SPATIAL = (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 SUPPORTED = ("Conv2d (groups=1, dilation=1, zero padding), Linear and, between them, "
@@ -64,7 +65,7 @@ def leaves(module: nn.Module, name: str = "network", path: str = "") -> list[tup
     if not path:
         raise ChainError(f"{name} is a {type(module).__name__}, not an nn.Sequential: plantops "
                          f"plants a chain of layers ({SUPPORTED}); a network with residual "
-                         f"blocks or branches is not a chain ({NOT_YET})")
+                         f"blocks or branches is not a chain ({AS_GRAPH})")
     return [(path, module)]
 
 
@@ -81,7 +82,7 @@ def check(modules: Sequence[nn.Module], paths: Sequence[str], name: str = "netwo
         if isinstance(m, (PlantedConv2d, PlantedLinear, PlantedBatchNorm)):
             pass
         elif type(m) not in LAYERS + BETWEEN:
-            hint = (f" (a residual block or a branch: not a chain; {NOT_YET})"
+            hint = (f" (a residual block or a branch: not a chain; {AS_GRAPH})"
                     if any(True for _ in m.children()) else "")
             raise ChainError(f"{where} is not a layer plantops can plant{hint}: it plants "
                              f"{SUPPORTED}")
