@@ -304,6 +304,73 @@ bool forward_relu_pool(const Geometry& g, const T* x, const T* x_planted, const 
                                   nthreads);
 }
 
+// One dimension of a strided convolution's input gradient, split by phase: the inputs
+// r, r + S, r + 2S, ... are read by the taps k0, k0 + S, ... only (k0 = (P + r) mod S), and
+// input q of the phase by output q + e - j through tap k0 + j*S. So the phase's gradient is a
+// stride-1 correlation of the output gradient, padded by J - 1 - e, with those taps flipped.
+struct Phase {
+  int64_t q = 0;    // inputs in the phase
+  int64_t k0 = 0;   // its first tap
+  int64_t j = 0;    // its taps
+  int64_t pad = 0;  // the output gradient's padding before it
+  Phase(int64_t size, int64_t k, int64_t s, int64_t p, int64_t r) {
+    q = r < size ? (size - r + s - 1) / s : 0;
+    k0 = (p + r) % s;
+    j = k0 < k ? (k - k0 + s - 1) / s : 0;
+    pad = j - 1 - (p + r - k0) / s;
+  }
+};
+
+// The input gradient of a strided convolution as stride-1 convolutions, one per phase of the
+// input (the direct engine, vectorised over the input's channels), instead of a scalar
+// scatter: 4.2 ms against oneDNN's 1.5-2 ms for a 3x3 stride-2 layer of 8 into 16 channels at
+// 32x32, batch 128, before. False where a phase would need a negative padding (a padding
+// wider than the kernel), which the scatter loop then computes.
+template <typename T>
+bool strided_input_grad(const Geometry& g, const BlockWeight<T>& weight, const T* grad_out,
+                        int64_t c_begin, int64_t c_end, T* grad_x, int nthreads) {
+  const int64_t nc = c_end - c_begin;
+  for (int64_t ry = 0; ry < g.SH; ++ry)
+    for (int64_t rx = 0; rx < g.SW; ++rx) {
+      const Phase py(g.H, g.KH, g.SH, g.PH, ry), px(g.W, g.KW, g.SW, g.PW, rx);
+      if (py.q && px.q && py.j && px.j && (py.pad < 0 || px.pad < 0)) return false;
+    }
+  const Planes<T> dy(grad_out, g.O(), g.OH * g.OW);
+  std::vector<T> part;
+  for (int64_t ry = 0; ry < g.SH; ++ry)
+    for (int64_t rx = 0; rx < g.SW; ++rx) {
+      const Phase py(g.H, g.KH, g.SH, g.PH, ry), px(g.W, g.KW, g.SW, g.PW, rx);
+      if (!py.q || !px.q) continue;
+      const bool empty = !py.j || !px.j;  // no tap reads these inputs: their gradient is 0
+      if (!empty) {
+        std::vector<T> w(nc * g.O() * py.j * px.j);
+        for (int64_t c = 0; c < nc; ++c)
+          for (int64_t o = 0; o < g.O(); ++o) {
+            const T* taps = weight.taps(o, c_begin + c);
+            for (int64_t ty = 0; ty < py.j; ++ty)
+              for (int64_t tx = 0; tx < px.j; ++tx)
+                w[((c * g.O() + o) * py.j + ty) * px.j + tx] =
+                    taps[(py.k0 + (py.j - 1 - ty) * g.SH) * g.KW + px.k0 + (px.j - 1 - tx) * g.SW];
+          }
+        DenseConv<T> conv(g.O(), nc, py.j, px.j, 1, 1, py.q, px.q,
+                          std::max(py.q + py.j - 1, py.pad + g.OH),
+                          std::max(px.q + px.j - 1, px.pad + g.OW));
+        conv.load(w.data(), nullptr);
+        part.assign(g.N * nc * py.q * px.q, T(0));
+        conv.batch(g.N, dy, g.OH, g.OW, py.pad, px.pad, part.data(), nthreads);
+      }
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+      for (int64_t nc_i = 0; nc_i < g.N * nc; ++nc_i) {
+        T* gx = grad_x + nc_i * g.H * g.W;
+        const T* src = empty ? nullptr : part.data() + nc_i * py.q * px.q;
+        for (int64_t qy = 0; qy < py.q; ++qy)
+          for (int64_t qx = 0; qx < px.q; ++qx)
+            gx[(qy * g.SH + ry) * g.W + qx * g.SW + rx] = src ? src[qy * px.q + qx] : T(0);
+      }
+    }
+  return true;
+}
+
 template <typename T>
 void input_grad(const Geometry& g, const T* grad_out, const T* w_frozen, const T* w_in,
                 const T* w_out, int64_t c_begin, int64_t c_end, T* grad_x, int nthreads) {
@@ -324,7 +391,8 @@ void input_grad(const Geometry& g, const T* grad_out, const T* w_frozen, const T
     conv.batch(g.N, dy, g.OH, g.OW, th, tw, grad_x, nthreads);
     return;
   }
-  // Any stride: scatter each output gradient back onto the inputs it read.
+  if (strided_input_grad(g, weight, grad_out, c_begin, c_end, grad_x, nthreads)) return;
+  // Any other: scatter each output gradient back onto the inputs it read.
 #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (int64_t n = 0; n < g.N; ++n) {
     T* gx = grad_x + n * nc * g.H * g.W;
