@@ -267,11 +267,10 @@ class GraphRound:
             if m.planted_in and not m.planted_out and kind in (EXTENDED, SPLIT):
                 plain_bn = type(bn_module) is nn.BatchNorm2d
                 if kind == EXTENDED:
-                    term = _planted_term(m, new)
-                    if plain_bn:
-                        return (CHANGED, None, None), (
-                            CHANGED, parent[bn] + term * self.scale[bn], None)
-                    return (CHANGED, parent[node] + term, None), None
+                    if plain_bn:  # the batch norm's scale on the (few) planted slices
+                        term = _planted_term(m, new, m.in_weight * self.scale[bn].view(-1, 1, 1, 1))
+                        return (CHANGED, None, None), (CHANGED, parent[bn] + term, None)
+                    return (CHANGED, parent[node] + _planted_term(m, new), None), None
                 weight, bias, in_weight = m.frozen_weight, m.frozen_bias, m.in_weight
                 if plain_bn and folded is not None:
                     weight, bias = folded
