@@ -129,6 +129,8 @@ class Rounds:
         round_op = round_of(current, {layer: eligible[layer] for layer in group}) \
             if group else None
         names = "+".join(current.layer_names()[layer] for layer in group)
+        if len(names) > 40:  # a network's width groups have long names
+            names = f"{len(group)} candidates"
         where = f", rank {self.ranks.rank} of {self.ranks.size}" if self.ranks.size > 1 else ""
         if round_op:
             round_op.train()

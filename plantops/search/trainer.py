@@ -199,9 +199,11 @@ class Trainer:
         return engine.evaluate(forward, self.eval_views[split], count, teacher,
                                self.cfg.temperature, self.graphs)
 
-    def plain(self, path: Path, label: str, build, loss: str, epochs: int):
+    def plain(self, path: Path, label: str, build, loss: str, epochs: int, inputs=None):
         """The network ``build()`` makes, trained whole with ``loss`` for ``epochs`` (0: as it
         is), evaluated and saved at ``path``; or, if ``path`` exists, loaded from it.
+        ``inputs``: the images it takes (a search.networks.InputConvention), where they are
+        not the search's (it is then fed through an adapter, and its meta records them).
         Returns (network, meta)."""
         if self.folder.exists(path):
             net, meta = self.load(path)
@@ -216,16 +218,18 @@ class Trainer:
         # before it were trained in this process or loaded by --resume.
         torch.manual_seed(self.cfg.seed)
         net = self.place(build())
+        inputs = inputs or self.data.inputs
+        fed = self.data.inputs.feed(net, inputs)  # net itself where it takes the search's images
         if epochs:
-            net.train()
-            self.fit(path.stem, label, net, list(net.parameters()), epochs, loss,
+            fed.train()
+            self.fit(path.stem, label, fed, list(net.parameters()), epochs, loss,
                      buffers=list(net.buffers()))
-        net.eval()
-        val, = self.evaluate(net, "val")
-        test, = self.evaluate(net, "test")
+        fed.eval()
+        val, = self.evaluate(fed, "val")
+        test, = self.evaluate(fed, "test")
         seconds = time.perf_counter() - start
         meta = dict(kind=label, loss_fn=loss if epochs else "as given", val=val, test=test,
-                    seconds=seconds, inputs=self.data.inputs.meta(), epochs=epochs,
+                    seconds=seconds, inputs=inputs.meta(), epochs=epochs,
                     cost=self.cost(net, epochs, seconds))
         self.folder.save(path, net, meta)
         if epochs:
