@@ -68,8 +68,8 @@ class GraphRound:
     planted parameters (the same tensors)."""
 
     def __init__(self, parent: GraphNet, candidates: dict[int, GraphNet]):
-        plain = parent.merged()
-        self.parent = plain.net.eval()
+        # NCHW: the planted kernels' layout (a channels-last parent would be copied per call).
+        self.parent = parent.merged().net.to(memory_format=torch.contiguous_format).eval()
         for p in self.parent.parameters():
             p.requires_grad_(False)
         _no_inplace(self.parent)
@@ -83,6 +83,7 @@ class GraphRound:
                 raise ValueError(f"candidate for group {point} is not its parent planted "
                                  "there (build it with GraphNet.plant)")
             _no_inplace(net.net)
+            net.net.to(memory_format=torch.contiguous_format)  # its parameters stay the same
             self.modules[point] = dict(net.net.module.named_modules())
         # A plain conv whose only reader is a batch norm: where a candidate computes it in
         # full, the batch norm (evaluated, frozen) is folded into its weights once, and where
