@@ -166,3 +166,34 @@ def test_a_student_with_batch_norm_trains_the_same_network_on_every_rank(setting
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
     assert result["student_name"] == "student" and result["initial"]["loss_fn"] == "KD"
+
+
+RESNET_STUDENT = f'''
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1] / "examples")!r})
+import resnet
+
+def student():
+    return resnet.student(3, 3)
+'''
+
+
+def test_a_residual_student_plants_over_two_ranks(setting):
+    """A network planted by width groups: its candidates spread over the ranks, each rank's
+    trained through its own graph round op, and every rank makes the same choice (its batch
+    norms see half of each batch while the plain networks train, so the numbers are not the
+    single process's, as for any network with batch norm)."""
+    root, config, env, _, _ = setting
+    nets = root / "resnet_student.py"
+    nets.write_text(RESNET_STUDENT)
+    out = root / "resnet"
+    run = subprocess.run(torchrun("--config", str(config), "--student", f"{nets}:student",
+                                  "--max-rounds", "1", "--finetune-epochs", "1", "--out",
+                                  str(out), env=env),
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["world_size"] == 2 and len(result["rounds"]) <= 1
+    records = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    candidates = [r for r in records if r["kind"] == "candidate"]
+    assert {r["rank"] for r in candidates} == {0, 1} and len(candidates) == 6
