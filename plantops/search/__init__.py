@@ -15,8 +15,9 @@ poster), and stop when no candidate lowers the loss (or at ``--max-rounds`` /
 ``--max-params``). The test set is evaluated only for the report, never for a choice.
 
 Writes to ``--out``: config.json, log.jsonl, result.json, results.md, accuracy_vs_params.png,
-checkpoints (teacher.pt, initial.pt, round_K.pt), and final.pt, the chosen network as a plain
-``nn.Sequential`` (``torch.load(path, weights_only=False)``; no plantops needed).
+checkpoints (teacher.pt, initial.pt, round_K.pt), and final.pt, the chosen network as plain torch
+modules (an ``nn.Sequential``, or a network of your own class, wider;
+``torch.load(path, weights_only=False)``; no plantops needed).
 
 The ``quick`` preset (default) runs a reduced protocol meant for a CPU: about 4 minutes on
 2 cores (plus about 10 s to decode CIFAR-10's JPEGs the first time); ``paper`` is the

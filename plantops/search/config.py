@@ -70,13 +70,15 @@ class Config:
                                     "one. A module of your own takes float [0, 1] images "
                                     "[N, 3, H, W] (its normalisation inside it) and returns "
                                     "the classes' logits", "networks")
-    student: Optional[str] = option(None, "plant a network of your own: a saved nn.Sequential "
+    student: Optional[str] = option(None, "plant a network of your own: a saved module "
                                     "(torch.save(model)) or FILE.py:FUNCTION that returns "
-                                    "one, of Conv2d and Linear layers with batch norm, "
-                                    "activations, pooling, flatten and dropout between them. "
-                                    "It takes float [0, 1] images; the search trains it "
-                                    "--init-epochs from its own weights (0: takes it as it "
-                                    "is). Unset: Student[--init-width]", "networks")
+                                    "one. An nn.Sequential of Conv2d and Linear layers (batch "
+                                    "norm, activations, pooling, flatten, dropout between "
+                                    "them) grows layer by layer; any other CNN torch.fx "
+                                    "traces (residual, depthwise, concatenating) by its "
+                                    "width groups. It takes float [0, 1] images; the search "
+                                    "trains it --init-epochs from its own weights (0: takes "
+                                    "it as it is). Unset: Student[--init-width]", "networks")
     init_width: int = option(8, "initial Student[k] width", "networks")
     init_epochs: int = option(15, "initial network epochs; 0 "
                               "with --student: its weights as they are", "networks")

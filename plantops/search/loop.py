@@ -303,7 +303,8 @@ class Search:
 def run_search(cfg: Config, student: torch.nn.Module | None = None,
                teacher: torch.nn.Module | None = None) -> dict:
     """Runs the whole search of ``cfg`` (see ``python -m plantops.search --help``).
-    ``student``: an nn.Sequential of your own to plant (instead of Student[--init-width]);
+    ``student``: a network of your own to plant (instead of Student[--init-width]): an
+    nn.Sequential chain, or any CNN torch.fx traces, planted by its width groups;
     ``teacher``: a trained module of your own, used as it is (instead of training
     Teacher[--teacher-width]). Both take float [0, 1] images (search.networks)."""
     return Search(cfg, student=student, teacher=teacher).run()
