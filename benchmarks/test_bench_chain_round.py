@@ -19,13 +19,13 @@ Each measurement is one epoch: STEPS steps of every candidate.
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from plantops import engine
 from plantops.chain import Chain
-from plantops.data import DeviceData, ViewSchedule
+from plantops.data import ViewSchedule
+from round_epochs import random_images, round_op_epoch, straightforward_epoch
 from plantops.planted_round import PlantedRound
 from plantops.planting import export, plant
 
@@ -39,10 +39,7 @@ IMPLS = ["straightforward", "plantops"]
 
 
 def setting():
-    rng = np.random.default_rng(0)
-    n = STEPS * BATCH
-    data = DeviceData(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-                      rng.integers(0, 10, n), DEVICE, (0.0,) * 3, (1.0,) * 3)
+    data = random_images(STEPS * BATCH, DEVICE)
     torch.manual_seed(0)
     teacher = Chain.of(vgg_bn(32)).to(DEVICE).eval()
     parent = Chain.of(vgg_bn(8))
@@ -91,25 +88,10 @@ def make_epoch(impl: str):
     data, teacher, parent, candidates = setting()
     views = ViewSchedule(data, BATCH, 1, seed=0)
     table = engine.teacher_logits(teacher, views)
-    schedule = engine.Schedule(1, LR, batch_size=BATCH)
     if impl == "straightforward":
         nets = [straightforward(c, layer) for layer, c in candidates.items()]
-        opts = [torch.optim.SGD(params, lr=LR, momentum=0.9) for _, params in nets]
-
-        def epoch():
-            for (net, _), opt in zip(nets, opts):
-                for step in range(STEPS):
-                    x, labels = views.batch("full", torch.tensor([step], device=DEVICE))
-                    loss = engine.kd_loss(net(x), table["full"][step], 1.0)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-        return epoch
-    round_op = PlantedRound(parent, candidates).train()
-    training = engine.Training(round_op, round_op.parameters(), views, schedule, "kd",
-                               count=len(round_op), teacher=table, buffers=round_op.buffers())
-    training.epoch(0)
-    return lambda: training.epoch(0)
+        return straightforward_epoch(nets, views, table, STEPS, LR, DEVICE)
+    return round_op_epoch(PlantedRound(parent, candidates).train(), views, table, LR, BATCH)
 
 
 def test_the_straightforward_round_trains_only_the_planted_entries():

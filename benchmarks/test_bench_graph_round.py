@@ -20,13 +20,13 @@ import copy
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from plantops import GraphNet, engine, export, plant
-from plantops.data import DeviceData, ViewSchedule
+from plantops.data import ViewSchedule
+from round_epochs import random_images, round_op_epoch, straightforward_epoch
 from plantops.graph_round import GraphRound
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -39,10 +39,7 @@ IMPLS = ["straightforward", "straightforward-channels-last", "plantops"]
 
 
 def setting():
-    rng = np.random.default_rng(0)
-    n = STEPS * BATCH
-    data = DeviceData(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-                      rng.integers(0, 10, n), DEVICE, (0.0,) * 3, (1.0,) * 3)
+    data = random_images(STEPS * BATCH, DEVICE)
     torch.manual_seed(0)
     teacher = student(32).to(DEVICE).eval()
     net = student(8).train()
@@ -88,28 +85,12 @@ def make_epoch(impl: str):
     data, teacher, parent, candidates = setting()
     views = ViewSchedule(data, BATCH, 1, seed=0)
     table = engine.teacher_logits(teacher, views)
-    schedule = engine.Schedule(1, LR, batch_size=BATCH)
     if impl.startswith("straightforward"):
         layout = torch.channels_last if impl.endswith("channels-last") else \
             torch.contiguous_format
         nets = [straightforward(c, layout) for c in candidates.values()]
-        opts = [torch.optim.SGD(params, lr=LR, momentum=0.9) for _, params in nets]
-
-        def epoch():
-            for (net, _), opt in zip(nets, opts):
-                for step in range(STEPS):
-                    x, labels = views.batch("full", torch.tensor([step], device=DEVICE))
-                    x = x.contiguous(memory_format=layout)
-                    loss = engine.kd_loss(net(x), table["full"][step], 1.0)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-        return epoch
-    round_op = GraphRound(parent, candidates).train()
-    training = engine.Training(round_op, round_op.parameters(), views, schedule, "kd",
-                               count=len(round_op), teacher=table, buffers=round_op.buffers())
-    training.epoch(0)
-    return lambda: training.epoch(0)
+        return straightforward_epoch(nets, views, table, STEPS, LR, DEVICE, layout)
+    return round_op_epoch(GraphRound(parent, candidates).train(), views, table, LR, BATCH)
 
 
 def test_the_straightforward_round_trains_only_the_planted_entries():

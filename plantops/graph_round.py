@@ -37,9 +37,9 @@ from plantops.group_planting import PlantedDepthwiseConv2d
 from plantops.planted_batch_norm import PlantedBatchNorm
 from plantops.planted_conv import PlantedConv2d, planted_conv2d
 from plantops.planted_linear import PlantedLinear
-from plantops.planting import planted_buffers, planted_parameters
+from plantops.planted_round import RoundCandidates
 from plantops.width_groups import (CHANNELWISE_FUNCTIONS, CHANNELWISE_METHODS,
-                                   CHANNELWISE_MODULES, ELEMENTWISE)
+                                   CHANNELWISE_MODULES)
 
 PARENT, EXTENDED, SPLIT, CHANGED = "parent", "extended", "split", "changed"
 FLATTENS = {torch.flatten, "flatten"}
@@ -61,7 +61,7 @@ def _method(name: str) -> str:
     return name[:-1] if name.endswith("_") and not name.endswith("__") else name
 
 
-class GraphRound:
+class GraphRound(RoundCandidates):
     """A parent ``GraphNet`` and its candidates ``{point: GraphNet}`` (each
     ``parent.plant(point, p)``), as one function: ``round_(x)`` is every candidate's logits,
     ``[k * N, classes]`` in the order of their points. Training it trains the candidates'
@@ -106,23 +106,6 @@ class GraphRound:
                 self.folded[node] = fold_batch_norm(conv.weight, conv.bias, bn)
         self.planted_paths = {point: [path for path, m in self.modules[point].items()
                                       if _is_planted(m)] for point in self.layers}
-
-    def __len__(self):
-        return len(self.layers)
-
-    def parameters(self) -> list[nn.Parameter]:
-        return [p for net in self.candidates.values() for p in planted_parameters(net)]
-
-    def buffers(self) -> list[Tensor]:
-        return [b for net in self.candidates.values() for b in planted_buffers(net)]
-
-    def train(self, mode: bool = True):
-        for net in self.candidates.values():
-            net.train(mode)
-        return self
-
-    def eval(self):
-        return self.train(False)
 
     # ------------------------------------------------------------------ the parent
 

@@ -41,7 +41,36 @@ from plantops.planted_conv import PlantedConv2d, planted_conv2d
 from plantops.planting import merge, planted_buffers, planted_parameters
 
 
-class PlantedRound:
+class RoundCandidates:
+    """What a round op holds of its candidates (``self.candidates``, ``{point: network}`` in
+    the order of ``self.layers``): their planted parameters and statistics, and their mode.
+    The chain's round op below and the graph's (plantops/graph_round.py) share it."""
+
+    layers: list[int]
+    candidates: dict
+
+    def __len__(self):
+        return len(self.layers)
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The planted parameters, candidate by candidate in the order of their layers."""
+        return [p for net in self.candidates.values() for p in planted_parameters(net)]
+
+    def buffers(self) -> list[Tensor]:
+        """The planted batch norms' running statistics (what training changes besides the
+        parameters), candidate by candidate."""
+        return [b for net in self.candidates.values() for b in planted_buffers(net)]
+
+    def train(self, mode: bool = True):
+        for net in self.candidates.values():
+            net.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+
+class PlantedRound(RoundCandidates):
     """A parent and its candidates ``{layer: network}`` (each ``planting.plant(parent,
     layer, p)``), as one function: ``round_(x)`` is every candidate's logits, ``[k * N, classes]``
     for ``k`` candidates in the order of their layers. Training it trains the candidates'
@@ -79,26 +108,6 @@ class PlantedRound:
             # alone: its planted batch norms' own parts, the other modules as they are.
             self.segments[layer] = [m.planted if isinstance(m, PlantedBatchNorm) else m
                                     for m in net.segment(layer)]
-
-    def __len__(self):
-        return len(self.layers)
-
-    def parameters(self) -> list[nn.Parameter]:
-        """The planted parameters, candidate by candidate in the order of their layers."""
-        return [p for net in self.candidates.values() for p in planted_parameters(net)]
-
-    def buffers(self) -> list[Tensor]:
-        """The planted batch norms' running statistics (what training changes besides the
-        parameters), candidate by candidate."""
-        return [b for net in self.candidates.values() for b in planted_buffers(net)]
-
-    def train(self, mode: bool = True):
-        for net in self.candidates.values():
-            net.train(mode)
-        return self
-
-    def eval(self):
-        return self.train(False)
 
     # The parent's frozen layer j on x (input gradient only, where x needs one).
     def _frozen(self, j: int, x: Tensor) -> Tensor:

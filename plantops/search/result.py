@@ -20,7 +20,6 @@ import dataclasses
 import torch
 
 from plantops.kernels import autotune
-from plantops.planting import count_params
 from plantops.search import report, rules
 from plantops.search.trainer import Trainer
 
