@@ -114,3 +114,32 @@ def test_a_graph_network_merges_widens_and_starts_again():
                                                      plain.net.parameters()) if a.dim() > 1)
     with pytest.raises(ValueError, match="groups that can grow"):
         plant(net, 99, COUNT)
+
+
+def test_a_chain_planted_as_a_graph_is_the_chains_candidate_and_round():
+    """The chain is the graph's simplest case: a VGG-style nn.Sequential planted by its width
+    groups gives, point by point, the chain's candidates (the same drawn weights) and the
+    same round logits and gradients."""
+    from examples.vgg_bn import vgg_bn
+    from plantops import Chain
+    from plantops.planted_round import PlantedRound
+    torch.manual_seed(0)
+    seq = trained(vgg_bn(4))
+    chain, net = Chain.of(seq), GraphNet.of(seq, "vgg", (3, 16, 16))
+    assert net.plantable_points(True) == chain.points
+    draw = lambda p: torch.Generator().manual_seed(p)
+    as_chain = {p: plant(chain, p, COUNT, "small", draw(p)) for p in chain.points}
+    as_graph = {p: plant(net, p, COUNT, "small", draw(p)) for p in chain.points}
+    for p in chain.points:
+        for a, b in zip(planted_parameters(as_chain[p]), planted_parameters(as_graph[p]),
+                        strict=True):
+            assert torch.equal(a, b), p
+    x = torch.rand(5, 3, 16, 16, dtype=torch.float64)
+    rounds = [PlantedRound(chain, as_chain).train(), GraphRound(net, as_graph).train()]
+    outs = [r(x) for r in rounds]
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-12, rtol=1e-10)
+    weights = torch.randn_like(outs[0])
+    grads = [torch.autograd.grad((out * weights).sum(), r.parameters())
+             for out, r in zip(outs, rounds)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-10)
