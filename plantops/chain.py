@@ -157,11 +157,15 @@ def run_modules(modules: Sequence[nn.Module], x: Tensor) -> Tensor:
     return x
 
 
+def bn_scale(bn: nn.Module) -> Tensor:
+    """What an evaluated batch norm multiplies its input by, per channel."""
+    scale = bn.running_var.add(bn.eps).rsqrt()
+    return scale * bn.weight if bn.weight is not None else scale
+
+
 def fold_batch_norm(weight: Tensor, bias: Optional[Tensor], bn: nn.Module):
     """A conv's weight and bias with an evaluated batch norm after it folded in."""
-    scale = bn.running_var.add(bn.eps).rsqrt()
-    if bn.weight is not None:
-        scale = scale * bn.weight
+    scale = bn_scale(bn)
     shift = -bn.running_mean * scale
     if bias is not None:
         shift = shift + bias * scale

@@ -11,10 +11,14 @@ for each candidate, walks the same graph keeping for each node one of:
 - ``parent``: the candidate's value is the parent's (nothing planted is upstream);
 - ``extended``: the parent's channels, then the new ones: only the new ones are computed
   (a producer's planted filters over the parent's input, through ``planted_conv2d``; a
-  planted batch norm's or depthwise conv's new channels; an activation, pool, flatten or
-  residual add of new channels);
+  planted batch norm's or depthwise conv's new channels; an activation, pool, flatten,
+  reduction or residual add of new channels);
+- ``split``: changed channels, then the new ones, kept apart: where the group's channels
+  meet values that already differ from the parent's (a producer over a changed input runs
+  its frozen filters and its planted ones apart);
 - ``changed``: computed in full, from where a reader adds its planted input slices' term to
-  the parent's output (``planted_conv2d`` with ``x_planted``, as the chain's round op) on.
+  the parent's output (or, over split channels, to its frozen filters over the old ones) on,
+  every frozen conv through ``planted_conv2d`` with the batch norm after it folded in.
 
 Anything else (a concatenation, a view, an operation the walk does not split) runs in full
 on the tensors assembled, which is always the candidate's own value. The logits of all the
@@ -31,13 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from plantops.chain import conv_padding, fold_batch_norm
+from plantops.chain import bn_scale, conv_padding, fold_batch_norm
 from plantops.graph import GraphNet
 from plantops.group_planting import PlantedDepthwiseConv2d
 from plantops.planted_batch_norm import PlantedBatchNorm
 from plantops.planted_conv import PlantedConv2d, planted_conv2d
 from plantops.planted_linear import PlantedLinear
-from plantops.planted_round import RoundCandidates
+from plantops.planted_round import RoundCandidates, planted_filters, planted_term
 from plantops.width_groups import (CHANNELWISE_FUNCTIONS, CHANNELWISE_METHODS,
                                    CHANNELWISE_MODULES)
 
@@ -59,6 +63,18 @@ def _kwargs_no_inplace(kwargs: dict) -> dict:
 
 def _method(name: str) -> str:
     return name[:-1] if name.endswith("_") and not name.endswith("__") else name
+
+
+def _call(node: fx.Node, module: nn.Module | None, args, kwargs):
+    """``node``'s operation on ``args``, ``kwargs`` (``module``: a call_module node's), never
+    in place."""
+    if node.op == "call_module":
+        return module(*args, **kwargs)
+    kwargs = _kwargs_no_inplace(kwargs)
+    if node.op == "call_function":
+        return node.target(*args, **kwargs)
+    this, *rest = args
+    return getattr(this, _method(node.target))(*rest, **kwargs)
 
 
 class GraphRound(RoundCandidates):
@@ -101,7 +117,7 @@ class GraphRound(RoundCandidates):
             if not bn.track_running_stats:
                 continue
             self.conv_bn[node] = users[0]
-            self.scale[users[0]] = _bn_scale(bn).view(1, -1, 1, 1)
+            self.scale[users[0]] = bn_scale(bn).view(-1, 1, 1, 1)  # on a weight's rows
             if _computed(conv):
                 self.folded[node] = fold_batch_norm(conv.weight, conv.bias, bn)
         self.planted_paths = {point: [path for path, m in self.modules[point].items()
@@ -135,19 +151,13 @@ class GraphRound(RoundCandidates):
             raise ValueError(f"{node.name}: the round op runs networks of one input")
         if node.op == "get_attr":
             return _attr(self.graph, node.target)
-        if node.op == "call_module":
-            m = self.parent_modules[node.target]
-            if type(m) is nn.Conv2d and _computed(m):  # the planted kernels' choice
-                return planted_conv2d(values[node.args[0]], m.weight, m.bias, stride=m.stride,
-                                      padding=conv_padding(m))
-            return m(*load(node.args), **load(node.kwargs))
-        if node.op == "call_function":
-            return node.target(*load(node.args), **_kwargs_no_inplace(load(node.kwargs)))
-        if node.op == "call_method":
-            this, *rest = load(node.args)
-            return getattr(this, _method(node.target))(*rest, **_kwargs_no_inplace(
-                load(node.kwargs)))
-        return load(node.args[0])  # the output
+        if node.op == "output":
+            return load(node.args[0])
+        m = self.parent_modules.get(node.target) if node.op == "call_module" else None
+        if type(m) is nn.Conv2d and _computed(m):  # the planted kernels' choice
+            return planted_conv2d(values[node.args[0]], m.weight, m.bias, stride=m.stride,
+                                  padding=conv_padding(m))
+        return _call(node, m, load(node.args), load(node.kwargs))
 
     # ------------------------------------------------------------------ one candidate
 
@@ -201,15 +211,8 @@ class GraphRound(RoundCandidates):
                 state[node] = split
                 continue
             # Not split: the whole operation on the candidate's tensors.
-            args, kwargs = load(node.args), load(node.kwargs)
-            if node.op == "call_module":
-                out = modules[node.target](*args, **kwargs)
-            elif node.op == "call_function":
-                out = node.target(*args, **_kwargs_no_inplace(kwargs))
-            else:
-                this, *rest = args
-                out = getattr(this, _method(node.target))(*rest, **_kwargs_no_inplace(kwargs))
-            state[node] = (CHANGED, out, None)
+            m = modules[node.target] if node.op == "call_module" else None
+            state[node] = (CHANGED, _call(node, m, load(node.args), load(node.kwargs)), None)
         raise AssertionError("a traced graph ends in its output node")
 
     def _layer(self, node, modules, state, parent):
@@ -220,52 +223,30 @@ class GraphRound(RoundCandidates):
         m, (kind, old, new) = modules[node.target], state[node.args[0]]
         bn = self.conv_bn.get(node)
         bn_module = None if bn is None else modules[bn.target]
-        folded = self.folded.get(node) if bn is not None else None
-        if isinstance(m, PlantedLinear):
-            if m.planted_out and not m.planted_in and kind in (PARENT, CHANGED):
+        folded = self.folded.get(node)  # there is one wherever there is a batch norm after it
+        if isinstance(m, (PlantedConv2d, PlantedLinear)):
+            backend = getattr(m, "backend", "auto")  # (a PlantedLinear has none)
+            if m.planted_out and not m.planted_in and kind in (PARENT, CHANGED):  # a producer
                 h = parent[node.args[0]] if kind == PARENT else old
-                new_out = F.linear(h, m.out_weight, m.out_bias)
+                new_out = planted_filters(m, h, backend)
                 if kind == PARENT:
                     return (EXTENDED, None, new_out), None
-                return (SPLIT, F.linear(h, m.frozen_weight, m.frozen_bias), new_out), None
-            if m.planted_in and not m.planted_out and kind in (EXTENDED, SPLIT):
-                term = F.linear(new, m.in_weight)
-                if kind == EXTENDED:
-                    return (CHANGED, parent[node] + term, None), None
-                return (CHANGED, F.linear(old, m.frozen_weight, m.frozen_bias) + term,
-                        None), None
-            return None
-        if isinstance(m, PlantedConv2d):
-            if m.planted_out and not m.planted_in and kind in (PARENT, CHANGED):
-                h = parent[node.args[0]] if kind == PARENT else old
-                new_out = _planted_filters(m, h)
-                if kind == PARENT:
-                    return (EXTENDED, None, new_out), None
-                if folded is not None and isinstance(bn_module, PlantedBatchNorm):
-                    old_out = planted_conv2d(h, *folded, stride=m.stride, padding=m.padding)
-                    return (SPLIT, None, new_out), (SPLIT, old_out,
+                if isinstance(bn_module, PlantedBatchNorm):  # its frozen part folded in
+                    return (SPLIT, None, new_out), (SPLIT, _frozen(m, h, *folded),
                                                     bn_module.planted_part(new_out))
-                old_out = planted_conv2d(h, m.frozen_weight, m.frozen_bias, stride=m.stride,
-                                         padding=m.padding)
-                return (SPLIT, old_out, new_out), None
-            if m.planted_in and not m.planted_out and kind in (EXTENDED, SPLIT):
-                plain_bn = type(bn_module) is nn.BatchNorm2d
+                return (SPLIT, _frozen(m, h, m.frozen_weight, m.frozen_bias), new_out), None
+            if m.planted_in and not m.planted_out and kind in (EXTENDED, SPLIT):  # a reader
+                plain_bn = type(bn_module) is nn.BatchNorm2d  # folded in; its scale on the slices
+                term = planted_term(m, new, backend,
+                                    m.in_weight * self.scale[bn] if plain_bn else None)
                 if kind == EXTENDED:
-                    if plain_bn:  # the batch norm's scale on the (few) planted slices
-                        term = _planted_term(m, new, m.in_weight * self.scale[bn].view(-1, 1, 1, 1))
-                        return (CHANGED, None, None), (CHANGED, parent[bn] + term, None)
-                    return (CHANGED, parent[node] + _planted_term(m, new), None), None
-                weight, bias, in_weight = m.frozen_weight, m.frozen_bias, m.in_weight
-                if plain_bn and folded is not None:
-                    weight, bias = folded
-                    in_weight = in_weight * self.scale[bn].view(-1, 1, 1, 1)
-                # Two convolutions, not one over the channels joined: the frozen one computes
-                # no weight gradient at all.
-                out = planted_conv2d(old, weight, bias, stride=m.stride, padding=m.padding) \
-                    + _planted_term(m, new, in_weight)
-                if plain_bn and folded is not None:
-                    return (CHANGED, None, None), (CHANGED, out, None)
-                return (CHANGED, out, None), None
+                    out = parent[bn if plain_bn else node] + term
+                else:  # two convolutions, not one over the channels joined: the frozen one
+                    # computes no weight gradient at all
+                    out = _frozen(m, old, *(folded if plain_bn else (m.frozen_weight,
+                                                                     m.frozen_bias))) + term
+                return ((CHANGED, None, None), (CHANGED, out, None)) if plain_bn else \
+                    ((CHANGED, out, None), None)
             return None
         if type(m) is nn.Conv2d and _computed(m) and kind == CHANGED:
             if type(bn_module) is nn.BatchNorm2d and folded is not None:
@@ -371,10 +352,12 @@ def _computed(conv: nn.Conv2d) -> bool:
             and conv.padding_mode == "zeros")
 
 
-def _bn_scale(bn: nn.BatchNorm2d) -> Tensor:
-    """What an evaluated batch norm multiplies its input by, per channel."""
-    scale = bn.running_var.add(bn.eps).rsqrt()
-    return scale * bn.weight if bn.weight is not None else scale
+def _frozen(layer, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """A planted layer's frozen part (``weight``, ``bias``: its frozen block, or that with a
+    batch norm folded in) over ``x``: an input gradient only."""
+    if isinstance(layer, PlantedConv2d):
+        return planted_conv2d(x, weight, bias, stride=layer.stride, padding=layer.padding)
+    return F.linear(x, weight, bias)
 
 
 def _attr(module: nn.Module, target: str):
@@ -387,26 +370,6 @@ def _is_planted(m: nn.Module) -> bool:
     inner = getattr(m, "module", m)  # a Reordered's
     return isinstance(inner, (PlantedConv2d, PlantedLinear, PlantedBatchNorm,
                               PlantedDepthwiseConv2d))
-
-
-def _planted_filters(layer, h: Tensor) -> Tensor:
-    """A producer's planted filters over its (the parent's) input: its new channels."""
-    if isinstance(layer, PlantedConv2d):
-        return planted_conv2d(h, layer.frozen_weight[:0], None, out_weight=layer.out_weight,
-                              out_bias=layer.out_bias, stride=layer.stride,
-                              padding=layer.padding, backend=layer.backend)
-    return F.linear(h, layer.out_weight, layer.out_bias)
-
-
-def _planted_term(layer, new: Tensor, in_weight: Tensor | None = None) -> Tensor:
-    """A reader's planted input slices (``in_weight``, its own unless given) over the new
-    channels: what they add to its output."""
-    in_weight = layer.in_weight if in_weight is None else in_weight
-    if isinstance(layer, PlantedConv2d):
-        return planted_conv2d(new[:, :0], layer.frozen_weight[:, :0], None,
-                              in_weight=in_weight, stride=layer.stride,
-                              padding=layer.padding, backend=layer.backend, x_planted=new)
-    return F.linear(new, layer.in_weight)
 
 
 __all__ = ["GraphRound"]

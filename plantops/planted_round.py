@@ -125,25 +125,12 @@ class PlantedRound(RoundCandidates):
 
     # Candidate j's planted filters over the parent's input h to layer j.
     def _planted_filters(self, j: int, h: Tensor) -> Tensor:
-        grown = self.candidates[j].layer(j)
-        if isinstance(grown, PlantedConv2d):
-            no_frozen = grown.frozen_weight[:0]  # [0, C, kh, kw]: the planted filters alone
-            return planted_conv2d(h, no_frozen, None, out_weight=grown.out_weight,
-                                  out_bias=grown.out_bias, stride=grown.stride,
-                                  padding=grown.padding, backend=self.backend)
-        return F.linear(h, grown.out_weight, grown.out_bias)
+        return planted_filters(self.candidates[j].layer(j), h, self.backend)
 
     # Candidate j-1's term in layer j: its reader's planted input slices over its planted
     # channels (the frozen slices' term is the parent's output).
     def _planted_term(self, j: int, planted: Tensor) -> Tensor:
-        reader = self.candidates[j - 1].layer(j)
-        if isinstance(reader, PlantedConv2d):
-            frozen_channels = planted[:, :0]                   # [N, 0, H, W]
-            no_frozen = reader.frozen_weight[:, :0]            # [O_f, 0, kh, kw]
-            return planted_conv2d(frozen_channels, no_frozen, None, in_weight=reader.in_weight,
-                                  stride=reader.stride, padding=reader.padding,
-                                  backend=self.backend, x_planted=planted)
-        return F.linear(planted, reader.in_weight)
+        return planted_term(self.candidates[j - 1].layer(j), planted, self.backend)
 
     def __call__(self, x: Tensor) -> Tensor:
         net = self.parent
@@ -178,6 +165,31 @@ class PlantedRound(RoundCandidates):
                 with torch.no_grad():
                     h_next = net.activate(j, parent_out)
             h = h_next
+
+
+def planted_filters(grown, h: Tensor, backend: str = "auto") -> Tensor:
+    """A grown layer's planted filters over its input ``h`` (a parent's): its new channels
+    alone, without its frozen filters."""
+    if isinstance(grown, PlantedConv2d):
+        no_frozen = grown.frozen_weight[:0]  # [0, C, kh, kw]: the planted filters alone
+        return planted_conv2d(h, no_frozen, None, out_weight=grown.out_weight,
+                              out_bias=grown.out_bias, stride=grown.stride,
+                              padding=grown.padding, backend=backend)
+    return F.linear(h, grown.out_weight, grown.out_bias)
+
+
+def planted_term(reader, planted: Tensor, backend: str = "auto",
+                 in_weight: Tensor | None = None) -> Tensor:
+    """What a reader's planted input slices (``in_weight``, its own unless given) add to its
+    output, over the planted channels ``planted`` (the frozen slices' term is the parent's)."""
+    in_weight = reader.in_weight if in_weight is None else in_weight
+    if isinstance(reader, PlantedConv2d):
+        frozen_channels = planted[:, :0]                   # [N, 0, H, W]
+        no_frozen = reader.frozen_weight[:, :0]            # [O_f, 0, kh, kw]
+        return planted_conv2d(frozen_channels, no_frozen, None, in_weight=in_weight,
+                              stride=reader.stride, padding=reader.padding,
+                              backend=backend, x_planted=planted)
+    return F.linear(planted, in_weight)
 
 
 def _planted(layer, side: str) -> int:
