@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from plantops.group_planting import GrownNetwork, grown_module, plant_group
 from plantops.inference import for_inference
+from plantops.planted_conv import PlantedConv2d
 from plantops.width_groups import WidthGroup, width_groups
 
 
@@ -79,10 +80,11 @@ class GraphNet(nn.Module):
     def plantable_points(self, include_linear: bool = False) -> list[int]:
         """The groups a search plants: those made by convolutions, and with
         ``include_linear`` those made by linear layers too."""
-        plain = self.merged().net if self.planted is not None else self.net
-        return [i for i in self.points if include_linear or all(
-            isinstance(plain.get_submodule(path), nn.Conv2d)
-            for path in self.groups[i].producers)]
+        module = self.net.module if self.planted is not None else self.net
+        conv = lambda path: isinstance(getattr(m := module.get_submodule(path), "module", m),
+                                       (nn.Conv2d, PlantedConv2d))  # (a Reordered's inside)
+        return [i for i in self.points
+                if include_linear or all(conv(path) for path in self.groups[i].producers)]
 
     def layer_names(self) -> list[str]:
         return [g.name for g in self.groups]
@@ -117,9 +119,13 @@ class GraphNet(nn.Module):
 
     def merged(self) -> "GraphNet":
         """A plain copy: the planted blocks merged, every parameter trainable."""
-        if self.planted is None:
-            return copy.deepcopy(self)
-        return GraphNet(grown_module(self.net), self.name, self.input_shape)
+        if self.planted is None:  # the same graph: its groups are this network's
+            plain = GraphNet(copy.deepcopy(self.net), self.name, self.input_shape,
+                             self._cache.get("groups"))
+        else:
+            plain = GraphNet(grown_module(self.net), self.name, self.input_shape)
+        plain.training = self.training  # (its modules' own modes come with them)
+        return plain
 
     # ------------------------------------------------------------------ running
 
