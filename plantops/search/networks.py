@@ -195,22 +195,32 @@ def load_module(spec: str, what: str, seed: int = 0) -> tuple[nn.Module, str]:
     return net, name
 
 
-def check_teacher_output(teacher: nn.Module, name: str, sample: torch.Tensor, classes: int):
-    """ValueError, in one line, when the teacher does not give ``classes`` logits for images
-    like ``sample``."""
+def check_logits(forward, who: str, sample: torch.Tensor, classes: int, error=ValueError,
+                 other_size: str = "pass a network built for this image size",
+                 other_classes: str = "pass a network of the data's classes"):
+    """``error``, in one line, when ``forward`` (a network as it is evaluated) fails on
+    images like ``sample`` or does not give ``classes`` logits for them; ``who`` names the
+    network, ``other_size`` and ``other_classes`` say what to do."""
     size = f"{sample.shape[-2]}x{sample.shape[-1]}"
     try:
         with torch.no_grad():
-            out = getattr(teacher, "frozen_forward", teacher)(sample)
+            out = forward(sample)
     except Exception as err:  # the user's module: any error it raises is its own
-        raise ValueError(f"the teacher {name} fails on the data's {size} images "
-                         f"({type(err).__name__}: {str(err).splitlines()[0][:150]}): pass a "
-                         "teacher built for this image size") from None
+        raise error(f"{who} fails on the data's {size} images ({type(err).__name__}: "
+                    f"{str(err).splitlines()[0][:150]}): {other_size}") from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (sample.shape[0], classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"the teacher {name} outputs {shape} for {sample.shape[0]} images of "
-                         f"{size}; expected logits [{sample.shape[0]}, {classes}] (the data has "
-                         f"{classes} classes): pass a teacher trained on this dataset")
+        raise error(f"{who} outputs {shape} for {sample.shape[0]} images of {size}; expected "
+                    f"logits [{sample.shape[0]}, {classes}] (the data has {classes} classes): "
+                    f"{other_classes}")
+
+
+def check_teacher_output(teacher: nn.Module, name: str, sample: torch.Tensor, classes: int):
+    """ValueError, in one line, when the teacher does not give ``classes`` logits for images
+    like ``sample``."""
+    check_logits(getattr(teacher, "frozen_forward", teacher), f"the teacher {name}", sample,
+                 classes, ValueError, "pass a teacher built for this image size",
+                 "pass a teacher trained on this dataset")
 
 
 def check_student(net: Chain, channels: int, size: int, classes: int):
@@ -281,7 +291,15 @@ def plantable(net: nn.Module, name: str, channels: int, size: int, classes: int,
     else:
         if not isinstance(net, GraphNet):
             net = GraphNet.of(net, name, (channels, size, size))
-        _check_logits(net, name, channels, size, classes)
+        weight = next(net.parameters())
+        was = net.training
+        try:
+            check_logits(net.eval(), name, torch.zeros(2, channels, size, size,
+                                                       dtype=weight.dtype, device=weight.device),
+                         classes, ChainError, "pass a network built for this image size",
+                         f"make its last layer {classes} wide")
+        finally:
+            net.train(was)
         if cfg.plant_init == "steepest":
             raise ValueError(f"--plant-init steepest plants chains only; {name} is planted by "
                              "width groups: use --plant-init preserve, small or random")
@@ -297,25 +315,6 @@ def plantable(net: nn.Module, name: str, channels: int, size: int, classes: int,
         raise ChainError(f"{name} has no conv layer before its classifier: pass --plant-fc1 "
                          "to plant its linear layers")
     return net
-
-
-def _check_logits(net: nn.Module, name: str, channels: int, size: int, classes: int):
-    weight = next(net.parameters())
-    x = torch.zeros(2, channels, size, size, dtype=weight.dtype, device=weight.device)
-    was = net.training
-    try:
-        with torch.no_grad():
-            out = net.eval()(x)
-    except Exception as err:  # the user's module: any error it raises is its own
-        raise ChainError(f"{name} does not run on {size}x{size} images with {channels} "
-                         f"channels ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
-                         ) from None
-    finally:
-        net.train(was)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != classes:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ChainError(f"{name} outputs {shape} on {size}x{size} images; expected logits "
-                         f"[N, {classes}] (the data has {classes} classes)")
 
 
 def user_teacher(cfg, module: nn.Module | None) -> tuple[nn.Module, str] | None:
