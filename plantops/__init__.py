@@ -21,5 +21,5 @@ from plantops.width_groups import WidthGroup, WidthGroupError, width_groups
 
 __version__ = "0.1.0"
 __all__ = ["Chain", "ChainError", "GraphNet", "PlantedConv2d", "PlantedLinear", "WidthGroup",
-           "WidthGroupError", "backends", "export", "merge", "planted_conv2d", "plant", "reference_planted_conv2d",
-           "width_groups", "__version__"]
+           "WidthGroupError", "backends", "export", "merge", "planted_conv2d", "plant",
+           "reference_planted_conv2d", "width_groups", "__version__"]

@@ -50,9 +50,9 @@ def build(trainer: Trainer, teacher: dict, initial_label: str, initial_loss: str
     """(result, the final network, the retrained network or None): the rows of the teacher
     (``teacher``, built by the caller), the initial network, each accepted round, the final
     network, the --table ``students`` ((path, label, loss) each) and the ``retrained``
-    network (its path, or None), with the comparisons. ``round_costs``: what each round cost, the rounds that
-    accepted nothing too (Rounds.round_costs): planting's cost is the initial network's and
-    every round's."""
+    network (its path, or None), with the comparisons. ``round_costs``: what each round
+    cost, the rounds that accepted nothing too (Rounds.round_costs): planting's cost is the
+    initial network's and every round's."""
     cfg, folder = trainer.cfg, trainer.folder
     initial, final_net = row(trainer, folder.initial, initial_label, initial_loss)
     rounds = []
