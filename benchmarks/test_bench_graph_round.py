@@ -1,6 +1,6 @@
 """A planting round's training step on a residual network of the user's own: a ResNet-8 at
 width 8 (examples/resnet.py, the widths a search would start from) at 32x32, plantops' round
-op (plantops/graph_round.py) on the engine against the straightforward PyTorch round, side by
+op (plantops/planted_round.py) on the engine against the straightforward PyTorch round, side by
 side in one run.
 
     pytest benchmarks/test_bench_graph_round.py --benchmark-only
@@ -27,7 +27,7 @@ from torch import nn
 from plantops import GraphNet, engine, export, plant
 from plantops.data import ViewSchedule
 from round_epochs import random_images, round_op_epoch, straightforward_epoch
-from plantops.graph_round import GraphRound
+from plantops.planted_round import PlantedRound
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from resnet import student  # noqa: E402
@@ -90,7 +90,7 @@ def make_epoch(impl: str):
             torch.contiguous_format
         nets = [straightforward(c, layout) for c in candidates.values()]
         return straightforward_epoch(nets, views, table, STEPS, LR, DEVICE, layout)
-    return round_op_epoch(GraphRound(parent, candidates).train(), views, table, LR, BATCH)
+    return round_op_epoch(PlantedRound(parent, candidates).train(), views, table, LR, BATCH)
 
 
 def test_the_straightforward_round_trains_only_the_planted_entries():

@@ -12,7 +12,7 @@ and submodule names (``export``), loadable without plantops.
 
 The search treats it as it treats a chain (plantops/planting.py dispatches ``plant``,
 ``merge``, ``export`` and ``from_scratch`` on it; the round op of its candidates is
-plantops/graph_round.py).
+plantops/planted_round.py, the same round op as a chain's).
 """
 
 from __future__ import annotations

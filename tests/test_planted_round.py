@@ -88,6 +88,27 @@ def test_gradients_reach_only_planted_parameters():
     assert all(p.grad is None and not p.requires_grad for p in round_op.parent.parameters())
 
 
+def test_each_frozen_layer_runs_once_for_all_the_candidates_before_it(monkeypatch):
+    """The candidates run stacked: a candidate joins the stack at its reader, and every frozen
+    conv after that runs once over all the candidates that joined before it."""
+    import plantops.planted_round as planted_round
+    calls = []  # (the frozen conv's [out, in] channels, batch) where candidates' values run
+
+    def counting(x, weight, *args, **kwargs):
+        if x.requires_grad and kwargs.get("out_weight") is None \
+                and kwargs.get("x_planted") is None:
+            calls.append((tuple(weight.shape[:2]), x.shape[0]))
+        return conv2d(x, weight, *args, **kwargs)
+
+    conv2d = planted_round.planted_conv2d
+    monkeypatch.setattr(planted_round, "planted_conv2d", counting)
+    parent = models.PlantNet(WIDTHS)
+    batch = 3
+    PlantedRound(parent, candidates_of(parent, range(5)))(torch.randn(batch, 3, 32, 32))
+    channels = [(w, c) for w, c in zip(WIDTHS, [3] + WIDTHS)]
+    assert sorted(calls) == sorted((channels[j], (j - 1) * batch) for j in range(2, 5))
+
+
 def test_round_rejects_a_network_that_is_not_a_candidate():
     parent = models.PlantNet(WIDTHS)
     candidates = candidates_of(parent, [2])

@@ -19,21 +19,11 @@ import time
 
 import torch
 
-from plantops.graph import GraphNet
-from plantops.graph_round import GraphRound
 from plantops.planted_round import PlantedRound
 from plantops.planting import (count_params, load_planted_state, plant, plant_steepest,
                                planted_state)
 from plantops.search import rules
 from plantops.search.trainer import Trainer, line
-
-
-def round_of(parent, candidates: dict):
-    """The round op of ``parent``'s ``candidates``: a chain's (plantops/planted_round.py) or a
-    network of any shape's (plantops/graph_round.py)."""
-    if isinstance(parent, GraphNet):
-        return GraphRound(parent, candidates)
-    return PlantedRound(parent, candidates)
 
 
 class Rounds:
@@ -126,7 +116,7 @@ class Rounds:
         """Trains this rank's ``group`` of candidates together (the other ranks train theirs
         of ``members``), then gathers and saves every member."""
         start = time.perf_counter()
-        round_op = round_of(current, {layer: eligible[layer] for layer in group}) \
+        round_op = PlantedRound(current, {layer: eligible[layer] for layer in group}) \
             if group else None
         names = "+".join(current.layer_names()[layer] for layer in group)
         if len(names) > 40:  # a network's width groups have long names
