@@ -2,13 +2,18 @@
 (test_bench_chain_round.py, test_bench_graph_round.py): the straightforward round (each
 candidate a full-size network with gradient-masking hooks, trained alone, one after
 another) and plantops' round op on the engine. Both distil from the same cached teacher
-logits, with SGD and momentum."""
+logits, with SGD and momentum. What each side computes in a step is counted too, in FLOPs as
+torch.utils.flop_counter counts them, so that a speedup reads against the work ratio."""
+
+import copy
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from plantops import engine
 from plantops.data import DeviceData
+from plantops.planted_round import PlantedRound
 
 
 def random_images(n: int, device) -> DeviceData:
@@ -42,3 +47,23 @@ def round_op_epoch(round_op, views, table, lr: float, batch: int):
                                count=len(round_op), teacher=table, buffers=round_op.buffers())
     training.epoch(0)
     return lambda: training.epoch(0)
+
+
+def _step_flops(network, x) -> int:
+    """The FLOPs of a forward and backward of ``network`` on ``x`` (a loss of its logits)."""
+    with FlopCounterMode(display=False) as counter:
+        network(x).square().mean().backward()
+    return counter.get_total_flops()
+
+
+def round_op_flops(parent, candidates: dict, x) -> int:
+    """The work of one step of the round op on ``x``: its PyTorch composite (the same
+    convolutions its kernels compute, as aten ops the counter sees), on copies of the
+    candidates (the count's gradients land on them)."""
+    round_op = PlantedRound(parent, copy.deepcopy(candidates), backend="torch").train()
+    return _step_flops(round_op, x)
+
+
+def straightforward_flops(nets, x) -> int:
+    """The work of one step of every candidate of the straightforward round on ``x``."""
+    return sum(_step_flops(copy.deepcopy(net), x) for net, _ in nets)

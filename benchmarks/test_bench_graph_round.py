@@ -26,7 +26,8 @@ from torch import nn
 
 from plantops import GraphNet, engine, export, plant
 from plantops.data import ViewSchedule
-from round_epochs import random_images, round_op_epoch, straightforward_epoch
+from round_epochs import (random_images, round_op_epoch, round_op_flops, straightforward_epoch,
+                          straightforward_flops)
 from plantops.planted_round import PlantedRound
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -82,15 +83,19 @@ def straightforward(candidate: GraphNet, memory_format=torch.contiguous_format):
 
 
 def make_epoch(impl: str):
+    """(a callable that runs one epoch of ``impl``, the FLOPs of that epoch)."""
     data, teacher, parent, candidates = setting()
     views = ViewSchedule(data, BATCH, 1, seed=0)
     table = engine.teacher_logits(teacher, views)
+    x = torch.rand(BATCH, 3, 32, 32, device=DEVICE)
     if impl.startswith("straightforward"):
         layout = torch.channels_last if impl.endswith("channels-last") else \
             torch.contiguous_format
         nets = [straightforward(c, layout) for c in candidates.values()]
-        return straightforward_epoch(nets, views, table, STEPS, LR, DEVICE, layout)
-    return round_op_epoch(PlantedRound(parent, candidates).train(), views, table, LR, BATCH)
+        return (straightforward_epoch(nets, views, table, STEPS, LR, DEVICE, layout),
+                STEPS * straightforward_flops(nets, x))
+    return (round_op_epoch(PlantedRound(parent, candidates).train(), views, table, LR, BATCH),
+            STEPS * round_op_flops(parent, candidates, x))
 
 
 def test_the_straightforward_round_trains_only_the_planted_entries():
@@ -111,7 +116,8 @@ def test_the_straightforward_round_trains_only_the_planted_entries():
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_graph_round_step(benchmark, record, impl):
-    epoch = make_epoch(impl)
+    epoch, flops = make_epoch(impl)
     benchmark.pedantic(epoch, rounds=3, iterations=1, warmup_rounds=1)
-    record("round step: ResNet-8[8], 6 candidates, batch 128", "epoch of 6 steps", impl, 0,
+    print(f"\n{impl}: {flops / 1e9:.2f} GFLOP per epoch")
+    record("round step: ResNet-8[8], 6 candidates, batch 128", "epoch of 6 steps", impl, flops,
            per=1)
