@@ -21,6 +21,7 @@ from plantops.inference import FrozenConv2d
 from plantops.planted_batch_norm import BATCH_NORMS, PlantedBatchNorm
 from plantops.planted_conv import PlantedConv2d
 from plantops.planted_linear import PlantedLinear
+from plantops.width_groups import WidthGroup
 
 # How the planted outgoing weights start: the scale of the layer's default init (0: zero).
 # "steepest" starts them at zero too, and chooses the new filters (plant_steepest).
@@ -52,34 +53,42 @@ def plant(net: Chain, layer: int, count: int, init: str = "preserve",
                          f"({', '.join(names[:-1])}; the last, {names[-1]}, is the "
                          f"classifier), got {layer}")
     net = merge(net)
-    for p in net.parameters():
-        p.requires_grad_(False)
-    old = net.layer(layer)
-    reader_old = net.layer(layer + 1)
+    # The chain's layer is one width group of its modules in order, planted by the one rule
+    # every network's groups are (group_planting.plant_group: the same draws in the same order).
+    from plantops.group_planting import plant_group  # it plants through this module's layers
+    grown = plant_group(nn.Sequential(*net.body), chain_group(net, layer), count, init,
+                        generator)
+    for i, m in enumerate(grown.module):
+        net.body[i] = m
+    return net.train(net.training)
+
+
+def chain_group(net: Chain, layer: int) -> WidthGroup:
+    """Layer ``layer``'s outputs as a width group of the chain's modules in order (paths "0",
+    "1", ... of ``nn.Sequential(*net.body)``): the layer makes them, the batch norms up to the
+    next layer carry them, and the next layer reads them, each channel as its spatial
+    positions' features after a flatten (flattened channel by channel after the frozen
+    channels', so they come last in the reader's input)."""
+    old, reader = net.layer(layer), net.layer(layer + 1)
     frozen = out_features(old)
-    grown = planted_layer(old).plant_outputs(count, generator)
-    net.set_layer(layer, grown)
-    # After a flatten, each planted channel is its spatial positions' features, flattened
-    # channel by channel after the frozen channels' (so they come last in the reader's input).
-    per_channel = 1
+    runs, per_channel, carriers = {}, 1, []
     for i in net.segment_range(layer):
         m = net.body[i]
         if isinstance(m, nn.Flatten) and is_conv(old):
-            per_channel, rest = divmod(in_features(reader_old), frozen)
+            per_channel, rest = divmod(in_features(reader), frozen)
             if rest or per_channel < 1:
                 raise ChainError(f"{net.name}: layer {net.layer_names()[layer + 1]} reads "
-                                 f"{in_features(reader_old)} features, not a multiple of the "
+                                 f"{in_features(reader)} features, not a multiple of the "
                                  f"{frozen} channels of {net.layer_names()[layer]}: its width "
                                  "cannot grow")
         elif isinstance(m, BATCH_NORMS):
-            net.body[i] = PlantedBatchNorm(m, count * per_channel)
-    reader = planted_layer(reader_old).plant_inputs(count * per_channel)
-    net.set_layer(layer + 1, reader)
-    if PLANT_INITS[init]:
-        bound = PLANT_INITS[init] / reader._fan_in() ** 0.5
-        with torch.no_grad():
-            reader.in_weight.uniform_(-bound, bound, generator=generator)
-    return net.train(net.training)
+            carriers.append(str(i))
+            runs[str(i)] = [(True, frozen, per_channel)]
+    reader_path = str(net.layer_positions[layer + 1])
+    runs[reader_path] = [(True, frozen, per_channel)]
+    return WidthGroup(net.layer_names()[layer], frozen,
+                      producers=[str(net.layer_positions[layer])], channelwise=carriers,
+                      readers=[reader_path], runs=runs)
 
 
 def _is_graph(net) -> bool:
