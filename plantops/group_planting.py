@@ -1,7 +1,9 @@
-"""Planting channels into a width group of any CNN, and merging them back.
+"""Planting channels into a width group of any CNN, and merging them back: the one planting
+rule, for a chain's layer too (``planting.plant`` describes it as a width group of the chain's
+modules in order, ``planting.chain_group``).
 
-``plant_group(module, group, p)`` is the chain's ``plant`` for a width group
-(plantops/width_groups.py): a copy of the user's module in which every producer of the group
+``plant_group(module, group, p)`` plants into a width group (plantops/width_groups.py): a
+copy of the user's module in which every producer of the group
 has ``p`` planted filters (``PlantedConv2d`` / ``PlantedLinear``, through the op), every
 batch norm on the group's channels ``p`` planted features (``PlantedBatchNorm``), every
 depthwise conv on them ``p`` planted channels (``PlantedDepthwiseConv2d``), and every reader
@@ -9,8 +11,9 @@ depthwise conv on them ``p`` planted channels (``PlantedDepthwiseConv2d``), and 
 ``init="preserve"``. The module's own ``forward`` runs unchanged: each tensor of the group
 carries its old channels then the new ones, so a residual add adds new to new and an
 identity shortcut carries them. Only the planted blocks train, and the candidate runs as its
-parent is evaluated otherwise (``GrownNetwork.train``). ``grown_module`` merges the planted
-blocks back: the user's own class, the same submodule names, wider.
+parent is evaluated otherwise (``GrownNetwork.train``). ``grown_module`` (``merged_module``
+for any module, a chain's modules too) merges the planted blocks back: the user's own class,
+the same submodule names, wider.
 
 After a concatenation the new channels of a branch lie in the middle of the readers' inputs,
 where the planted modules read them last: a reader (or a batch norm) there takes its input
@@ -167,7 +170,13 @@ def grown_module(net: GrownNetwork) -> nn.Module:
     """The user's module, grown: its own class and submodule names, the planted blocks merged
     into plain layers of the new widths (loadable without plantops), every parameter
     trainable again."""
-    out = copy.deepcopy(net.module)
+    return merged_module(net.module).train(net.training)
+
+
+def merged_module(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` with every planted block merged into a plain layer of the grown
+    width (a chain's modules in order, or a network of any shape), every parameter trainable."""
+    out = copy.deepcopy(module)
     replaced: list[str] = []
     for path, m in list(out.named_modules()):
         if any(path.startswith(done + ".") for done in replaced):
@@ -187,7 +196,7 @@ def grown_module(net: GrownNetwork) -> nn.Module:
         replaced.append(path)
     for p in out.parameters():
         p.requires_grad_(True)
-    return out.train(net.training)
+    return out
 
 
 __all__ = ["GrownNetwork", "PlantedDepthwiseConv2d", "Reordered", "grown_module",

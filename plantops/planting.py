@@ -1,12 +1,15 @@
-"""Planting into a chain, and merging a planted chain back into plain layers.
+"""Planting into a network, and merging a planted network back into plain layers.
 
 ``plant(net, layer, p)`` returns a copy of ``net`` (a ``plantops.chain.Chain``) in which
 layer ``layer`` has ``p`` planted outputs, every batch norm between it and the next layer
 has ``p`` (or, after a flatten, ``p`` times the spatial positions) planted features
-(``PlantedBatchNorm``), and the next layer has the matching planted inputs. Those planted
-blocks are the only trainable parameters; everything else is frozen and runs as the parent
-is evaluated. ``merge`` turns a planted chain into a plain one of the grown widths, and
-``export`` into the ``nn.Sequential`` the user built, grown.
+(``PlantedBatchNorm``), and the next layer has the matching planted inputs: the layer's
+outputs are a width group of the chain's modules in order (``chain_group``), planted by the
+rule every network's groups are (``group_planting.plant_group``). Those planted blocks are
+the only trainable parameters; everything else is frozen and runs as the parent is
+evaluated. ``merge`` turns a planted chain into a plain one of the grown widths, and
+``export`` into the ``nn.Sequential`` the user built, grown. A ``GraphNet`` (a network of any
+shape) is dispatched to its own methods, which plant and merge by the same rule.
 """
 
 from __future__ import annotations
@@ -161,16 +164,9 @@ def merge(net: Chain) -> Chain:
     whole weights (a GraphNet's, its planted blocks merged into the user's module)."""
     if _is_graph(net):
         return net.merged()
+    from plantops.group_planting import merged_module  # it plants through this module
     out = copy.deepcopy(net)
-    for i, m in enumerate(out.body):
-        if isinstance(m, PlantedConv2d):
-            out.body[i] = m.to_conv()
-        elif isinstance(m, PlantedLinear):
-            out.body[i] = m.to_linear()
-        elif isinstance(m, PlantedBatchNorm):
-            out.body[i] = m.to_batch_norm()
-    for p in out.parameters():
-        p.requires_grad_(True)
+    out.body = nn.ModuleList(merged_module(nn.Sequential(*out.body)))
     return out.train(net.training)
 
 
