@@ -124,11 +124,11 @@ def check(modules: Sequence[nn.Module], paths: Sequence[str], name: str = "netwo
 
 # ----------------------------------------------------------------------------- running modules
 
-def _is_pool2x2(m) -> bool:
+def is_pool2x2(m) -> bool:
     pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)
     return (type(m) is nn.MaxPool2d and pair(m.kernel_size) == (2, 2)
             and pair(m.stride) == (2, 2) and pair(m.padding) == (0, 0)
-            and pair(m.dilation) == (1, 1) and not m.ceil_mode)
+            and pair(m.dilation) == (1, 1) and not m.ceil_mode and not m.return_indices)
 
 
 def run_modules(modules: Sequence[nn.Module], x: Tensor) -> Tensor:
@@ -138,7 +138,7 @@ def run_modules(modules: Sequence[nn.Module], x: Tensor) -> Tensor:
     i = 0
     while i < len(modules):
         m = modules[i]
-        if type(m) is nn.ReLU and i + 1 < len(modules) and _is_pool2x2(modules[i + 1]) \
+        if type(m) is nn.ReLU and i + 1 < len(modules) and is_pool2x2(modules[i + 1]) \
                 and x.dim() == 4:
             x = relu_max_pool2d(x)
             i += 2
@@ -382,7 +382,7 @@ class Chain(nn.Module):
             weight, bias = fold_batch_norm(weight, bias, rest[0])
             rest = rest[1:]
         padding = conv_padding(layer)
-        if len(rest) >= 2 and type(rest[0]) is nn.ReLU and _is_pool2x2(rest[1]):
+        if len(rest) >= 2 and type(rest[0]) is nn.ReLU and is_pool2x2(rest[1]):
             h = conv_relu_max_pool2d(x, weight, bias, layer.stride, padding, backend)
             rest = rest[2:]
         else:

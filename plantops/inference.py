@@ -26,16 +26,15 @@ import copy
 import operator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from plantops.graph_ops import is_relu, only_user, pooled_relu
 from plantops.kernels._native import dims
 from plantops.planted_conv import planted_conv2d
 from plantops.relu_pool import conv_relu_max_pool2d
 
-_RELUS = (F.relu, torch.relu)
 _ADDS = (operator.add, torch.add)
 CHUNK_BYTES = 8 << 20  # a chunk's largest activation (see the module's docstring)
 CHUNK_STEP = 16  # chunks of whole SIMD vectors of images (the Winograd kernels' lanes)
@@ -93,29 +92,9 @@ def _plantable(conv) -> bool:
             and conv.padding_mode == "zeros" and not isinstance(conv.padding, str))
 
 
-def _is_relu(node: fx.Node, modules: dict) -> bool:
-    if node.op == "call_module":
-        return type(modules[node.target]) is nn.ReLU
-    return node.op == "call_function" and node.target in _RELUS and not node.kwargs
-
-
 def _is_add(node: fx.Node) -> bool:
     return (node.op == "call_function" and node.target in _ADDS and not node.kwargs
             and len(node.args) == 2 and all(isinstance(a, fx.Node) for a in node.args))
-
-
-def _only_user(node: fx.Node) -> fx.Node | None:
-    return next(iter(node.users)) if len(node.users) == 1 else None
-
-
-def _is_pool2x2(node: fx.Node, modules: dict) -> bool:
-    if node.op != "call_module" or type(modules[node.target]) is not nn.MaxPool2d:
-        return False
-    pool = modules[node.target]
-    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-    return (pair(pool.kernel_size) == (2, 2) and pair(pool.stride) == (2, 2)
-            and pair(pool.padding) == (0, 0) and pair(pool.dilation) == (1, 1)
-            and not pool.ceil_mode and not pool.return_indices)
 
 
 class InferenceModule(nn.Module):
@@ -197,10 +176,10 @@ def _fuse_after(graph: fx.GraphModule, node: fx.Node, modules: dict) -> FrozenCo
     """The FrozenConv2d of the conv at ``node``, with what follows it folded in and those
     nodes taken out of the graph: a ReLU and 2x2 max pool; or a residual add (the conv's node
     moves to the add's place and takes the add's other input), a ReLU after either."""
-    conv, user = modules[node.target], _only_user(node)
-    relu = user is not None and _is_relu(user, modules)
-    pool = _only_user(user) if relu else None
-    if pool is not None and _is_pool2x2(pool, modules):
+    conv, user = modules[node.target], only_user(node)
+    relu = user is not None and is_relu(user, modules)
+    pool = pooled_relu(user, modules) if relu else None
+    if pool is not None:
         pool.replace_all_uses_with(node)
         graph.graph.erase_node(pool)
         graph.graph.erase_node(user)
@@ -213,8 +192,8 @@ def _fuse_after(graph: fx.GraphModule, node: fx.Node, modules: dict) -> FrozenCo
         user.replace_all_uses_with(fused)
         graph.graph.erase_node(user)
         graph.graph.erase_node(node)
-        node, user, residual = fused, _only_user(fused), True
-    relu = user is not None and _is_relu(user, modules)
+        node, user, residual = fused, only_user(fused), True
+    relu = user is not None and is_relu(user, modules)
     if relu:
         user.replace_all_uses_with(node)
         graph.graph.erase_node(user)

@@ -41,14 +41,16 @@ acts on each parameter alone (tests/test_planted_round.py, tests/test_graph_roun
 
 from __future__ import annotations
 
-import operator
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from plantops.chain import Chain, _is_pool2x2, bn_scale, conv_padding, fold_batch_norm
+from plantops.chain import Chain, bn_scale, conv_padding, fold_batch_norm
 from plantops.graph import GraphNet
+from plantops.graph_ops import (ELEMENTWISE_OPS, FLATTENS, REDUCTIONS, acts_per_sample,
+                                attribute, call_node, kernels_compute, kwargs_no_inplace,
+                                method_name, module_at, no_inplace, only_user, pooled_relu,
+                                spatial_dims)
 from plantops.group_planting import PlantedDepthwiseConv2d
 from plantops.planted_batch_norm import PlantedBatchNorm
 from plantops.planted_conv import PlantedConv2d, planted_conv2d
@@ -59,29 +61,44 @@ from plantops.width_groups import (CHANNELWISE_FUNCTIONS, CHANNELWISE_METHODS,
                                    CHANNELWISE_MODULES)
 
 PARENT, EXTENDED, SPLIT, CHANGED = "parent", "extended", "split", "changed"
-FLATTENS = {torch.flatten, "flatten"}
-REDUCTIONS = {torch.mean, torch.sum, torch.amax, "mean", "sum", "amax"}
-RELUS = {F.relu, torch.relu, "relu"}
-CONCATS = {torch.cat, torch.concat}
-_ELEMENTWISE_OPS = {operator.add: operator.add, torch.add: operator.add, "add": operator.add,
-                    operator.sub: operator.sub, torch.sub: operator.sub, "sub": operator.sub,
-                    operator.mul: operator.mul, torch.mul: operator.mul, "mul": operator.mul,
-                    operator.truediv: operator.truediv, torch.div: operator.truediv,
-                    "div": operator.truediv}
+class PlantedRound:
+    """A parent (a ``Chain`` or a ``GraphNet``) and its candidates ``{point: network}`` (each
+    ``planting.plant(parent, point, p)``), as one function: ``round_(x)`` is every candidate's
+    logits, ``[k * N, classes]`` for ``k`` candidates in the order of their points. Training it
+    trains the candidates' own planted parameters (the same tensors, shared). The parent runs
+    as it is evaluated (batch norms on their running statistics, dropout off); each
+    candidate's planted batch norms follow ``train()`` / ``eval()``. ``backend`` is every
+    convolution's (``planted_conv2d``'s)."""
 
-
-class RoundCandidates:
-    """What a round op holds of its candidates (``self.candidates``, ``{point: network}`` in
-    the order of ``self.layers``): their planted parameters and statistics, and their mode."""
-
-    layers: list[int]
-    candidates: dict
+    def __init__(self, parent, candidates: dict, backend: str = "auto"):
+        plain = merge(parent)
+        # NCHW: the planted kernels' layout (a channels-last parent would be copied per call).
+        self.parent = _module(plain).to(memory_format=torch.contiguous_format).eval()
+        for p in self.parent.parameters():
+            p.requires_grad_(False)
+        no_inplace(self.parent)
+        self.graph = fx.symbolic_trace(self.parent)
+        self.nodes = list(self.graph.graph.nodes)
+        self.backend = backend
+        self.layers = sorted(candidates)
+        self.candidates = {point: candidates[point] for point in self.layers}
+        self.modules = {}
+        for point, net in self.candidates.items():
+            _check_candidate(plain, point, net)
+            module = _module(net)
+            no_inplace(module)
+            module.to(memory_format=torch.contiguous_format)  # its parameters stay the same
+            self.modules[point] = dict(module.named_modules())
+        self.planted_paths = {point: [path for path, m in self.modules[point].items()
+                                      if _is_planted(m)] for point in self.layers}
+        self.parent_modules = dict(self.graph.named_modules())
+        self._plan()
 
     def __len__(self):
         return len(self.layers)
 
     def parameters(self) -> list[nn.Parameter]:
-        """The planted parameters, candidate by candidate in the order of their layers."""
+        """The planted parameters, candidate by candidate in the order of their points."""
         return [p for net in self.candidates.values() for p in planted_parameters(net)]
 
     def buffers(self) -> list[Tensor]:
@@ -97,40 +114,6 @@ class RoundCandidates:
     def eval(self):
         return self.train(False)
 
-
-class PlantedRound(RoundCandidates):
-    """A parent (a ``Chain`` or a ``GraphNet``) and its candidates ``{point: network}`` (each
-    ``planting.plant(parent, point, p)``), as one function: ``round_(x)`` is every candidate's
-    logits, ``[k * N, classes]`` for ``k`` candidates in the order of their points. Training it
-    trains the candidates' own planted parameters (the same tensors, shared). The parent runs
-    as it is evaluated (batch norms on their running statistics, dropout off); each
-    candidate's planted batch norms follow ``train()`` / ``eval()``. ``backend`` is every
-    convolution's (``planted_conv2d``'s)."""
-
-    def __init__(self, parent, candidates: dict, backend: str = "auto"):
-        plain = merge(parent)
-        # NCHW: the planted kernels' layout (a channels-last parent would be copied per call).
-        self.parent = _module(plain).to(memory_format=torch.contiguous_format).eval()
-        for p in self.parent.parameters():
-            p.requires_grad_(False)
-        _no_inplace(self.parent)
-        self.graph = fx.symbolic_trace(self.parent)
-        self.nodes = list(self.graph.graph.nodes)
-        self.backend = backend
-        self.layers = sorted(candidates)
-        self.candidates = {point: candidates[point] for point in self.layers}
-        self.modules = {}
-        for point, net in self.candidates.items():
-            _check_candidate(plain, point, net)
-            module = _module(net)
-            _no_inplace(module)
-            module.to(memory_format=torch.contiguous_format)  # its parameters stay the same
-            self.modules[point] = dict(module.named_modules())
-        self.planted_paths = {point: [path for path, m in self.modules[point].items()
-                                      if _is_planted(m)] for point in self.layers}
-        self.parent_modules = dict(self.graph.named_modules())
-        self._plan()
-
     def _plan(self):
         """What the graph says once for every batch: which values the parent's pass keeps,
         what runs fused, what runs stacked, and where each candidate differs from the
@@ -145,31 +128,30 @@ class PlantedRound(RoundCandidates):
         # and where a reader adds its planted term, the batch norm scales the term alone.
         self.conv_bn, self.folded, self.scale = {}, {}, {}
         for node in self.nodes:
-            conv, user = _module_at(node, modules), _only_user(node)
-            bn = _module_at(user, modules)
+            conv, user = module_at(node, modules), only_user(node)
+            bn = module_at(user, modules)
             if isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d \
                     and bn.track_running_stats and user.args == (node,) and not user.kwargs:
                 self.conv_bn[node] = user
                 self.scale[user] = bn_scale(bn).view(-1, 1, 1, 1)  # on a weight's rows
-                if _computed(conv):
+                if kernels_compute(conv):
                     self.folded[node] = fold_batch_norm(conv.weight, conv.bias, bn)
         # A ReLU whose only reader is a 2x2 max pool: the two run as one pass.
         self.relu_pool = {}
         for node in self.nodes:
-            user = _only_user(node)
-            if _is_relu(node, modules) and _is_pool2x2(_module_at(user, modules)) \
-                    and user.args == (node,) and not user.kwargs:
-                self.relu_pool[node] = user
+            pool = pooled_relu(node, modules)
+            if pool is not None:
+                self.relu_pool[node] = pool
         self.batched = set()  # the nodes whose values come from the input, batch first
         for node in self.nodes:
             if node.op == "placeholder" or any(a in self.batched for a in node.all_input_nodes):
                 self.batched.add(node)
-        self.stackable = {node for node in self.nodes if _stackable(node, modules)}
+        self.stackable = {node for node in self.nodes if acts_per_sample(node, modules)}
         # Of those, a conv or linear layer runs once on all of them joined; anything else
         # (activations, pools, batch norms, adds) on the runs of candidates whose values lie
         # together already, so that candidates are joined (copied) only where a layer reads them.
         self.joined = {node for node in self.stackable
-                       if isinstance(_module_at(node, modules), (nn.Conv2d, nn.Linear))}
+                       if isinstance(module_at(node, modules), (nn.Conv2d, nn.Linear))}
         # Each candidate's nodes at or after its planted modules: elsewhere it is the parent.
         self.affected = {}
         for point in self.layers:
@@ -200,7 +182,7 @@ class PlantedRound(RoundCandidates):
                 continue
             last, values[last] = fused
             while node is not last:
-                node = _only_user(node)
+                node = only_user(node)
                 inside.add(node)
         return values
 
@@ -208,16 +190,16 @@ class PlantedRound(RoundCandidates):
         """``node``'s value with what follows it folded in: (the last node, its value), or
         None. A conv (not a reader's) with its batch norm and a ReLU + 2x2 max pool after
         them; a ReLU with its max pool."""
-        m = _module_at(node, self.parent_modules)
+        m = module_at(node, self.parent_modules)
         if node in self.relu_pool and values[node.args[0]].dim() == 4:
             return self.relu_pool[node], relu_max_pool2d(values[node.args[0]])
-        if type(m) is not nn.Conv2d or not _computed(m):
+        if type(m) is not nn.Conv2d or not kernels_compute(m):
             return None
         last, (weight, bias) = node, (m.weight, m.bias)
         if node in self.folded:
             last, (weight, bias) = self.conv_bn[node], self.folded[node]
         x, kw = values[node.args[0]], dict(stride=m.stride, padding=conv_padding(m))
-        relu = _only_user(last)
+        relu = only_user(last)
         if relu in self.relu_pool and x.dim() == 4 and node not in self.readers:
             return self.relu_pool[relu], conv_relu_max_pool2d(x, weight, bias, **kw,
                                                               backend=self.backend)
@@ -229,14 +211,14 @@ class PlantedRound(RoundCandidates):
         if node.op == "placeholder":
             raise ValueError(f"{node.name}: the round op runs networks of one input")
         if node.op == "get_attr":
-            return _attr(self.graph, node.target)
+            return attribute(self.graph, node.target)
         if node.op == "output":
             return load(node.args[0])
-        m = _module_at(node, self.parent_modules)
-        if type(m) is nn.Conv2d and _computed(m):  # the planted kernels' choice
+        m = module_at(node, self.parent_modules)
+        if type(m) is nn.Conv2d and kernels_compute(m):  # the planted kernels' choice
             return planted_conv2d(values[node.args[0]], m.weight, m.bias, stride=m.stride,
                                   padding=conv_padding(m), backend=self.backend)
-        return _call(node, m, load(node.args), load(node.kwargs))
+        return call_node(node, m, load(node.args), load(node.kwargs))
 
     # ------------------------------------------------------------------ the candidates
 
@@ -273,7 +255,7 @@ class PlantedRound(RoundCandidates):
         modules, state, parent = self.modules[point], walk.states[point], walk.parent
         if node.op == "get_attr" and any(node.target.startswith(path + ".")
                                          for path in self.planted_paths[point]):
-            return CHANGED, _attr(modules[""], node.target), None
+            return CHANGED, attribute(modules[""], node.target), None
         planted = node.op == "call_module" and _is_planted(modules[node.target])
         if not planted and all(state[a][0] == PARENT for a in node.all_input_nodes):
             return PARENT, None, None  # a placeholder, a frozen attribute too
@@ -298,7 +280,7 @@ class PlantedRound(RoundCandidates):
             return None
         m = modules[node.target] if node.op == "call_module" else None
         load = lambda a: fx.node.map_arg(a, lambda n: walk.full(point, n))
-        return CHANGED, _call(node, m, load(node.args), load(node.kwargs)), None
+        return CHANGED, call_node(node, m, load(node.args), load(node.kwargs)), None
 
     def _stacked(self, node: fx.Node, points: list[int], walk: "_Walk"):
         """``node`` of the parent, frozen, on the values of the candidates ``points`` stacked
@@ -309,11 +291,11 @@ class PlantedRound(RoundCandidates):
                 for run in runs:
                     self._stacked(node, run, walk)
                 return
-        m = _module_at(node, self.parent_modules)
+        m = module_at(node, self.parent_modules)
         load = lambda a: fx.node.map_arg(a, lambda n: walk.stacked(n, points))
         args, kwargs = load(node.args), load(node.kwargs)
         last = node
-        if type(m) is nn.Conv2d and _computed(m):
+        if type(m) is nn.Conv2d and kernels_compute(m):
             weight, bias = m.weight, m.bias
             if node in self.folded:
                 last, (weight, bias) = self.conv_bn[node], self.folded[node]
@@ -322,7 +304,7 @@ class PlantedRound(RoundCandidates):
         elif node in self.relu_pool and args[0].dim() == 4:
             last, out = self.relu_pool[node], relu_max_pool2d(args[0])
         else:
-            out = _call(node, m, args, kwargs)
+            out = call_node(node, m, args, kwargs)
         walk.stack(last, points, out)
         if last is not node:
             for point in points:
@@ -400,18 +382,18 @@ class PlantedRound(RoundCandidates):
             if isinstance(m, nn.Flatten) and (m.start_dim, m.end_dim) == (1, -1):
                 return both(lambda x: x.flatten(1))
             return None
-        target = node.target if node.op == "call_function" else _method(node.target)
-        rest, kwargs = args[1:], _kwargs_no_inplace(dict(node.kwargs))
+        target = node.target if node.op == "call_function" else method_name(node.target)
+        rest, kwargs = args[1:], kwargs_no_inplace(dict(node.kwargs))
         call = ((lambda x: target(x, *rest, **kwargs)) if node.op == "call_function"
                 else (lambda x: getattr(x, target)(*rest, **kwargs)))
         if target in CHANNELWISE_FUNCTIONS or (node.op == "call_method"
                                                and target in CHANNELWISE_METHODS):
             return None if others else both(call)
-        if target in REDUCTIONS and not others and _spatial_dims(rest, node.kwargs):
+        if target in REDUCTIONS and not others and spatial_dims(rest, node.kwargs):
             return both(call)
         if target in FLATTENS and list(rest) in ([1], [1, -1]) and not node.kwargs:
             return both(lambda x: x.flatten(1))
-        op = _ELEMENTWISE_OPS.get(target)
+        op = ELEMENTWISE_OPS.get(target)
         if op is not None and len(args) == 2 and not node.kwargs:
             b = args[1]
             if isinstance(b, (int, float)):
@@ -594,97 +576,8 @@ def _frozen(layer, x: Tensor, weight: Tensor, bias: Tensor | None, backend: str)
     return F.linear(x, weight, bias)
 
 
-def _stackable(node: fx.Node, modules: dict) -> bool:
-    """Whether ``node`` acts on each sample alone, so that it can run once on several
-    candidates' values stacked along the batch."""
-    args, kwargs = node.args, node.kwargs
-    if node.op == "call_module":
-        m = modules[node.target]
-        return (len(args) == 1 and not kwargs
-                and type(m) in (nn.Conv2d, nn.Linear, nn.Flatten, *CHANNELWISE_MODULES))
-    if node.op not in ("call_function", "call_method"):
-        return False
-    target = node.target if node.op == "call_function" else _method(node.target)
-    if target in CHANNELWISE_FUNCTIONS or (node.op == "call_method"
-                                           and target in CHANNELWISE_METHODS):
-        return True
-    if target in _ELEMENTWISE_OPS:
-        return len(args) == 2 and not kwargs
-    if target in FLATTENS:
-        return list(args[1:]) in ([1], [1, -1]) and not kwargs
-    if target in REDUCTIONS:
-        return _spatial_dims(args[1:], kwargs)
-    if target in CONCATS:
-        return kwargs.get("dim", args[1] if len(args) > 1 else 0) == 1
-    return False
-
-
-def _is_relu(node: fx.Node, modules: dict) -> bool:
-    if node.op == "call_module":
-        return type(modules[node.target]) is nn.ReLU
-    target = node.target if node.op == "call_function" else _method(node.target)
-    return (node.op in ("call_function", "call_method") and target in RELUS
-            and len(node.args) == 1 and set(node.kwargs) <= {"inplace"})
-
-
 def _is_reader(m) -> bool:
     return _planted(m, "in") > 0 and not _planted(m, "out")
-
-
-def _module_at(node: fx.Node | None, modules: dict):
-    return modules.get(node.target) if node is not None and node.op == "call_module" else None
-
-
-def _only_user(node: fx.Node) -> fx.Node | None:
-    users = list(node.users)
-    return users[0] if len(users) == 1 else None
-
-
-def _no_inplace(module: nn.Module):
-    """The parent's values are kept and reused: no module may overwrite its input."""
-    for m in module.modules():
-        if getattr(m, "inplace", False):
-            m.inplace = False
-
-
-def _kwargs_no_inplace(kwargs: dict) -> dict:
-    return dict(kwargs, inplace=False) if kwargs.get("inplace") else kwargs
-
-
-def _method(name: str) -> str:
-    return name[:-1] if name.endswith("_") and not name.endswith("__") else name
-
-
-def _call(node: fx.Node, module: nn.Module | None, args, kwargs):
-    """``node``'s operation on ``args``, ``kwargs`` (``module``: a call_module node's), never
-    in place."""
-    if node.op == "call_module":
-        return module(*args, **kwargs)
-    kwargs = _kwargs_no_inplace(kwargs)
-    if node.op == "call_function":
-        return node.target(*args, **kwargs)
-    this, *rest = args
-    return getattr(this, _method(node.target))(*rest, **kwargs)
-
-
-def _spatial_dims(rest, kwargs) -> bool:
-    """Whether a reduction's dims (positional or ``dim=``) are all past the channels."""
-    dims = kwargs.get("dim", rest[0] if rest else None)
-    dims = [dims] if isinstance(dims, int) else dims
-    return isinstance(dims, (list, tuple)) and bool(dims) and all(
-        isinstance(d, int) and d >= 2 for d in dims)
-
-
-def _computed(conv: nn.Conv2d) -> bool:
-    """Whether the planted op computes ``conv`` (no groups, dilation or padding mode)."""
-    return (conv.groups == 1 and tuple(conv.dilation) == (1, 1)
-            and conv.padding_mode == "zeros")
-
-
-def _attr(module: nn.Module, target: str):
-    *path, name = target.split(".")
-    owner = module.get_submodule(".".join(path)) if path else module
-    return getattr(owner, name)
 
 
 def _is_planted(m: nn.Module) -> bool:
@@ -704,4 +597,4 @@ def _frozen_out(layer) -> int:
     return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
 
 
-__all__ = ["PlantedRound", "RoundCandidates", "planted_filters", "planted_term"]
+__all__ = ["PlantedRound", "planted_filters", "planted_term"]
