@@ -2,7 +2,8 @@
 # One GPU session's work in one command (the device machine has no network: build without
 # isolation against its own torch, setuptools and pybind11). Logs and tables go to $OUT.
 #   OUT=/tmp/out bash benchmarks/gpu_run.sh [steps...]
-# steps: build tests conv round relu_pool search layout quick paper (default: all but paper).
+# steps: build tests conv round graph_round relu_pool search layout quick paper (default: all but
+# paper).
 # DEVICE=cpu runs the search steps on the CPU (to try the script on a machine without a GPU).
 # TESTS_ARGS adds pytest arguments to the tests step (e.g. "-n 8": pytest-xdist is in the image).
 # "paper" runs the full CIFAR-10 protocol (--preset paper --table, bfloat16 autocast) into
@@ -10,7 +11,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/plantops-gpu}
 mkdir -p "$OUT"
-steps=${*:-build tests conv round relu_pool search layout quick}
+steps=${*:-build tests conv round graph_round relu_pool search layout quick}
 DEVICE=${DEVICE:-cuda}
 {
   date -u; nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv
@@ -35,6 +36,10 @@ for step in $steps; do
       PLANTOPS_BENCH_TABLE="$OUT/round_table.md" timeout ${ROUND_TIMEOUT:-200} python3 -m pytest \
         benchmarks/test_bench_planted_round.py --benchmark-only -q -s -p no:cacheprovider \
         > "$OUT/bench_round.log" 2>&1 ;;
+    graph_round)
+      PLANTOPS_BENCH_TABLE="$OUT/graph_round_table.md" timeout ${GRAPH_ROUND_TIMEOUT:-200} python3 -m pytest \
+        benchmarks/test_bench_graph_round.py --benchmark-only -q -s -p no:cacheprovider \
+        > "$OUT/bench_graph_round.log" 2>&1 ;;
     relu_pool)
       PLANTOPS_BENCH_TABLE="$OUT/relu_pool_table.md" timeout ${POOL_TIMEOUT:-100} python3 -m pytest \
         benchmarks/test_bench_relu_pool.py --benchmark-only -q -p no:cacheprovider \
