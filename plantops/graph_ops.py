@@ -20,10 +20,10 @@ FLATTENS = {torch.flatten, "flatten"}
 REDUCTIONS = {torch.mean, torch.sum, torch.amax, "mean", "sum", "amax"}
 RELUS = {F.relu, torch.relu, "relu"}
 ELEMENTWISE_OPS = {operator.add: operator.add, torch.add: operator.add, "add": operator.add,
-                    operator.sub: operator.sub, torch.sub: operator.sub, "sub": operator.sub,
-                    operator.mul: operator.mul, torch.mul: operator.mul, "mul": operator.mul,
-                    operator.truediv: operator.truediv, torch.div: operator.truediv,
-                    "div": operator.truediv}
+                   operator.sub: operator.sub, torch.sub: operator.sub, "sub": operator.sub,
+                   operator.mul: operator.mul, torch.mul: operator.mul, "mul": operator.mul,
+                   operator.truediv: operator.truediv, torch.div: operator.truediv,
+                   "div": operator.truediv}
 
 
 def acts_per_sample(node: fx.Node, modules: dict) -> bool:
@@ -52,6 +52,7 @@ def acts_per_sample(node: fx.Node, modules: dict) -> bool:
 
 
 def is_relu(node: fx.Node, modules: dict) -> bool:
+    """Whether ``node`` is a ReLU of one tensor (a module, a function or a method)."""
     if node.op == "call_module":
         return type(modules[node.target]) is nn.ReLU
     target = node.target if node.op == "call_function" else method_name(node.target)
