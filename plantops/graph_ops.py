@@ -36,7 +36,7 @@ def acts_per_sample(node: fx.Node, modules: dict) -> bool:
                 and type(m) in (nn.Conv2d, nn.Linear, nn.Flatten, *CHANNELWISE_MODULES))
     if node.op not in ("call_function", "call_method"):
         return False
-    target = node.target if node.op == "call_function" else method_name(node.target)
+    target = target_of(node)
     if target in CHANNELWISE_FUNCTIONS or (node.op == "call_method"
                                            and target in CHANNELWISE_METHODS):
         return True
@@ -55,8 +55,7 @@ def is_relu(node: fx.Node, modules: dict) -> bool:
     """Whether ``node`` is a ReLU of one tensor (a module, a function or a method)."""
     if node.op == "call_module":
         return type(modules[node.target]) is nn.ReLU
-    target = node.target if node.op == "call_function" else method_name(node.target)
-    return (node.op in ("call_function", "call_method") and target in RELUS
+    return (node.op in ("call_function", "call_method") and target_of(node) in RELUS
             and len(node.args) == 1 and set(node.kwargs) <= {"inplace"})
 
 
@@ -87,6 +86,12 @@ def no_inplace(module: nn.Module):
 
 def kwargs_no_inplace(kwargs: dict) -> dict:
     return dict(kwargs, inplace=False) if kwargs.get("inplace") else kwargs
+
+
+def target_of(node: fx.Node):
+    """A call_function node's function, a call_method node's method name (``relu_`` as
+    ``relu``: the round op never writes in place)."""
+    return node.target if node.op == "call_function" else method_name(node.target)
 
 
 def method_name(name: str) -> str:

@@ -11,7 +11,7 @@ depthwise conv on them ``p`` planted channels (``PlantedDepthwiseConv2d``), and 
 ``init="preserve"``. The module's own ``forward`` runs unchanged: each tensor of the group
 carries its old channels then the new ones, so a residual add adds new to new and an
 identity shortcut carries them. Only the planted blocks train, and the candidate runs as its
-parent is evaluated otherwise (``GrownNetwork.train``). ``grown_module`` (``merged_module``
+parent is evaluated otherwise (``GrownNetwork.train``). ``grown_module`` (``merge_planted``
 for any module, a chain's modules too) merges the planted blocks back: the user's own class,
 the same submodule names, wider.
 
@@ -170,13 +170,13 @@ def grown_module(net: GrownNetwork) -> nn.Module:
     """The user's module, grown: its own class and submodule names, the planted blocks merged
     into plain layers of the new widths (loadable without plantops), every parameter
     trainable again."""
-    return merged_module(net.module).train(net.training)
+    return merge_planted(copy.deepcopy(net.module)).train(net.training)
 
 
-def merged_module(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` with every planted block merged into a plain layer of the grown
-    width (a chain's modules in order, or a network of any shape), every parameter trainable."""
-    out = copy.deepcopy(module)
+def merge_planted(module: nn.Module) -> nn.Module:
+    """``module`` itself (a network of any shape, or a chain's modules) with every planted
+    block merged into a plain layer of the grown width, every parameter trainable."""
+    out = module
     replaced: list[str] = []
     for path, m in list(out.named_modules()):
         if any(path.startswith(done + ".") for done in replaced):

@@ -177,8 +177,7 @@ def _fuse_after(graph: fx.GraphModule, node: fx.Node, modules: dict) -> FrozenCo
     nodes taken out of the graph: a ReLU and 2x2 max pool; or a residual add (the conv's node
     moves to the add's place and takes the add's other input), a ReLU after either."""
     conv, user = modules[node.target], only_user(node)
-    relu = user is not None and is_relu(user, modules)
-    pool = pooled_relu(user, modules) if relu else None
+    pool = pooled_relu(user, modules) if user is not None else None
     if pool is not None:
         pool.replace_all_uses_with(node)
         graph.graph.erase_node(pool)

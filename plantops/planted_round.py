@@ -49,8 +49,8 @@ from plantops.chain import Chain, bn_scale, conv_padding, fold_batch_norm
 from plantops.graph import GraphNet
 from plantops.graph_ops import (ELEMENTWISE_OPS, FLATTENS, REDUCTIONS, acts_per_sample,
                                 attribute, call_node, kernels_compute, kwargs_no_inplace,
-                                method_name, module_at, no_inplace, only_user, pooled_relu,
-                                spatial_dims)
+                                module_at, no_inplace, only_user, pooled_relu, spatial_dims,
+                                target_of)
 from plantops.group_planting import PlantedDepthwiseConv2d
 from plantops.planted_batch_norm import PlantedBatchNorm
 from plantops.planted_conv import PlantedConv2d, planted_conv2d
@@ -61,6 +61,8 @@ from plantops.width_groups import (CHANNELWISE_FUNCTIONS, CHANNELWISE_METHODS,
                                    CHANNELWISE_MODULES)
 
 PARENT, EXTENDED, SPLIT, CHANGED = "parent", "extended", "split", "changed"
+
+
 class PlantedRound:
     """A parent (a ``Chain`` or a ``GraphNet``) and its candidates ``{point: network}`` (each
     ``planting.plant(parent, point, p)``), as one function: ``round_(x)`` is every candidate's
@@ -170,7 +172,7 @@ class PlantedRound:
         """Every node's value in the parent, for ``x``. A conv, its batch norm, ReLU and pool
         run as one where they can (the last one's value); a value skipped so is computed when
         a candidate asks for it."""
-        values = _ParentValues(self._parent_node, self.batched)
+        values = _ParentValues(self._parent_node)
         values[self.nodes[0]] = x
         inside = set()  # nodes run within a later one's pass: computed only if asked for
         for node in self.nodes[1:]:
@@ -195,15 +197,21 @@ class PlantedRound:
             return self.relu_pool[node], relu_max_pool2d(values[node.args[0]])
         if type(m) is not nn.Conv2d or not kernels_compute(m):
             return None
-        last, (weight, bias) = node, (m.weight, m.bias)
-        if node in self.folded:
-            last, (weight, bias) = self.conv_bn[node], self.folded[node]
+        last, weight, bias = self._frozen_weights(node)
         x, kw = values[node.args[0]], dict(stride=m.stride, padding=conv_padding(m))
         relu = only_user(last)
         if relu in self.relu_pool and x.dim() == 4 and node not in self.readers:
             return self.relu_pool[relu], conv_relu_max_pool2d(x, weight, bias, **kw,
                                                               backend=self.backend)
         return last, planted_conv2d(x, weight, bias, **kw, backend=self.backend)
+
+    def _frozen_weights(self, node: fx.Node):
+        """(the last node it computes, weight, bias) of the parent's conv at ``node`` run
+        frozen: with the batch norm after it folded in where there is one."""
+        m = self.parent_modules[node.target]
+        if node in self.folded:
+            return (self.conv_bn[node], *self.folded[node])
+        return node, m.weight, m.bias
 
     def _parent_node(self, node: fx.Node, values: dict):
         """The parent's value of ``node`` alone, from its inputs' ``values``."""
@@ -223,7 +231,7 @@ class PlantedRound:
     # ------------------------------------------------------------------ the candidates
 
     def __call__(self, x: Tensor) -> Tensor:
-        walk = _Walk(self.layers, self._parent_values(x), x.shape[0])
+        walk = _Walk(self.layers, self._parent_values(x), x.shape[0], self.batched)
         for node in self.nodes:
             if node.op == "output":
                 if isinstance(node.args[0], fx.Node):
@@ -296,9 +304,7 @@ class PlantedRound:
         args, kwargs = load(node.args), load(node.kwargs)
         last = node
         if type(m) is nn.Conv2d and kernels_compute(m):
-            weight, bias = m.weight, m.bias
-            if node in self.folded:
-                last, (weight, bias) = self.conv_bn[node], self.folded[node]
+            last, weight, bias = self._frozen_weights(node)
             out = planted_conv2d(args[0], weight, bias, stride=m.stride,
                                  padding=conv_padding(m), backend=self.backend)
         elif node in self.relu_pool and args[0].dim() == 4:
@@ -382,7 +388,7 @@ class PlantedRound:
             if isinstance(m, nn.Flatten) and (m.start_dim, m.end_dim) == (1, -1):
                 return both(lambda x: x.flatten(1))
             return None
-        target = node.target if node.op == "call_function" else method_name(node.target)
+        target = target_of(node)
         rest, kwargs = args[1:], kwargs_no_inplace(dict(node.kwargs))
         call = ((lambda x: target(x, *rest, **kwargs)) if node.op == "call_function"
                 else (lambda x: getattr(x, target)(*rest, **kwargs)))
@@ -414,8 +420,9 @@ class _Walk:
     (``PlantedRound._step``), the parent's values, and the stacks: at a node, the values of
     candidates that ran together, ``(points, tensor [len(points) * batch, ...])``."""
 
-    def __init__(self, points: list[int], parent: "_ParentValues", batch: int):
+    def __init__(self, points: list[int], parent: "_ParentValues", batch: int, batched: set):
         self.parent, self.batch = parent, batch
+        self.batched = batched  # the nodes whose values come from the input, batch first
         self.states = {point: {} for point in points}
         self.done = {point: set() for point in points}  # computed with a node before them
         self.stacks: dict[fx.Node, list[tuple[tuple, Tensor]]] = {}
@@ -492,7 +499,7 @@ class _Walk:
         batch's, such as a weight or a size, as it is)."""
         if all(self.states[p][node][0] == PARENT for p in points):
             value = self.parent[node]
-            if not isinstance(value, Tensor) or node not in self.parent.batched:
+            if not isinstance(value, Tensor) or node not in self.batched:
                 return value
         parts = self.pieces(node, points)
         return parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -500,12 +507,11 @@ class _Walk:
 
 class _ParentValues(dict):
     """The parent's node values; one not computed in the pass (run within a later node's) is
-    computed from its inputs when first asked for. ``batched``: the nodes whose values come
-    from the input (not weights or constants)."""
+    computed from its inputs when first asked for."""
 
-    def __init__(self, compute, batched: set):
+    def __init__(self, compute):
         super().__init__()
-        self.compute, self.batched = compute, batched
+        self.compute = compute
 
     def __missing__(self, node):
         with torch.no_grad():

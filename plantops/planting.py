@@ -164,9 +164,9 @@ def merge(net: Chain) -> Chain:
     whole weights (a GraphNet's, its planted blocks merged into the user's module)."""
     if _is_graph(net):
         return net.merged()
-    from plantops.group_planting import merged_module  # it plants through this module
+    from plantops.group_planting import merge_planted  # it plants through this module
     out = copy.deepcopy(net)
-    out.body = nn.ModuleList(merged_module(nn.Sequential(*out.body)))
+    merge_planted(out.body)
     return out.train(net.training)
 
 
