@@ -50,6 +50,22 @@ void forward(const Geometry& g, const std::string& dtype, std::uintptr_t x,
   });
 }
 
+// forward with its outputs' epilogue (epilogue.h): residual (laid out as out, or 0 for none)
+// added, then a ReLU where relu.
+void forward_add_relu(const Geometry& g, const std::string& dtype, std::uintptr_t x,
+                      std::uintptr_t w_frozen, std::uintptr_t b_frozen, std::uintptr_t w_in,
+                      std::uintptr_t w_out, std::uintptr_t b_out, std::uintptr_t x_planted,
+                      std::uintptr_t residual, bool relu, std::uintptr_t out, int nthreads) {
+  check(g);
+  by_dtype(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    plantops::cpu::forward<T>(g, in_ptr<T>(x), in_ptr<T>(x_planted), in_ptr<T>(w_frozen),
+                              in_ptr<T>(b_frozen), in_ptr<T>(w_in), in_ptr<T>(w_out),
+                              in_ptr<T>(b_out), out_ptr<T>(out), nthreads,
+                              {in_ptr<T>(residual), relu});
+  });
+}
+
 bool forward_relu_pool(const Geometry& g, const std::string& dtype, std::uintptr_t x,
                        std::uintptr_t w_frozen, std::uintptr_t b_frozen, std::uintptr_t w_in,
                        std::uintptr_t w_out, std::uintptr_t b_out, std::uintptr_t x_planted,
@@ -139,6 +155,7 @@ PYBIND11_MODULE(_C, m) {
   bind_geometry(m);
   const auto release = py::call_guard<py::gil_scoped_release>();
   m.def("forward", &forward, release);
+  m.def("forward_add_relu", &forward_add_relu, release);
   m.def("forward_relu_pool", &forward_relu_pool, release);
   m.def("input_grad", &input_grad, release);
   m.def("weight_grad", &weight_grad, release);

@@ -236,13 +236,15 @@ struct DenseConv {
 
   // Every sample of a batch, in parallel.
   void batch(int64_t N, const Planes<T>& in, int64_t H, int64_t W, int64_t top, int64_t left,
-             T* out, int nthreads) const {
+             T* out, int nthreads, const Epilogue<T>& epilogue = {}) const {
 #pragma omp parallel num_threads(nthreads)
     {
       std::vector<T> scratch(Cin * Hp * Wp);
 #pragma omp for schedule(static)
-      for (int64_t n = 0; n < N; ++n)
+      for (int64_t n = 0; n < N; ++n) {
         sample(in, n, H, W, top, left, scratch.data(), out + n * Cout * OH * OW);
+        if (epilogue.any()) epilogue.apply(out, n * Cout * OH * OW, Cout * OH * OW);
+      }
     }
   }
 };
@@ -277,19 +279,19 @@ void assembled(const Geometry& g, const T* w_frozen, const T* b_frozen, const T*
 template <typename T>
 void forward(const Geometry& g, const T* x, const T* x_planted, const T* w_frozen,
              const T* b_frozen, const T* w_in, const T* w_out, const T* b_out, T* out,
-             int nthreads) {
+             int nthreads, Epilogue<T> epilogue) {
   std::vector<T> w, b;
   assembled(g, w_frozen, b_frozen, w_in, w_out, b_out, w, b);
   const Planes<T> in = input_planes(g, x, x_planted);
   if (use_winograd<T>(g, g.PH, g.PW)) {
     winograd::conv(winograd_tile(g.C(), g.O()), g.N, g.C(), g.H, g.W, g.PH, g.PW, g.O(), in,
-                   w.data(), b.data(), out, nthreads);
+                   w.data(), b.data(), out, nthreads, epilogue);
     return;
   }
   DenseConv<T> conv(g.C(), g.O(), g.KH, g.KW, g.SH, g.SW, g.OH, g.OW, g.H + 2 * g.PH,
                     g.W + 2 * g.PW);
   conv.load(w.data(), b.data());
-  conv.batch(g.N, in, g.H, g.W, g.PH, g.PW, out, nthreads);
+  conv.batch(g.N, in, g.H, g.W, g.PH, g.PW, out, nthreads, epilogue);
 }
 
 template <typename T>
@@ -547,7 +549,7 @@ bool planted_input_grads(const Geometry& g, const T* grad_out, const T* x, const
   template bool forward_relu_pool<T>(const Geometry&, const T*, const T*, const T*, const T*,  \
                                      const T*, const T*, const T*, T*, int);                   \
   template void forward<T>(const Geometry&, const T*, const T*, const T*, const T*, const T*,  \
-                           const T*, const T*, T*, int);                                      \
+                           const T*, const T*, T*, int, Epilogue<T>);                         \
   template void input_grad<T>(const Geometry&, const T*, const T*, const T*, const T*, int64_t, \
                               int64_t, T*, int);                                              \
   template void weight_grad<T>(const Geometry&, const T*, const T*, const T*, int64_t, int64_t, \

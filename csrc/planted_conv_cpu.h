@@ -1,6 +1,7 @@
 // CPU kernels of the planted convolution (see planted_conv.h for the weight blocks).
 #pragma once
 
+#include "epilogue.h"
 #include "planes.h"
 #include "planted_conv.h"
 
@@ -14,10 +15,12 @@ int winograd_tile(int64_t cin, int64_t cout);
 // Any of the bias pointers may be null (no bias); w_in is unused when I_p == 0, w_out when O_p == 0.
 // x is [N, I_f+I_p, H, W], or with x_planted not null [N, I_f, H, W] and x_planted the planted
 // channels [N, I_p, H, W] (planes.h); likewise in weight_grad.
+// epilogue: a residual added to the outputs and a ReLU, each sample's or band's as it is
+// written (epilogue.h).
 template <typename T>
 void forward(const Geometry& g, const T* x, const T* x_planted, const T* w_frozen,
              const T* b_frozen, const T* w_in, const T* w_out, const T* b_out, T* out,
-             int nthreads);
+             int nthreads, Epilogue<T> epilogue = {});
 
 // out[N, O_f+O_p, OH/2, OW/2] = max_pool2d(relu(forward(...)), 2), in one pass, where the
 // Winograd kernels compute the layer and OH, OW are even (for frozen layers: no gradient);

@@ -25,9 +25,19 @@ namespace {
 // Pool: the tile's outputs are 2x2 max-pool windows (OH, OW even; tiles start at output
 // (0, 0)), each reduced to max(0, its maximum) before it is stored: out is
 // [N, Cout, OH/2, OW/2], a quarter of the stores, and no pass of its own for the pool.
+// The epilogue on the outputs of samples [n0, n0 + L) and rows [y0, y0 + ny) of out[N, C, OH,
+// OW], just written: a band, still in L2.
+template <typename T>
+void finish(const Epilogue<T>& epilogue, int64_t N, int64_t C, int64_t OH, int64_t OW,
+            int64_t n0, int64_t y0, int64_t ny, T* out) {
+  for (int64_t n = n0; n < std::min(N, n0 + Simd<T>::L); ++n)
+    for (int64_t c = 0; c < C; ++c) epilogue.apply(out, ((n * C + c) * OH + y0) * OW, ny * OW);
+}
+
 template <typename T, int OB, bool Pool, typename F>
 void conv_groups(int64_t N, int64_t Cin, const Tiles& tl, int64_t Cout, const Planes<T>& x,
-                 const T* weight, const T* bias, T* out, int nthreads) {
+                 const T* weight, const T* bias, T* out, int nthreads,
+                 const Epilogue<T>& epilogue) {
   using S = Simd<T>;
   using vec = typename S::vec;
   constexpr int64_t L = S::L;
@@ -51,7 +61,8 @@ void conv_groups(int64_t N, int64_t Cin, const Tiles& tl, int64_t Cout, const Pl
   const int64_t row_bytes = (m * Cin * tl.Wp + p * Cout * OWp) * L * sizeof(T);
   const int64_t band = std::min(tl.TH, std::max<int64_t>((1 << 20) / row_bytes, 4));
   const int64_t band_in = m * band + 2, band_out = p * band;  // rows of xs and ys
-  const bool stream = N * Cout * OHo * OWo * int64_t(sizeof(T)) > (4 << 20);
+  // (Not with an epilogue, which reads the band back.)
+  const bool stream = N * Cout * OHo * OWo * int64_t(sizeof(T)) > (4 << 20) && !epilogue.any();
 #pragma omp parallel num_threads(nthreads)
   {
     // One tile's transformed values, V[c][xi] and M[o][xi]: a transform touches X adjacent
@@ -109,6 +120,7 @@ void conv_groups(int64_t N, int64_t Cin, const Tiles& tl, int64_t Cout, const Pl
         else
           deinterleave<T, false>(ys.get(), band_out, OWp, N, Cout, OHo, OWo, grp * L, y0, ny,
                                  out);
+        if (epilogue.any()) finish(epilogue, N, Cout, OHo, OWo, grp * L, y0, ny, out);
       }
   }
 }
@@ -126,40 +138,49 @@ int64_t group_size() {
 
 template <typename T, bool Pool, typename F>
 void conv_with(int64_t N, int64_t Cin, const Tiles& tl, int64_t Cout, const Planes<T>& x,
-               const T* weight, const T* bias, T* out, int nthreads) {
+               const T* weight, const T* bias, T* out, int nthreads,
+               const Epilogue<T>& epilogue) {
   switch (pick_filters_per_tile(Cout)) {
     case 4:
-      return conv_groups<T, 4, Pool, F>(N, Cin, tl, Cout, x, weight, bias, out, nthreads);
+      return conv_groups<T, 4, Pool, F>(N, Cin, tl, Cout, x, weight, bias, out, nthreads,
+                                                 epilogue);
     case 8:
-      return conv_groups<T, 8, Pool, F>(N, Cin, tl, Cout, x, weight, bias, out, nthreads);
+      return conv_groups<T, 8, Pool, F>(N, Cin, tl, Cout, x, weight, bias, out, nthreads,
+                                                 epilogue);
     case 12:
-      return conv_groups<T, 12, Pool, F>(N, Cin, tl, Cout, x, weight, bias, out, nthreads);
+      return conv_groups<T, 12, Pool, F>(N, Cin, tl, Cout, x, weight, bias, out, nthreads,
+                                                 epilogue);
     case 16:
-      return conv_groups<T, 16, Pool, F>(N, Cin, tl, Cout, x, weight, bias, out, nthreads);
+      return conv_groups<T, 16, Pool, F>(N, Cin, tl, Cout, x, weight, bias, out, nthreads,
+                                                 epilogue);
     case 20:
-      return conv_groups<T, 20, Pool, F>(N, Cin, tl, Cout, x, weight, bias, out, nthreads);
+      return conv_groups<T, 20, Pool, F>(N, Cin, tl, Cout, x, weight, bias, out, nthreads,
+                                                 epilogue);
     default:
-      return conv_groups<T, 24, Pool, F>(N, Cin, tl, Cout, x, weight, bias, out, nthreads);
+      return conv_groups<T, 24, Pool, F>(N, Cin, tl, Cout, x, weight, bias, out, nthreads,
+                                                 epilogue);
   }
 }
 
 template <typename T, bool Pool>
 void conv_by_tile(int tile, int64_t N, int64_t Cin, int64_t H, int64_t W, int64_t ph,
                   int64_t pw, int64_t Cout, const Planes<T>& x, const T* weight, const T* bias,
-                  T* out, int nthreads) {
+                  T* out, int nthreads, const Epilogue<T>& epilogue = {}) {
   if (tile == 4)
     return conv_with<T, Pool, F4>(N, Cin, Tiles(H, W, ph, pw, F4::m), Cout, x, weight, bias,
-                                  out, nthreads);
+                                  out, nthreads, epilogue);
   conv_with<T, Pool, F2>(N, Cin, Tiles(H, W, ph, pw, F2::m), Cout, x, weight, bias, out,
-                         nthreads);
+                         nthreads, epilogue);
 }
 
 template <typename T>
 void conv(int tile, int64_t N, int64_t Cin, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t Cout,
-          const Planes<T>& x, const T* weight, const T* bias, T* out, int nthreads) {
+          const Planes<T>& x, const T* weight, const T* bias, T* out, int nthreads,
+          Epilogue<T> epilogue) {
   const Tiles tl(H, W, ph, pw);
   if (N == 0 || Cout == 0 || tl.OH <= 0 || tl.OW <= 0) return;
-  conv_by_tile<T, false>(tile, N, Cin, H, W, ph, pw, Cout, x, weight, bias, out, nthreads);
+  conv_by_tile<T, false>(tile, N, Cin, H, W, ph, pw, Cout, x, weight, bias, out, nthreads,
+                         epilogue);
 }
 
 template <typename T>
@@ -433,7 +454,7 @@ void weight_grad(int64_t N, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_
 #define PLANTOPS_INSTANTIATE(T)                                                                 \
   template int64_t group_size<T>();                                                            \
   template void conv<T>(int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,         \
-                        const Planes<T>&, const T*, const T*, T*, int);                        \
+                        const Planes<T>&, const T*, const T*, T*, int, Epilogue<T>);           \
   template bool conv_relu_pool<T>(int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,        \
                                   int64_t, const Planes<T>&, const T*, const T*, T*, int);     \
   template void weight_grad<T>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,           \

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 
+#include "epilogue.h"
 #include "planes.h"
 
 namespace plantops::cpu::winograd {
@@ -26,10 +27,11 @@ int64_t group_size();
 
 // out[N, Cout, OH, OW] = conv(x[N, Cin, H, W], weight[Cout, Cin, 3, 3]) + bias, with zero
 // padding (ph, pw) and stride 1: OH = H + 2 ph - 2, OW = W + 2 pw - 2. bias may be null.
-// tile: 2 for F(2x2, 3x3), 4 for F(4x4, 3x3).
+// tile: 2 for F(2x2, 3x3), 4 for F(4x4, 3x3). epilogue: applied to the outputs (epilogue.h).
 template <typename T>
 void conv(int tile, int64_t N, int64_t Cin, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t Cout,
-          const Planes<T>& x, const T* weight, const T* bias, T* out, int nthreads);
+          const Planes<T>& x, const T* weight, const T* bias, T* out, int nthreads,
+          Epilogue<T> epilogue = {});
 
 // out[N, Cout, OH / 2, OW / 2] = max_pool2d(relu(conv(...) + bias), 2) of that convolution in one
 // pass (for frozen layers that need no gradient): each output tile holds whole pool windows.

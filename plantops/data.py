@@ -461,16 +461,35 @@ def draw_crop_flip(count: int, pad: int, generator: torch.Generator):
 
 
 def crop_flip(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor,
-              flip: torch.Tensor, padded: bool = False) -> torch.Tensor:
-    """Each image of ``x`` zero-padded by ``pad``, cropped back to its size at (dy, dx), and
-    mirrored where ``flip``: one gather of each padded plane at flat indices, on x's device,
-    without host synchronization. (Advanced indexing with four broadcast index tensors does
-    the same and took 5x longer on a CPU.) ``padded``: x is already padded by ``pad``."""
+              flip: torch.Tensor, padded: bool = False,
+              index: torch.Tensor | None = None) -> torch.Tensor:
+    """Each image of ``x`` (or, with ``index``, the images ``x[index]``) zero-padded by
+    ``pad``, cropped back to its size at (dy, dx), and mirrored where ``flip``. ``padded``: x
+    is already padded by ``pad``.
+
+    On a CPU: one advanced index into the strided view of every crop window of the padded
+    images (``unfold``), which copies each view's rows as they lie, then the mirrored views
+    flipped; 2-5x faster than the gather below (the images of a pass of 1,024 64x64 views:
+    10-12 ms against 26-56 ms on a 2-core AMD EPYC). Elsewhere: one gather of each padded
+    plane at flat indices, without host synchronization (the flip's ``nonzero`` would
+    synchronize, and a CUDA graph cannot hold it). Advanced indexing with four broadcast
+    index tensors does the same and took 5x longer on a CPU. Both give the same values."""
     if not padded:
         x = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     n, c, hp, wp = x.shape
     h, w = hp - 2 * pad, wp - 2 * pad
     device = x.device
+    if device.type == "cpu":
+        windows = x.unfold(2, h, 1).unfold(3, w, 1)  # [N, C, 2 pad + 1, 2 pad + 1, h, w]
+        rows = torch.arange(n) if index is None else index
+        out = windows[rows, :, dy.long(), dx.long()]   # [len(rows), C, h, w]
+        mirrored = flip.nonzero().flatten()
+        if len(mirrored):
+            out[mirrored] = out[mirrored].flip(-1)
+        return out
+    if index is not None:
+        x = x.index_select(0, index)
+        n = len(index)
     rows = dy.to(device)[:, None] + torch.arange(h, device=device)[None, :]          # [n, h]
     cols = dx.to(device)[:, None] + torch.arange(w, device=device)[None, :]          # [n, w]
     cols = torch.where(flip.to(device)[:, None], cols.flip(1), cols)
@@ -591,8 +610,8 @@ class ViewSchedule:
         labels = self.data.labels.index_select(0, index)
         if not self.augment:
             return self.data.normalize(self.data.images.index_select(0, index)), labels
-        x = self.data.padded_normalized(self.crop_pad).index_select(0, index)
-        x = crop_flip(x, self.crop_pad, steps.dy.index_select(0, pos).flatten(),
+        x = crop_flip(self.data.padded_normalized(self.crop_pad), self.crop_pad,
+                      steps.dy.index_select(0, pos).flatten(),
                       steps.dx.index_select(0, pos).flatten(),
-                      steps.flip.index_select(0, pos).flatten(), padded=True)
+                      steps.flip.index_select(0, pos).flatten(), padded=True, index=index)
         return x, labels

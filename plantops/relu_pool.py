@@ -97,15 +97,55 @@ def conv_relu_max_pool2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
     Winograd path, the pool is folded into it: each 2x2 output tile is a pool window,
     reduced before it is stored (a quarter of the stores, and no pass of its own). The
     result is the composite's, bit for bit, except that a NaN output is not propagated."""
-    from plantops.planted_conv import _autocast_dtype, _prepare, planted_conv2d
-    if _autocast_dtype(x.device.type) is None:  # under autocast, planted_conv2d casts first
-        name, in_weight, out_weight, pair_stride, pair_padding = _prepare(
-            x, weight, bias, None, None, None, stride, padding, backend, None)
-        if name == "cpu":
-            fused = _kernels.get("cpu").forward_relu_pool(x, weight, bias, in_weight,
-                                                          out_weight, None, pair_stride,
-                                                          pair_padding)
-            if fused is not None:
-                return fused
+    from plantops.planted_conv import planted_conv2d
+    cpu = _frozen_on_cpu(x, weight, bias, stride, padding, backend)
+    if cpu is not None:
+        fused = _kernels.get("cpu").forward_relu_pool(*cpu)
+        if fused is not None:
+            return fused
     return relu_max_pool2d(planted_conv2d(x, weight, bias, stride=stride, padding=padding,
                                           backend=backend))
+
+
+def conv_add_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1,
+                  padding=0, residual: Optional[Tensor] = None, relu: bool = False,
+                  backend: str = "auto", out: Optional[Tensor] = None) -> Tensor:
+    """``planted_conv2d(x, weight, bias, ...) + residual`` (where given), then a ReLU (where
+    ``relu``), of a frozen layer without gradients: a ResNet block's last convolution, its
+    shortcut and its ReLU as a trained network is evaluated. On the CPU kernels the add and
+    the ReLU run on each band of outputs as it is written (csrc/epilogue.h), not as passes of
+    their own; elsewhere in place on the convolution's fresh output. ``residual`` has the
+    output's shape and dtype. The result is the composite's, bit for bit. ``out``: a
+    contiguous tensor of the result's shape and dtype that the CPU kernels write it into
+    (no allocation: see plantops.inference); other backends allocate, and return, their own."""
+    from plantops.planted_conv import planted_conv2d
+    cpu = _frozen_on_cpu(x, weight, bias, stride, padding, backend)
+    if cpu is not None and not (residual is not None and residual.requires_grad
+                                and torch.is_grad_enabled()):
+        return _kernels.get("cpu").forward_add_relu(*cpu, residual, relu, out=out)
+    y = planted_conv2d(x, weight, bias, stride=stride, padding=padding, backend=backend)
+    if residual is not None:
+        if residual.shape != y.shape or residual.dtype != y.dtype:
+            raise ValueError(f"the residual added to a convolution's output must have its "
+                             f"shape {tuple(y.shape)} and dtype {y.dtype}, got "
+                             f"{tuple(residual.shape)} and {residual.dtype}")
+        y = y.add_(residual) if not y.requires_grad else y + residual
+    if relu:
+        y = y.relu_() if not y.requires_grad else torch.relu(y)
+    return y
+
+
+def _frozen_on_cpu(x, weight, bias, stride, padding, backend):
+    """The CPU kernels' arguments (x, frozen weight and bias, the empty planted blocks, stride,
+    padding) where ``backend`` resolves to them for this frozen layer, else None (another
+    backend; autocast, under which planted_conv2d casts first; or a gradient to record)."""
+    from plantops.planted_conv import _autocast_dtype, _prepare
+    if _autocast_dtype(x.device.type) is not None or (
+            torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                         or (bias is not None and bias.requires_grad))):
+        return None  # the kernels' forward alone records no gradient
+    name, in_weight, out_weight, pair_stride, pair_padding = _prepare(
+        x, weight, bias, None, None, None, stride, padding, backend, None)
+    if name != "cpu":
+        return None
+    return x, weight, bias, in_weight, out_weight, None, pair_stride, pair_padding

@@ -133,6 +133,27 @@ def test_augmentation_is_a_crop_of_the_padded_image_or_its_mirror():
         assert any(torch.equal(out[i], v) or torch.equal(out[i], v.flip(-1)) for v in views)
 
 
+@pytest.mark.parametrize("pad, flips", [(0, "some"), (1, "none"), (3, "all"), (2, "some")])
+def test_crop_flip_takes_each_window_of_the_images_it_indexes(pad, flips):
+    """crop_flip's CPU path (an index into the crop windows' strided view) against slicing
+    each view by hand: non-square images, repeated indices, no, some or every view mirrored,
+    from padded images and from unpadded ones."""
+    g = torch.Generator().manual_seed(pad)
+    x = torch.randn(5, 3, 6, 9, generator=g)
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    index = torch.tensor([4, 0, 4, 2, 1, 3, 0])
+    dy = torch.randint(0, 2 * pad + 1, (7,), generator=g).to(torch.uint8)
+    dx = torch.randint(0, 2 * pad + 1, (7,), generator=g).to(torch.uint8)
+    flip = {"none": torch.zeros(7, dtype=torch.bool), "all": torch.ones(7, dtype=torch.bool),
+            "some": torch.tensor([1, 0, 0, 1, 1, 0, 1], dtype=torch.bool)}[flips]
+    want = torch.stack([padded[i, :, a:a + 6, b:b + 9] for i, a, b in
+                        zip(index.tolist(), dy.tolist(), dx.tolist())])
+    want = torch.where(flip[:, None, None, None], want.flip(-1), want)
+    got = data.crop_flip(padded, pad, dy, dx, flip, padded=True, index=index)
+    assert got.is_contiguous() and torch.equal(got, want)
+    assert torch.equal(data.crop_flip(x[index], pad, dy, dx, flip), want)
+
+
 def test_the_decoded_cache_is_keyed_by_content_not_path(tmp_path):
     folder = write_image_folder(tmp_path / "imgs")
     archive = tar_folder(folder, tmp_path / "a.tar.gz")

@@ -157,6 +157,54 @@ def test_a_batch_runs_in_chunks_that_keep_the_largest_activation_small(monkeypat
     assert fast.images_per_chunk(x) == inference.CHUNK_STEP  # never fewer
 
 
+class Features(nn.Module):
+    """A conv whose output is returned as well as read by another conv, and a conv the
+    graph calls twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+        self.c = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        h = self.a(x)
+        return h, self.c(self.c(self.b(h)))
+
+
+def test_chunks_reuse_an_output_only_where_nothing_keeps_it(monkeypatch):
+    """A conv read only by other convs writes each chunk's output over the last chunk's (no
+    new memory per chunk); a conv whose output anything else reads, or that the graph calls
+    twice, or the last one, allocates. Results of earlier calls stay as they were."""
+    import plantops.inference as inference
+    net = trained(resnet(4, 3, 32), 32)
+    fast = for_inference(net)
+    reusing = {n for n, m in fast.module.named_modules()
+               if isinstance(m, FrozenConv2d) and m.reuse_output}
+    # every conv but the last block's second (read by the pool); the stem's output is read
+    # by the first block's shortcut add, folded into its conv2
+    assert reusing == {"stem.0", "stages.0.conv1", "stages.0.conv2", "stages.1.conv1",
+                       "stages.1.shortcut.0", "stages.1.conv2", "stages.2.conv1",
+                       "stages.2.shortcut.0"}
+    monkeypatch.setattr(inference, "CHUNK_BYTES", 1)  # chunks of 16
+    x = torch.rand(40, 3, 32, 32)
+    with torch.no_grad():
+        want = net(x)
+    first = fast(x)
+    torch.testing.assert_close(first, want, rtol=1e-4, atol=1e-4)
+    kept = first.clone()
+    second = fast(torch.rand(40, 3, 32, 32))
+    assert torch.equal(first, kept) and not torch.equal(second, first)
+    plain = trained(Features(), 8)
+    feats = for_inference(plain)
+    assert {n: feats.module.get_submodule(n).reuse_output for n in "abc"} == {
+        "a": False, "b": True, "c": False}  # a is returned, c called twice
+    x = torch.rand(40, 3, 8, 8)
+    with torch.no_grad():
+        for got, want in zip(feats(x), plain(x)):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_it_counts_the_parameters_and_flops_of_the_module_it_came_from():
     from plantops.planting import count_params, forward_flops
     pooled = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.BatchNorm2d(5), nn.ReLU(),

@@ -94,6 +94,50 @@ def test_conv_relu_pool_folds_the_pool_into_the_convolution_bit_for_bit(dtype, s
         assert fused and (fused[-1] is not None) == even
 
 
+@pytest.mark.parametrize("tile", ["auto", "winograd-f4", "direct"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", [(16, 3, 12, 32, 32, 3, 1, 1), (9, 5, 7, 16, 10, 3, 1, 1),
+                                   (11, 2, 5, 6, 8, 3, 1, 2), (8, 3, 4, 9, 7, 3, 2, 1),
+                                   (3, 4, 4, 8, 8, 3, 1, 1), (10, 6, 5, 7, 9, 5, 1, 2),
+                                   (9, 4, 6, 8, 10, 1, 2, 0)], ids=str)
+@pytest.mark.parametrize("residual, relu", [(True, True), (True, False), (False, True)])
+def test_conv_add_relu_folds_the_shortcut_and_relu_into_the_convolution_bit_for_bit(
+        dtype, shape, tile, residual, relu, monkeypatch):
+    """A frozen layer's forward with a residual added and a ReLU (a ResNet block's end) on
+    the CPU kernels (Winograd bands, the direct kernel's samples, the 1x1 matrix product)
+    equals planted_conv2d, then the add, then the ReLU, exactly; negative values, zeros and
+    NaN go through the ReLU as torch.relu takes them."""
+    monkeypatch.setenv("PLANTOPS_CPU_CONV", tile)
+    from plantops import planted_conv2d
+    from plantops.relu_pool import conv_add_relu
+    n, c, o, h, w, k, stride, pad = shape
+    g = torch.Generator().manual_seed(n * c)
+    x, weight, bias = (torch.randn(n, c, h, w, dtype=dtype, generator=g),
+                       torch.randn(o, c, k, k, dtype=dtype, generator=g),
+                       torch.randn(o, dtype=dtype, generator=g))
+    want = planted_conv2d(x, weight, bias, stride=stride, padding=pad, backend="cpu")
+    add = torch.randn(want.shape, dtype=dtype, generator=g) if residual else None
+    if add is not None:
+        add.view(-1)[::7] = -want.view(-1)[::7]  # some sums exactly zero
+        add.view(-1)[3] = float("nan")
+        want = want + add
+    want = torch.relu(want) if relu else want
+    got = conv_add_relu(x, weight, bias, stride, pad, add, relu, backend="cpu")
+    assert got.shape == want.shape and torch.equal(got.nan_to_num(7.0), want.nan_to_num(7.0))
+    assert got.isnan().sum() == want.isnan().sum()
+    composite = conv_add_relu(x, weight, bias, stride, pad, add, relu, backend="torch")
+    torch.testing.assert_close(composite, want, equal_nan=True,
+                               **({} if dtype == torch.float64 else dict(rtol=1e-3, atol=1e-3)))
+
+
+def test_conv_add_relu_says_what_residual_it_needs():
+    from plantops.relu_pool import conv_add_relu
+    x, weight = torch.randn(8, 3, 6, 6), torch.randn(4, 3, 3, 3)
+    for backend in ("cpu", "torch"):
+        with pytest.raises(ValueError, match=r"must have its shape \(8, 4, 6, 6\)"):
+            conv_add_relu(x, weight, None, 1, 1, torch.randn(8, 4, 6, 5), True, backend)
+
+
 def test_a_networks_frozen_forward_is_its_forward():
     from plantops import models
     for arch, size in (("cifar", 32), ("stl", 96)):

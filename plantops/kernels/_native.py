@@ -77,22 +77,58 @@ def forward_relu_pool(module, extra, x, frozen_weight, frozen_bias, in_weight, o
     return out if done else None
 
 
+def forward_add_relu(module, extra, x, frozen_weight, frozen_bias, in_weight, out_weight,
+                     out_bias, stride, padding, residual, relu, x_planted=None, out=None):
+    """relu(forward(...) + residual) (``residual`` None: nothing added; ``relu`` False: no
+    ReLU), the add and the ReLU done by the kernels on outputs just written (csrc/epilogue.h).
+    ``residual`` has the output's shape and dtype; ``out``, where given, is where the result
+    is written (a contiguous tensor of its shape and dtype)."""
+    out, _ = _run_forward(module, "forward_add_relu", 1, extra, x, frozen_weight, frozen_bias,
+                          in_weight, out_weight, out_bias, stride, padding, x_planted,
+                          epilogue=(residual, relu), out=out)
+    return out
+
+
+def check_out(out: torch.Tensor, shape, like: torch.Tensor):
+    """ValueError unless ``out`` can take a result of ``shape`` computed from ``like``."""
+    if (tuple(out.shape) != tuple(shape) or out.dtype != like.dtype
+            or out.device != like.device or not out.is_contiguous()):
+        raise ValueError(f"out must be a contiguous {like.dtype} tensor of shape {tuple(shape)} "
+                         f"on {like.device}, got {out.dtype} {tuple(out.shape)} on "
+                         f"{out.device}{'' if out.is_contiguous() else ', not contiguous'}")
+
+
 def _run_forward(module, kernel, pool, extra, x, frozen_weight, frozen_bias, in_weight,
-                 out_weight, out_bias, stride, padding, x_planted):
+                 out_weight, out_bias, stride, padding, x_planted, epilogue=None, out=None):
     """(the output, the answer) of ``module``'s forward kernel ``kernel``, which writes
-    [N, O, OH / pool, OW / pool]."""
+    [N, O, OH / pool, OW / pool]; with ``epilogue`` (residual, relu), the kernel's arguments
+    for them come before the output's."""
     x, fw, iw, ow = (x.contiguous(), frozen_weight.contiguous(), in_weight.contiguous(),
                      out_weight.contiguous())
     xp = None if x_planted is None else x_planted.contiguous()
     fb = None if frozen_bias is None else frozen_bias.contiguous()
     ob = None if out_bias is None else out_bias.contiguous()
     g = _geometry(module, x.shape, fw.shape, iw.shape, ow.shape, stride, padding)
-    out = x.new_empty((g.N, g.O_f + g.O_p, g.OH // pool, g.OW // pool))
+    shape = (g.N, g.O_f + g.O_p, g.OH // pool, g.OW // pool)
+    if out is None:
+        out = x.new_empty(shape)
+    else:
+        check_out(out, shape, x)
+    tail = ()
+    if epilogue is not None:
+        residual, relu = epilogue
+        if residual is not None:
+            if residual.shape != out.shape or residual.dtype != out.dtype:
+                raise ValueError(f"the residual added to a convolution's output must have its "
+                                 f"shape {tuple(out.shape)} and dtype {out.dtype}, got "
+                                 f"{tuple(residual.shape)} and {residual.dtype}")
+            residual = residual.contiguous()
+        tail = (ptr(residual), bool(relu))
     done = None
     if out.numel() or pool > 1:
         done = getattr(module, kernel)(g, _DTYPE_NAMES[x.dtype], ptr(x), ptr(fw), ptr(fb),
-                                       ptr(iw), ptr(ow), ptr(ob), ptr(xp), out.data_ptr(),
-                                       extra)
+                                       ptr(iw), ptr(ow), ptr(ob), ptr(xp), *tail,
+                                       out.data_ptr(), extra)
     return out, done
 
 

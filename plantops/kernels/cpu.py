@@ -40,7 +40,7 @@ def forward(x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stri
 
 
 def _pointwise_forward(x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride,
-                       x_planted):
+                       x_planted, out=None):
     """A 1x1 convolution without padding as one batched matrix product, the assembled weight
     [O, C] times each sample's (strided) pixels [C, H' W'] (torch.matmul: the BLAS's GEMM,
     2.3-2.7x oneDNN's NCHW 1x1 convolution on a 2-core AMD EPYC): its direct kernel reads
@@ -51,17 +51,38 @@ def _pointwise_forward(x, frozen_weight, frozen_bias, in_weight, out_weight, out
     n, c, h, w = x.shape
     top = torch.cat([frozen_weight[:, :, 0, 0], in_weight[:, :, 0, 0]], 1)
     weight = torch.cat([top, out_weight[:, :, 0, 0]], 0)
-    out = torch.matmul(weight, x.reshape(n, c, h * w))
+    if out is None:
+        flat = torch.matmul(weight, x.reshape(n, c, h * w))
+    else:
+        _native.check_out(out, (n, weight.shape[0], h, w), x)
+        flat = torch.matmul(weight, x.reshape(n, c, h * w), out=out.view(n, -1, h * w))
     biases = [b if b is not None and b.numel() else torch.zeros(rows, dtype=x.dtype)
               for b, rows in ((frozen_bias, frozen_weight.shape[0]),
                               (out_bias, out_weight.shape[0]))]
-    out += torch.cat(biases).view(1, -1, 1)
-    return out.view(n, -1, h, w)
+    flat += torch.cat(biases).view(1, -1, 1)
+    return flat.view(n, -1, h, w)
 
 
 def backward(*args, x_planted=None):
     module = _native.load("plantops._C")[0]
     return _native.backward(module, torch.get_num_threads(), *args, x_planted=x_planted)
+
+
+def forward_add_relu(x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, stride,
+                     padding, residual, relu, x_planted=None, out=None):
+    """relu(forward(...) + residual) with the add and the ReLU in the kernels' pass over their
+    outputs (csrc/epilogue.h); a 1x1 layer without padding (a matrix product) adds them
+    after. ``out``: where the result is written (see _native.forward_add_relu)."""
+    if frozen_weight.shape[2:] == (1, 1) and tuple(padding) == (0, 0):
+        y = _pointwise_forward(x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias,
+                               stride, x_planted, out)
+        if residual is not None:
+            y += residual
+        return y.relu_() if relu else y
+    module = _native.load("plantops._C")[0]
+    return _native.forward_add_relu(module, torch.get_num_threads(), x, frozen_weight,
+                                    frozen_bias, in_weight, out_weight, out_bias, stride,
+                                    padding, residual, relu, x_planted=x_planted, out=out)
 
 
 def forward_relu_pool(*args, x_planted=None):
