@@ -20,7 +20,8 @@ own layers, NCHW and channels-last), side by side in one run.
   writes (``DeviceData.batches`` with its crops and flips, torch's layers,
   ``torch.optim.SGD``), in either layout: the step's speed must reach the epoch.
 - a teacher of the user's: examples/resnet.py at 64x64 through ``plantops.inference`` against
-  the module as it is.
+  the module as it is; and the search's whole teacher-logits phase with it (the views'
+  making on plantops' clock only).
 
 plantops' rows name the backends its convolutions took (``backend="auto"``: measured on this
 machine unless PLANTOPS_AUTOTUNE=0). Both sides compute the same function (checked here, to
@@ -124,6 +125,59 @@ def test_user_teacher_inference(benchmark, record, request, impl):
     benchmark.group = f"user's teacher (ResNet) inference, {size}x{size}, batch {batch}"
     benchmark.pedantic(run, warmup_rounds=1, rounds=5)
     record("user's teacher inference", f"ResNet {size}px, {batch} img", impl, 0, per=batch)
+
+
+@pytest.mark.parametrize("impl", ["plantops", *LAYOUTS])
+def test_user_teacher_logits_phase(benchmark, record, request, impl):
+    """The search's teacher-logits phase with a teacher of the user's: examples/resnet.py
+    (width 32) at 64x64, the logits of 4,096 training views (2 epochs of 2,048 images,
+    random crops and flips). plantops: ``engine.teacher_logits`` on the teacher as the search
+    readies it (``networks.ready_teacher``: through ``plantops.inference``, fed the search's
+    normalised images), its clock covering the views' making; oneDNN: the module as it is,
+    in either layout, in batches of 128, on the same views made before its clock starts, as
+    [0, 1] images (what it takes): the module's time alone."""
+    import types
+
+    import numpy as np
+    from plantops import engine
+    from plantops.data import DeviceData, ViewSchedule
+    from plantops.search.networks import InputConvention, ready_teacher
+    size, images, width = (32, 64, 8) if smoke(request) else (64, 2048, 32)
+    rng = np.random.default_rng(0)
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)  # the search normalises by the data's
+    data = DeviceData(rng.integers(0, 256, (images, size, size, 3), dtype=np.uint8),
+                      rng.integers(0, 10, images), DEVICE, mean, std)
+    views = ViewSchedule(data, 128 if images >= 128 else 8, 2, seed=0)
+    torch.manual_seed(0)
+    net = resnet(width, 10, size).train()
+    with torch.no_grad():  # batch norms with statistics of their own
+        net(torch.rand(64, 3, size, size))
+    net = net.eval().to(DEVICE)
+    searched = types.SimpleNamespace(inputs=InputConvention(mean, std), val=data, classes=10)
+    teacher = ready_teacher(net, "resnet", searched, lambda m: m.to(DEVICE))
+    steps = views.shapes["full"]
+    if impl == "plantops":
+        run = lambda: engine.teacher_logits(teacher, views)["full"]
+    else:
+        module = resnet(width, 10, size).to(DEVICE)
+        module.load_state_dict(net.state_dict())
+        module = module.eval().to(memory_format=LAYOUTS[impl])
+        unit = torch.cat([views.batch("full", torch.tensor([i]))[0] for i in range(len(steps))])
+        unit = (unit * data.std + data.mean).contiguous(memory_format=LAYOUTS[impl])
+
+        @torch.no_grad()
+        def run():
+            return torch.cat([module(part) for part in unit.split(steps.index.shape[1])])
+    with torch.no_grad():
+        first = views.batch("full", torch.tensor([0]))[0]
+        torch.testing.assert_close(run().flatten(0, -2)[:len(first)],
+                                   net(first * data.std + data.mean), rtol=1e-4, atol=1e-4)
+    if impl == "plantops":
+        impl = f"plantops ({chosen_backends(run)})"
+    count = steps.index.numel()
+    benchmark.group = f"user's teacher (ResNet) logits phase, {size}x{size}, {count} views"
+    benchmark.pedantic(run, warmup_rounds=1, rounds=3)
+    record("user's teacher logits phase", f"ResNet {size}px, {count} views", impl, 0, per=count)
 
 
 @pytest.mark.parametrize("impl", ["plantops", *LAYOUTS])

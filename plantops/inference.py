@@ -176,6 +176,7 @@ def for_inference(module: nn.Module) -> InferenceModule:
     except Exception as err:  # any module: what fx cannot trace runs as it is
         return InferenceModule(module, f"torch.fx cannot trace it ({type(err).__name__}: "
                                        f"{str(err).splitlines()[0][:120]})")
+    _fold_affine_chains(graph)
     modules = dict(graph.named_modules())
     _fold_batch_norms(graph, modules)
     converted = 0
@@ -244,6 +245,111 @@ def _reuse_outputs(graph: fx.GraphModule):
         if len(nodes) == 1 and isinstance(modules[target], FrozenConv2d) \
                 and read_by_convs_only(nodes[0]):
             modules[target].reuse_output = True
+
+
+class ChannelAffine(nn.Module):
+    """``x * scale + shift`` in one pass (``torch.addcmul``): a chain of multiplications,
+    additions, subtractions and divisions by constants, folded by ``_fold_affine_chains``
+    (an input's normalisation, say, and an adapter's conversion before it: four passes over
+    the images become one). The constants are composed in float64 and cast to the dtype the
+    chain computed in (``like``: a tensor of the constants' dtype and dimensions, or None for
+    Python numbers), so the result is the chain's up to float rounding."""
+
+    def __init__(self, scale: Tensor, shift: Tensor, like: Tensor | None):
+        super().__init__()
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
+        self.register_buffer("like", like)
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = torch.result_type(x, 1.0 if self.like is None else self.like)
+        return torch.addcmul(self.shift.to(dtype), x.to(dtype), self.scale.to(dtype))
+
+
+_AFFINE_OPS = {operator.mul: "mul", torch.mul: "mul", operator.add: "add", torch.add: "add",
+               operator.sub: "sub", torch.sub: "sub", operator.truediv: "div",
+               torch.div: "div", torch.true_divide: "div"}
+
+
+def _affine_step(node: fx.Node, graph: fx.GraphModule):
+    """(op, constant, data node, constant first) where ``node`` is one of _AFFINE_OPS of a
+    tensor and a constant (a number, or a floating tensor attribute of the module), else
+    None."""
+    if node.op == "call_function" and node.target in _AFFINE_OPS:
+        op = _AFFINE_OPS[node.target]
+    elif node.op == "call_method" and node.target in ("mul", "add", "sub", "div"):
+        op = node.target
+    else:
+        return None
+    if node.kwargs or len(node.args) != 2:
+        return None
+    consts = []
+    for arg in node.args:
+        if isinstance(arg, (int, float)) and not isinstance(arg, bool):
+            consts.append(float(arg))
+        elif isinstance(arg, fx.Node) and arg.op == "get_attr":
+            value = graph
+            for part in arg.target.split("."):
+                value = getattr(value, part, None)
+            consts.append(value if isinstance(value, Tensor) and value.is_floating_point()
+                          else None)
+        else:
+            consts.append(None)
+    data = [i for i, c in enumerate(consts) if c is None]
+    if len(data) != 1 or not isinstance(node.args[data[0]], fx.Node):
+        return None
+    if op == "div" and data[0] == 1:
+        return None  # c / x is not affine in x
+    return op, consts[1 - data[0]], node.args[data[0]], data[0] == 1
+
+
+def _fold_affine_chains(graph: fx.GraphModule):
+    """Each chain of two or more affine steps by constants (``_affine_step``), each the only
+    user of the one before, replaced by one ChannelAffine."""
+    count, erased = 0, set()
+    for node in list(graph.graph.nodes):
+        step = _affine_step(node, graph) if node not in erased else None
+        if step is None or (_affine_step(step[2], graph) is not None
+                            and len(step[2].users) == 1):
+            continue  # not a chain's first step
+        chain, like = [], None
+        scale, shift = torch.ones((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+        while step is not None and (not chain or len(chain[-1].users) == 1):
+            op, c, _, const_first = step
+            if isinstance(c, Tensor):
+                like = c.new_zeros((1,) * c.dim()) if like is None else torch.zeros(
+                    (1,) * max(c.dim(), like.dim()), dtype=torch.promote_types(like.dtype, c.dtype))
+                c = c.detach().double()
+            if op == "mul":
+                scale, shift = scale * c, shift * c
+            elif op == "add":
+                shift = shift + c
+            elif op == "sub":
+                scale, shift = (-scale, c - shift) if const_first else (scale, shift - c)
+            else:
+                scale, shift = scale / c, shift / c
+            chain.append(node)
+            nxt = next(iter(node.users)) if len(node.users) == 1 else None
+            step = _affine_step(nxt, graph) if nxt is not None else None
+            if step is not None and step[2] is not node:
+                step = None
+            node = nxt
+        if len(chain) < 2:
+            continue
+        name = f"channel_affine_{count}"
+        count += 1
+        graph.add_module(name, ChannelAffine(scale, shift, like))
+        with graph.graph.inserting_after(chain[-1]):
+            folded = graph.graph.call_module(name, (_affine_step(chain[0], graph)[2],))
+        chain[-1].replace_all_uses_with(folded)
+        for done in reversed(chain):
+            constants = [a for a in done.args if isinstance(a, fx.Node) and a.op == "get_attr"]
+            graph.graph.erase_node(done)
+            erased.add(done)
+            for constant in constants:
+                if not constant.users:
+                    graph.graph.erase_node(constant)
+                    erased.add(constant)
 
 
 def _fold_batch_norms(graph: fx.GraphModule, modules: dict):

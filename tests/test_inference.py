@@ -3,6 +3,7 @@
 where the kernels compute it, batch norms folded, ReLU + 2x2 max pool fused, and what
 torch.fx cannot trace run as it is."""
 
+import operator
 import sys
 from pathlib import Path
 
@@ -203,6 +204,36 @@ def test_chunks_reuse_an_output_only_where_nothing_keeps_it(monkeypatch):
     with torch.no_grad():
         for got, want in zip(feats(x), plain(x)):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+class Affine(nn.Module):
+    """Images converted and normalised by constants in several steps, as an adapter and a
+    module's own normalisation do, and a step that is not affine."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("scale", torch.tensor([0.5, 2.0, 4.0]).view(1, 3, 1, 1))
+        self.register_buffer("mean", torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1))
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        x = (2.0 - (x * self.scale + 0.25)).div(self.scale) - self.mean
+        h = self.conv(x / 3)  # one chain of six steps up to here
+        return 1.0 / (h.abs() + 1.0) * self.scale[:, :1] + self.mean[:, :1]  # a chain of two
+
+
+def test_chains_of_affine_steps_by_constants_fold_into_one():
+    net = trained(Affine(), 8, torch.float64)
+    fast = for_inference(net)
+    folded = [m for m in fast.modules() if type(m).__name__ == "ChannelAffine"]
+    assert len(folded) == 2
+    ops = [n.target for n in fast.module.graph.nodes if n.op in ("call_function", "call_method")]
+    assert ops == ["abs", operator.add, operator.truediv]  # a step alone; 1 / h is not affine
+    x = torch.rand(5, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), net(x), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(fast(x.float()), net(x.float()), rtol=1e-5, atol=1e-5)
+    assert fast(x.float()).dtype == net(x.float()).dtype == torch.float64  # its buffers
 
 
 def test_it_counts_the_parameters_and_flops_of_the_module_it_came_from():

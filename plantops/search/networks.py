@@ -341,14 +341,16 @@ def ready_teacher(module: nn.Module, name: str, data, place) -> nn.Module:
     the planted kernels (plantops.inference; the user's module stays theirs), placed by
     ``place`` (on the device, in its layout), fed the search's images; ValueError, in one
     line, if it does not give the data's logits."""
-    frozen = for_inference(module)
+    # The user's teacher takes [0, 1] images. The adapter goes inside what is converted, so
+    # that its conversion and the module's own normalisation fold into one pass over each
+    # chunk of images (plantops.inference).
+    adapted = data.inputs.feed(module, InputConvention.unit(len(data.inputs.mean)))
+    frozen = for_inference(adapted)
     if frozen.note is not None:
         print(f"teacher {name} runs as written: {frozen.note}")
-    module = place(frozen)
-    # The user's teacher takes [0, 1] images.
-    adapted = data.inputs.feed(module, InputConvention.unit(len(data.inputs.mean)))
-    check_teacher_output(adapted, name, data.val.normalize(data.val.images[:2]), data.classes)
-    return adapted
+    frozen = place(frozen)
+    check_teacher_output(frozen, name, data.val.normalize(data.val.images[:2]), data.classes)
+    return frozen
 
 
 def check_trained_teacher(net: nn.Module, path: Path, data):
