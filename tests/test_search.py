@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -363,3 +364,17 @@ def test_the_teacher_passes_show_progress(image_folder, tmp_path, capsys, monkey
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("  teacher logits: epoch ")]
     assert lines and lines[-1].startswith("  teacher logits: epoch 4/4, step 3/3, "), lines[-3:]
+
+
+def test_the_command_keeps_freed_memory_for_reuse_unless_told_not_to(monkeypatch):
+    """python -m plantops.search sets glibc's thresholds (plantops/search/memory.py) where
+    the C library has them, and leaves them under PLANTOPS_KEEP_MEMORY=0."""
+    import platform
+    from plantops.search import memory
+    monkeypatch.setenv(memory.ENV, "0")
+    assert memory.keep_freed_memory() is False
+    monkeypatch.delenv(memory.ENV)
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert memory.keep_freed_memory() is glibc
+    main_source = (Path(memory.__file__).parent / "__main__.py").read_text()
+    assert "keep_freed_memory()" in main_source.split("sys.exit(main())")[0]
