@@ -33,7 +33,10 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from plantops.graph_ops import is_relu, only_user, pooled_relu
+from plantops import kernels
+from plantops.kernels import autotune
 from plantops.kernels._native import dims
+from plantops.kernels.autotune import measured_shape
 from plantops.planted_conv import planted_conv2d
 from plantops.relu_pool import conv_add_relu, conv_relu_max_pool2d
 
@@ -58,9 +61,23 @@ class FrozenConv2d(nn.Module):
         # Whether each call may write its output over the last call's: set by for_inference
         # where no tensor of a call outlives the next (see _reuse_outputs).
         self.reuse_output, self._last = False, None
+        # The backend for inputs of a shape (by autotune.measured_shape of its key), measured
+        # in place by InferenceModule; "auto" for the others.
+        self.backends: dict[tuple, str] = {}
         # The parameters of the conv (and batch norm) it came from, as count_params counts.
         self.source_params = getattr(conv, "source_params",
                                      sum(p.numel() for p in conv.parameters()))
+
+    def shape_key(self, shape) -> tuple:
+        """The key of the convolution on inputs of ``shape``, as planted_conv2d chooses its
+        backend by (batch, channels, outputs, height, width, kernel, stride, padding)."""
+        n, c, h, w = shape
+        return (n, c, self.weight.shape[0], h, w, *self.weight.shape[2:], self.stride,
+                self.padding)
+
+    def backend_for(self, x: Tensor) -> str:
+        return self.backends.get(measured_shape(self.shape_key(x.shape)), "auto") \
+            if self.backends else "auto"
 
     def output_shape(self, shape) -> torch.Size:
         """The shape of the convolution's output (before any pool) on inputs of ``shape``."""
@@ -74,15 +91,17 @@ class FrozenConv2d(nn.Module):
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         x = x.contiguous()  # the planted kernels read NCHW
+        backend = self.backend_for(x)
         if self.pool:
-            return conv_relu_max_pool2d(x, self.weight, self.bias, self.stride, self.padding)
+            return conv_relu_max_pool2d(x, self.weight, self.bias, self.stride, self.padding,
+                                        backend)
         shape = self.output_shape(x.shape)
         if residual is None or (residual.shape == shape and residual.dtype == x.dtype):
             return conv_add_relu(x, self.weight, self.bias, self.stride, self.padding, residual,
-                                 self.relu, out=self._buffer(shape, x))
+                                 self.relu, backend, out=self._buffer(shape, x))
         # broadcasting or type promotion: as the module wrote it
         y = planted_conv2d(x, self.weight, self.bias, stride=self.stride,
-                           padding=self.padding) + residual
+                           padding=self.padding, backend=backend) + residual
         return torch.relu(y) if self.relu else y
 
     def _buffer(self, shape, x: Tensor) -> Tensor | None:
@@ -124,6 +143,7 @@ class InferenceModule(nn.Module):
         super().__init__()
         self.module, self.note = module, note
         self._chunks: dict[tuple, int] = {}  # images per chunk, by image shape and dtype
+        self._tuned: set[tuple] = set()      # the chunks whose backends are chosen (_tune)
 
     @property
     def reads_nchw(self) -> bool:
@@ -139,7 +159,8 @@ class InferenceModule(nn.Module):
         key = (tuple(x.shape[1:]), x.dtype, x.device)
         if key not in self._chunks:
             nodes = self.module.graph.nodes
-            ShapeProp(self.module).propagate(x[:1])
+            with autotune.paused():  # one image, for the shapes: nothing to measure
+                ShapeProp(self.module).propagate(x[:1])
             metas = [n.meta.get("tensor_meta") for n in nodes]
             out = metas[-1]
             if not (_is_tensor(out) and len(out.shape) > 0 and out.shape[0] == 1):
@@ -153,8 +174,49 @@ class InferenceModule(nn.Module):
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
         if len(x) <= CHUNK_STEP or len(x) <= (per := self.images_per_chunk(x)):
+            self._tune(x)
             return self.module(x)
+        self._tune(x[:per])
         return torch.cat([self.module(part) for part in x.split(per)])
+
+    def _tune(self, chunk: Tensor):
+        """On a CPU, with measuring on (kernels.autotune), each convolution's backend for
+        chunks like ``chunk``, measured in place the first time such a chunk runs: the whole
+        chunk run with the convolution on each backend in turn, the others as chosen so far
+        (``autotune.TUNER.choose_in_place``; kept on disk, so a second run measures
+        nothing). examples/resnet.py at 64x64 (benchmarks/test_bench_teacher.py) ran
+        0.53-0.56 ms an image with the backends as measured alone, 0.39-0.40 with them
+        measured in place, on a 2-core AMD EPYC."""
+        key = (tuple(chunk.shape[1:]), chunk.dtype, chunk.device,
+               measured_shape((len(chunk),))[0])
+        if key in self._tuned or not self.reads_nchw:
+            return
+        self._tuned.add(key)
+        if (chunk.device.type != "cpu" or not autotune.enabled()
+                or kernels.get("cpu").unavailable_reason("cpu", chunk.dtype) is not None):
+            return
+        convs = [m for m in self.module.modules() if isinstance(m, FrozenConv2d)]
+        keys, fixed = {}, {}
+
+        def first_pass(conv, args):  # each conv's shape; the fixed rule's backend meanwhile
+            if args[0].dim() == 4 and conv not in keys:
+                keys[conv] = conv.shape_key(args[0].shape)
+                fixed[conv] = "cpu" if kernels.cpu_kernels_win(keys[conv], "forward") else "torch"
+                conv.backends[measured_shape(keys[conv])] = fixed[conv]
+
+        hooks = [m.register_forward_pre_hook(first_pass) for m in convs]
+        try:
+            self.module(chunk)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        for conv, shape_key in keys.items():
+            def run_with(name, conv=conv, shape=measured_shape(shape_key)):
+                conv.backends[shape] = name
+                self.module(chunk)
+
+            conv.backends[measured_shape(shape_key)] = autotune.TUNER.choose_in_place(
+                "forward", chunk.dtype, shape_key, ["cpu", "torch"], run_with, fixed[conv])
 
     def train(self, mode: bool = True):
         return super().train(False)  # a frozen module evaluates, whatever it is asked

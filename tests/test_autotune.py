@@ -133,3 +133,51 @@ def test_a_measurement_runs_each_work_on_each_backend():
     for work in autotune.WORKS:
         seconds = autotune.measure(["cpu", "torch"], work, torch.float32, key)
         assert set(seconds) == {"cpu", "torch"} and all(0 < s < 5 for s in seconds.values())
+
+
+def test_a_converted_networks_convolutions_are_measured_in_place_and_kept(tuning, monkeypatch,
+                                                                          tmp_path):
+    """plantops.inference measures each convolution's backend where it runs (the whole chunk
+    with it on each backend, the others as chosen), keeps the choice on disk under the
+    isolated measurement's key, marked measured in place, and a second run measures
+    nothing; the results are the module's."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from examples.resnet import resnet
+    from plantops.inference import FrozenConv2d, for_inference
+    isolated, _ = tuning
+    runs = []
+    faster = {"C3": "torch"}  # the stem's input: oneDNN, by these measurements; else cpu
+
+    def measure_in_place(names, run_with):
+        before = len(isolated)
+        for name in names:
+            run_with(name)  # it runs the chunk with this conv on each backend
+        conv = run_with.__defaults__[0]  # the convolution measured
+        runs.append(conv)
+        assert len(isolated) == before  # the others run as chosen: nothing measured alone
+        wins = faster.get(f"C{conv.weight.shape[1]}", "cpu")
+        return {name: 1.0 if name == wins else 2.0 for name in names}
+
+    monkeypatch.setattr(autotune, "measure_in_place", measure_in_place)
+    torch.manual_seed(0)
+    net = resnet(8, 10, 32).eval()
+    fast = for_inference(net)
+    x = torch.rand(20, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), net(x), rtol=1e-4, atol=1e-4)
+    convs = [m for m in fast.module.modules() if isinstance(m, FrozenConv2d)]
+    # the first block's two convs have one shape: measured once, for both
+    assert len(convs) == 9 and len(runs) == 8 and not isolated
+    assert [next(iter(m.backends.values())) for m in convs] == ["torch"] + ["cpu"] * 8
+    chosen = autotune.choices()
+    assert len(chosen) == 8 and set(autotune.TUNER.in_place) == set(chosen)
+    assert [v for k, v in chosen.items() if " C3 " in k] == ["torch"]
+    # A second run: read from disk, nothing measured, the same choices.
+    kernels.forget_choices()
+    runs.clear()
+    again = for_inference(net)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), net(x), rtol=1e-4, atol=1e-4)
+    assert not runs and not isolated and autotune.choices() == chosen

@@ -22,6 +22,7 @@ falls back to the fixed rule.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -40,8 +41,25 @@ ENOUGH_S = 0.05  # ... or fewer, once a backend has been timed this long: a slow
 MARGIN = 0.05  # another backend than the fixed rule's must be this much faster to be taken
 
 
+_paused = 0  # paused() depth
+
+
 def enabled() -> bool:
-    return os.environ.get(ENV_SWITCH, "1") != "0" and not torch.compiler.is_compiling()
+    return (os.environ.get(ENV_SWITCH, "1") != "0" and not _paused
+            and not torch.compiler.is_compiling())
+
+
+@contextlib.contextmanager
+def paused():
+    """Within it, the fixed rule decides what is not yet chosen, and nothing is measured: for
+    passes that only find shapes (one image through a network), whose choices do not
+    matter."""
+    global _paused
+    _paused += 1
+    try:
+        yield
+    finally:
+        _paused -= 1
 
 
 def work_of(grad_input: bool, grad_weight: bool) -> str:
@@ -105,6 +123,7 @@ class Tuner:
 
     def __init__(self):
         self.choices: dict[str, str] = {}   # key -> backend, kept or measured
+        self.in_place: set[str] = set()      # keys measured where they run (choose_in_place)
         self.used: dict[str, str] = {}       # those this process ran
         self.measured = 0                    # shapes measured in this process
         self.seconds = 0.0                   # and the time it took
@@ -132,6 +151,7 @@ class Tuner:
         try:
             saved = json.loads(source.read_text())
             self.choices.update(saved.get("choices", saved))
+            self.in_place.update(saved.get("in_place", ()) if "choices" in saved else ())
         except FileNotFoundError:
             if pinned:
                 raise ValueError(f"{ENV_FILE}={pinned}: no such file; unset it to measure "
@@ -168,12 +188,50 @@ class Tuner:
         self._save()
         return choice
 
+    def choose_in_place(self, work: str, dtype, shape_key, candidates: list[str], run_with,
+                        fallback: str) -> str:
+        """As ``choose``, for a layer of a computation that runs many times the same way (a
+        frozen network's inference in chunks: plantops.inference), measured where it runs:
+        ``run_with(name)`` runs the whole computation once with this layer on backend
+        ``name``. The backends take turns (ROUNDS, after a warm-up each); the fastest whole
+        run decides, with the fixed rule's ``fallback`` kept within MARGIN. Its inputs are
+        then where the layer before left them, in cache, and the caches hold what the rest
+        of the computation leaves there: timed alone on random tensors, in turns with the
+        other backend, a layer of 3 input channels measured oneDNN as fast as the C++
+        kernels, and ran 3x slower than them in the network. The choice is kept under
+        ``choose``'s key, marked measured in place (a choice of ``choose`` for the key is
+        measured again here); a file of pinned choices is honoured as there."""
+        if not self._loaded:
+            self._load()
+        shape_key = measured_shape(shape_key)
+        key = _key(work, dtype, shape_key)
+        choice = self.choices.get(key)
+        pinned = os.environ.get(ENV_FILE)
+        if choice in candidates and (key in self.in_place or pinned):
+            self.used[key] = choice
+            return choice
+        if pinned:
+            self.used[key] = fallback
+            return fallback
+        start = time.perf_counter()
+        best = measure_in_place(candidates, run_with)
+        self.seconds += time.perf_counter() - start
+        self.measured += 1
+        choice = min(best, key=best.get)
+        if fallback in best and best[choice] > (1 - MARGIN) * best[fallback]:
+            choice = fallback
+        self.choices[key] = self.used[key] = choice
+        self.in_place.add(key)
+        self._save()
+        return choice
+
     def _save(self):
         path = self.path()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(dict(machine=self.machine(), choices=self.choices),
+            tmp.write_text(json.dumps(dict(machine=self.machine(), choices=self.choices,
+                                           in_place=sorted(self.in_place)),
                                       indent=1, sort_keys=True))
             os.replace(tmp, path)
         except OSError:
@@ -201,6 +259,20 @@ def measure(names: list[str], work: str, dtype: torch.dtype, shape_key) -> dict[
             call()
             seconds = time.perf_counter() - start
             best[name], spent[name] = min(best[name], seconds), spent[name] + seconds
+    return best
+
+
+def measure_in_place(names: list[str], run_with) -> dict[str, float]:
+    """Seconds of ``run_with(name)`` for each backend of ``names``: the fastest of ROUNDS runs
+    after a warm-up each, the backends in turns (see ``measure``)."""
+    best = dict.fromkeys(names, float("inf"))
+    for name in names:
+        run_with(name)
+    for _ in range(ROUNDS):
+        for name in names:
+            start = time.perf_counter()
+            run_with(name)
+            best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 
