@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import operator
+import time
 
 import torch
 from torch import Tensor, fx, nn
@@ -181,8 +182,9 @@ class InferenceModule(nn.Module):
 
     def _tune(self, chunk: Tensor):
         """On a CPU, with measuring on (kernels.autotune), each convolution's backend for
-        chunks like ``chunk``, measured in place the first time such a chunk runs: the whole
-        chunk run with the convolution on each backend in turn, the others as chosen so far
+        chunks like ``chunk``, measured in place the first time such a chunk runs: the
+        convolution's own time as the whole chunk runs with it on each backend in turn (its
+        input where the layer before left it, in cache), the others as chosen so far
         (``autotune.TUNER.choose_in_place``; kept on disk, so a second run measures
         nothing). examples/resnet.py at 64x64 (benchmarks/test_bench_teacher.py) ran
         0.53-0.56 ms an image with the backends as measured alone, 0.39-0.40 with them
@@ -211,9 +213,19 @@ class InferenceModule(nn.Module):
             for hook in hooks:
                 hook.remove()
         for conv, shape_key in keys.items():
-            def run_with(name, conv=conv, shape=measured_shape(shape_key)):
+            def run_with(name, conv=conv, shape=measured_shape(shape_key)) -> float:
                 conv.backends[shape] = name
-                self.module(chunk)
+                spans = []  # the conv's own time, within the whole chunk's run
+                hooks = (conv.register_forward_pre_hook(
+                             lambda *_: spans.append(-time.perf_counter())),
+                         conv.register_forward_hook(
+                             lambda *_: spans.append(time.perf_counter())))
+                try:
+                    self.module(chunk)
+                finally:
+                    for hook in hooks:
+                        hook.remove()
+                return sum(spans)
 
             conv.backends[measured_shape(shape_key)] = autotune.TUNER.choose_in_place(
                 "forward", chunk.dtype, shape_key, ["cpu", "torch"], run_with, fixed[conv])

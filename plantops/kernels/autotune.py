@@ -193,8 +193,10 @@ class Tuner:
         """As ``choose``, for a layer of a computation that runs many times the same way (a
         frozen network's inference in chunks: plantops.inference), measured where it runs:
         ``run_with(name)`` runs the whole computation once with this layer on backend
-        ``name``. The backends take turns (ROUNDS, after a warm-up each); the fastest whole
-        run decides, with the fixed rule's ``fallback`` kept within MARGIN. Its inputs are
+        ``name`` and returns the seconds the layer took in it. The backends take turns
+        (ROUNDS, after a warm-up each); the fastest decides, with the fixed rule's
+        ``fallback`` kept within MARGIN (of the layer's time: of the whole run's, a layer's
+        gain hid in the margin). Its inputs are
         then where the layer before left them, in cache, and the caches hold what the rest
         of the computation leaves there: timed alone on random tensors, in turns with the
         other backend, a layer of 3 input channels measured oneDNN as fast as the C++
@@ -263,16 +265,14 @@ def measure(names: list[str], work: str, dtype: torch.dtype, shape_key) -> dict[
 
 
 def measure_in_place(names: list[str], run_with) -> dict[str, float]:
-    """Seconds of ``run_with(name)`` for each backend of ``names``: the fastest of ROUNDS runs
-    after a warm-up each, the backends in turns (see ``measure``)."""
+    """The seconds ``run_with(name)`` returns for each backend of ``names``: the least of
+    ROUNDS runs after a warm-up each, the backends in turns (see ``measure``)."""
     best = dict.fromkeys(names, float("inf"))
     for name in names:
         run_with(name)
     for _ in range(ROUNDS):
         for name in names:
-            start = time.perf_counter()
-            run_with(name)
-            best[name] = min(best[name], time.perf_counter() - start)
+            best[name] = min(best[name], run_with(name))
     return best
 
 
