@@ -187,7 +187,7 @@ class InferenceModule(nn.Module):
         input where the layer before left it, in cache), the others as chosen so far
         (``autotune.TUNER.choose_in_place``; kept on disk, so a second run measures
         nothing). examples/resnet.py at 64x64 (benchmarks/test_bench_teacher.py) ran
-        0.53-0.56 ms an image with the backends as measured alone, 0.39-0.40 with them
+        0.53-0.56 ms an image with the backends as measured alone, 0.38-0.39 with them
         measured in place, on a 2-core AMD EPYC."""
         key = (tuple(chunk.shape[1:]), chunk.dtype, chunk.device,
                measured_shape((len(chunk),))[0])
