@@ -125,10 +125,7 @@ def conv_add_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stri
         return _kernels.get("cpu").forward_add_relu(*cpu, residual, relu, out=out)
     y = planted_conv2d(x, weight, bias, stride=stride, padding=padding, backend=backend)
     if residual is not None:
-        if residual.shape != y.shape or residual.dtype != y.dtype:
-            raise ValueError(f"the residual added to a convolution's output must have its "
-                             f"shape {tuple(y.shape)} and dtype {y.dtype}, got "
-                             f"{tuple(residual.shape)} and {residual.dtype}")
+        _native.check_residual(residual, y)
         y = y.add_(residual) if not y.requires_grad else y + residual
     if relu:
         y = y.relu_() if not y.requires_grad else torch.relu(y)

@@ -89,6 +89,14 @@ def forward_add_relu(module, extra, x, frozen_weight, frozen_bias, in_weight, ou
     return out
 
 
+def check_residual(residual: torch.Tensor, out: torch.Tensor):
+    """ValueError unless ``residual`` can be added to ``out`` in place: its shape and dtype."""
+    if residual.shape != out.shape or residual.dtype != out.dtype:
+        raise ValueError(f"the residual added to a convolution's output must have its shape "
+                         f"{tuple(out.shape)} and dtype {out.dtype}, got "
+                         f"{tuple(residual.shape)} and {residual.dtype}")
+
+
 def check_out(out: torch.Tensor, shape, like: torch.Tensor):
     """ValueError unless ``out`` can take a result of ``shape`` computed from ``like``."""
     if (tuple(out.shape) != tuple(shape) or out.dtype != like.dtype
@@ -118,10 +126,7 @@ def _run_forward(module, kernel, pool, extra, x, frozen_weight, frozen_bias, in_
     if epilogue is not None:
         residual, relu = epilogue
         if residual is not None:
-            if residual.shape != out.shape or residual.dtype != out.dtype:
-                raise ValueError(f"the residual added to a convolution's output must have its "
-                                 f"shape {tuple(out.shape)} and dtype {out.dtype}, got "
-                                 f"{tuple(residual.shape)} and {residual.dtype}")
+            check_residual(residual, out)
             residual = residual.contiguous()
         tail = (ptr(residual), bool(relu))
     done = None
