@@ -33,7 +33,7 @@ from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from plantops.graph_ops import is_relu, only_user, pooled_relu
+from plantops.graph_ops import ELEMENTWISE_OPS, attribute, is_relu, only_user, pooled_relu
 from plantops import kernels
 from plantops.kernels import autotune
 from plantops.kernels._native import dims
@@ -72,9 +72,8 @@ class FrozenConv2d(nn.Module):
     def shape_key(self, shape) -> tuple:
         """The key of the convolution on inputs of ``shape``, as planted_conv2d chooses its
         backend by (batch, channels, outputs, height, width, kernel, stride, padding)."""
-        n, c, h, w = shape
-        return (n, c, self.weight.shape[0], h, w, *self.weight.shape[2:], self.stride,
-                self.padding)
+        return kernels.shape_key(shape, shape[1], self.weight.shape[0], self.weight.shape[2:],
+                                 self.stride, self.padding)
 
     def backend_for(self, x: Tensor) -> str:
         return self.backends.get(measured_shape(self.shape_key(x.shape)), "auto") \
@@ -340,20 +339,17 @@ class ChannelAffine(nn.Module):
         return torch.addcmul(self.shift.to(dtype), x.to(dtype), self.scale.to(dtype))
 
 
-_AFFINE_OPS = {operator.mul: "mul", torch.mul: "mul", operator.add: "add", torch.add: "add",
-               operator.sub: "sub", torch.sub: "sub", operator.truediv: "div",
-               torch.div: "div", torch.true_divide: "div"}
+# The round op's elementwise functions and methods (by the node's own target: an in-place
+# method such as mul_ writes into its input, which other readers may see, and is not folded).
+_AFFINE_OPS = {**ELEMENTWISE_OPS, torch.true_divide: operator.truediv}
 
 
 def _affine_step(node: fx.Node, graph: fx.GraphModule):
     """(op, constant, data node, constant first) where ``node`` is one of _AFFINE_OPS of a
     tensor and a constant (a number, or a floating tensor attribute of the module), else
     None."""
-    if node.op == "call_function" and node.target in _AFFINE_OPS:
-        op = _AFFINE_OPS[node.target]
-    elif node.op == "call_method" and node.target in ("mul", "add", "sub", "div"):
-        op = node.target
-    else:
+    op = _AFFINE_OPS.get(node.target) if node.op in ("call_function", "call_method") else None
+    if op is None:
         return None
     if node.kwargs or len(node.args) != 2:
         return None
@@ -362,9 +358,7 @@ def _affine_step(node: fx.Node, graph: fx.GraphModule):
         if isinstance(arg, (int, float)) and not isinstance(arg, bool):
             consts.append(float(arg))
         elif isinstance(arg, fx.Node) and arg.op == "get_attr":
-            value = graph
-            for part in arg.target.split("."):
-                value = getattr(value, part, None)
+            value = attribute(graph, arg.target)
             consts.append(value if isinstance(value, Tensor) and value.is_floating_point()
                           else None)
         else:
@@ -372,7 +366,7 @@ def _affine_step(node: fx.Node, graph: fx.GraphModule):
     data = [i for i, c in enumerate(consts) if c is None]
     if len(data) != 1 or not isinstance(node.args[data[0]], fx.Node):
         return None
-    if op == "div" and data[0] == 1:
+    if op is operator.truediv and data[0] == 1:
         return None  # c / x is not affine in x
     return op, consts[1 - data[0]], node.args[data[0]], data[0] == 1
 
@@ -386,7 +380,7 @@ def _fold_affine_chains(graph: fx.GraphModule):
         if step is None or (_affine_step(step[2], graph) is not None
                             and len(step[2].users) == 1):
             continue  # not a chain's first step
-        chain, like = [], None
+        chain, like, source = [], None, step[2]
         scale, shift = torch.ones((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
         while step is not None and (not chain or len(chain[-1].users) == 1):
             op, c, _, const_first = step
@@ -394,11 +388,11 @@ def _fold_affine_chains(graph: fx.GraphModule):
                 like = c.new_zeros((1,) * c.dim()) if like is None else torch.zeros(
                     (1,) * max(c.dim(), like.dim()), dtype=torch.promote_types(like.dtype, c.dtype))
                 c = c.detach().double()
-            if op == "mul":
+            if op is operator.mul:
                 scale, shift = scale * c, shift * c
-            elif op == "add":
+            elif op is operator.add:
                 shift = shift + c
-            elif op == "sub":
+            elif op is operator.sub:
                 scale, shift = (-scale, c - shift) if const_first else (scale, shift - c)
             else:
                 scale, shift = scale / c, shift / c
@@ -414,7 +408,7 @@ def _fold_affine_chains(graph: fx.GraphModule):
         count += 1
         graph.add_module(name, ChannelAffine(scale, shift, like))
         with graph.graph.inserting_after(chain[-1]):
-            folded = graph.graph.call_module(name, (_affine_step(chain[0], graph)[2],))
+            folded = graph.graph.call_module(name, (source,))
         chain[-1].replace_all_uses_with(folded)
         for done in reversed(chain):
             constants = [a for a in done.args if isinstance(a, fx.Node) and a.op == "get_attr"]

@@ -317,8 +317,8 @@ def trainable_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
     stride, padding = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
     if x.dim() != 4 or weight.dim() != 4:
         return F.conv2d(x, weight, bias, stride, padding)
-    shape_key = (x.shape[0], x.shape[1], weight.shape[0], x.shape[2], x.shape[3],
-                 *weight.shape[2:], stride, padding)
+    shape_key = _backends.shape_key(x.shape, x.shape[1], weight.shape[0], weight.shape[2:],
+                                    stride, padding)
     dtype = _autocast_dtype(x.device.type) or x.dtype
     name = _backends.resolve("auto", x.device.type, dtype, shape_key,
                              _work((x,), (weight, bias)))
@@ -341,8 +341,8 @@ def _prepare(x, frozen_weight, frozen_bias, in_weight, out_weight, out_bias, str
         in_weight = frozen_weight.new_empty((o_frozen, 0, kh, kw))
     if out_weight is None:
         out_weight = frozen_weight.new_empty((0, channels, kh, kw))
-    shape_key = (x.shape[0], channels, out_weight.shape[0] + o_frozen, x.shape[2], x.shape[3],
-                 kh, kw, stride, padding)
+    shape_key = _backends.shape_key(x.shape, channels, out_weight.shape[0] + o_frozen,
+                                    (kh, kw), stride, padding)
     work = _work((x, x_planted), (in_weight, out_weight, out_bias))
     name = _backends.resolve(backend, x.device.type, x.dtype, shape_key, work)
     return name, in_weight, out_weight, stride, padding

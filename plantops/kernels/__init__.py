@@ -71,6 +71,13 @@ def backends(device: str | torch.device | None = None) -> list[str]:
     ]
 
 
+def shape_key(x_shape, channels: int, outputs: int, kernel, stride, padding) -> tuple:
+    """The key a convolution's backend is chosen by (``resolve``, ``autotune``): (batch,
+    input channels, outputs, height, width, kernel height, kernel width, stride, padding),
+    of an input of ``x_shape`` with ``channels`` channels in all (planted ones included)."""
+    return (x_shape[0], channels, outputs, x_shape[2], x_shape[3], *kernel, stride, padding)
+
+
 def resolve(name: str, device_type: str, dtype: torch.dtype, shape_key=None,
             work: str = "forward") -> str:
     """The name of the backend that runs for ``name`` on ``device_type`` tensors of ``dtype``.
